@@ -1,0 +1,651 @@
+//! `geoedge dns` config: listeners, GeoIP database, zones with their steered names, regions
+//! and their nodes, steering overrides and health thresholds.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hickory_proto::rr::{LowerName, Name};
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigDuration, ConfigError, Source};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDnsConfig {
+    server: RawServer,
+    geoip: RawGeoip,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    steering: RawSteering,
+    #[serde(default)]
+    zones: Vec<RawZone>,
+    #[serde(default)]
+    regions: Vec<RawRegion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Vec<SocketAddr>,
+    control: Option<SocketAddr>,
+    #[serde(default)]
+    workers: usize,
+    tcp_idle_timeout: Option<ConfigDuration>,
+    max_udp_payload: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeoip {
+    database: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default = "default_rise")]
+    rise: u32,
+    #[serde(default = "default_fall")]
+    fall: u32,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            rise: default_rise(),
+            fall: default_fall(),
+        }
+    }
+}
+
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    2
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSteering {
+    #[serde(default)]
+    default_order: Vec<Spanned<String>>,
+    #[serde(default)]
+    overrides: Vec<RawOverride>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    country: Option<Spanned<String>>,
+    continent: Option<Spanned<String>>,
+    cidr: Option<IpNet>,
+    regions: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZone {
+    origin: Spanned<String>,
+    file: Spanned<PathBuf>,
+    #[serde(default)]
+    steered: Vec<RawSteered>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSteered {
+    name: Spanned<String>,
+    #[serde(default = "default_steered_ttl")]
+    ttl: u32,
+    #[serde(default = "default_answers")]
+    answers: usize,
+}
+
+fn default_steered_ttl() -> u32 {
+    30
+}
+fn default_answers() -> usize {
+    2
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    name: Spanned<String>,
+    latitude: f64,
+    longitude: f64,
+    nodes: Vec<RawNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    #[serde(default = "default_initial")]
+    initial: InitialState,
+}
+
+fn default_initial() -> InitialState {
+    InitialState::Up
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialState {
+    Up,
+    Down,
+}
+
+/// A validated `geoedge dns` config.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub path: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub control: Option<SocketAddr>,
+    /// Runtime threads; 0 means one per core.
+    pub workers: usize,
+    pub tcp_idle_timeout: Duration,
+    /// The largest UDP answer we send, whatever the client advertises (RFC 6891 §6.2.5;
+    /// 1232 is the DNS flag day 2020 figure that avoids IP fragmentation).
+    pub max_udp_payload: u16,
+    pub geoip_database: PathBuf,
+    pub zones: Vec<ZoneConfig>,
+    pub regions: Vec<RegionConfig>,
+    pub default_order: Vec<String>,
+    pub overrides: Vec<OverrideConfig>,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ZoneConfig {
+    pub origin: Name,
+    pub file: PathBuf,
+    pub steered: Vec<SteeredConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SteeredConfig {
+    pub name: Name,
+    pub ttl: u32,
+    /// How many node addresses one answer carries at most.
+    pub answers: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegionConfig {
+    pub name: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub initial: InitialState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OverrideMatch {
+    Country(String),
+    Continent(String),
+    Cidr(IpNet),
+}
+
+#[derive(Debug, Clone)]
+pub struct OverrideConfig {
+    pub matcher: OverrideMatch,
+    pub regions: Vec<String>,
+}
+
+const CONTINENT_CODES: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
+
+impl DnsConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = Source::read(path)?;
+        Self::from_source(&source)
+    }
+
+    pub fn from_source(source: &Source) -> Result<Self, ConfigError> {
+        let raw: RawDnsConfig = source.parse()?;
+        validate(source, raw)
+    }
+}
+
+fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
+    if raw.server.listen.is_empty() {
+        return Err(src.error(
+            "server.listen",
+            None,
+            "at least one listen address is needed",
+        ));
+    }
+    let max_udp_payload = raw.server.max_udp_payload.unwrap_or(1232);
+    if max_udp_payload < 512 {
+        return Err(src.error(
+            "server.max_udp_payload",
+            None,
+            "must be at least 512 (RFC 1035)",
+        ));
+    }
+    if raw.health.rise == 0 || raw.health.fall == 0 {
+        return Err(src.error("health", None, "rise and fall must be at least 1"));
+    }
+
+    let geoip_database = src.resolve(raw.geoip.database.get_ref());
+    if !geoip_database.is_file() {
+        return Err(src.error(
+            "geoip.database",
+            Some(raw.geoip.database.span()),
+            format!("GeoIP database {} does not exist", geoip_database.display()),
+        ));
+    }
+
+    let regions = validate_regions(src, raw.regions)?;
+    let region_names: HashSet<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+    let known_region = |key: String, name: &Spanned<String>| -> Result<String, ConfigError> {
+        if region_names.contains(name.get_ref().as_str()) {
+            Ok(name.get_ref().clone())
+        } else {
+            Err(src.error(
+                key,
+                Some(name.span()),
+                format!("no region is named `{}`", name.get_ref()),
+            ))
+        }
+    };
+
+    let mut default_order = Vec::new();
+    for (i, name) in raw.steering.default_order.iter().enumerate() {
+        let name = known_region(format!("steering.default_order[{i}]"), name)?;
+        if default_order.contains(&name) {
+            return Err(src.error(
+                format!("steering.default_order[{i}]"),
+                None,
+                format!("region `{name}` is listed twice"),
+            ));
+        }
+        default_order.push(name);
+    }
+
+    let mut overrides = Vec::new();
+    for (i, o) in raw.steering.overrides.into_iter().enumerate() {
+        let key = format!("steering.overrides[{i}]");
+        let matcher = match (o.country, o.continent, o.cidr) {
+            (Some(c), None, None) => {
+                let code = c.get_ref().to_ascii_uppercase();
+                if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(src.error(
+                        format!("{key}.country"),
+                        Some(c.span()),
+                        format!("`{}` is not an ISO 3166 two-letter code", c.get_ref()),
+                    ));
+                }
+                OverrideMatch::Country(code)
+            }
+            (None, Some(c), None) => {
+                let code = c.get_ref().to_ascii_uppercase();
+                if !CONTINENT_CODES.contains(&code.as_str()) {
+                    return Err(src.error(
+                        format!("{key}.continent"),
+                        Some(c.span()),
+                        format!(
+                            "`{}` is not a continent code (one of {})",
+                            c.get_ref(),
+                            CONTINENT_CODES.join(", ")
+                        ),
+                    ));
+                }
+                OverrideMatch::Continent(code)
+            }
+            (None, None, Some(net)) => OverrideMatch::Cidr(net.trunc()),
+            _ => {
+                return Err(src.error(
+                    key,
+                    None,
+                    "an override matches exactly one of `country`, `continent` or `cidr`",
+                ))
+            }
+        };
+        if o.regions.is_empty() {
+            return Err(src.error(
+                format!("{key}.regions"),
+                None,
+                "an override needs at least one region",
+            ));
+        }
+        let mut regions = Vec::new();
+        for (j, r) in o.regions.iter().enumerate() {
+            regions.push(known_region(format!("{key}.regions[{j}]"), r)?);
+        }
+        overrides.push(OverrideConfig { matcher, regions });
+    }
+
+    let zones = validate_zones(src, raw.zones)?;
+    if zones.iter().any(|z| !z.steered.is_empty()) && regions.is_empty() {
+        return Err(src.error("regions", None, "steered names need at least one region"));
+    }
+
+    Ok(DnsConfig {
+        path: src.path.clone(),
+        listen: raw.server.listen,
+        control: raw.server.control,
+        workers: raw.server.workers,
+        tcp_idle_timeout: raw
+            .server
+            .tcp_idle_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(10)),
+        max_udp_payload,
+        geoip_database,
+        zones,
+        regions,
+        default_order,
+        overrides,
+        rise: raw.health.rise,
+        fall: raw.health.fall,
+    })
+}
+
+fn validate_regions(src: &Source, raw: Vec<RawRegion>) -> Result<Vec<RegionConfig>, ConfigError> {
+    let mut regions: Vec<RegionConfig> = Vec::new();
+    let mut node_names = HashSet::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = format!("regions[{i}]");
+        let name = r.name.get_ref().clone();
+        if !is_label(&name) {
+            return Err(src.error(
+                format!("{key}.name"),
+                Some(r.name.span()),
+                format!("`{name}` is not a valid region name (letters, digits, - and _)"),
+            ));
+        }
+        if regions.iter().any(|other| other.name == name) {
+            return Err(src.error(
+                format!("{key}.name"),
+                Some(r.name.span()),
+                format!("region `{name}` is defined twice"),
+            ));
+        }
+        if !(-90.0..=90.0).contains(&r.latitude) {
+            return Err(src.error(
+                format!("{key}.latitude"),
+                None,
+                format!("{} is outside -90..90", r.latitude),
+            ));
+        }
+        if !(-180.0..=180.0).contains(&r.longitude) {
+            return Err(src.error(
+                format!("{key}.longitude"),
+                None,
+                format!("{} is outside -180..180", r.longitude),
+            ));
+        }
+        if r.nodes.is_empty() {
+            return Err(src.error(
+                format!("{key}.nodes"),
+                Some(r.name.span()),
+                format!("region `{name}` has no nodes"),
+            ));
+        }
+        let mut nodes = Vec::new();
+        for (j, n) in r.nodes.into_iter().enumerate() {
+            let nkey = format!("{key}.nodes[{j}]");
+            let node_name = n.name.get_ref().clone();
+            if !is_label(&node_name) {
+                return Err(src.error(
+                    format!("{nkey}.name"),
+                    Some(n.name.span()),
+                    format!("`{node_name}` is not a valid node name"),
+                ));
+            }
+            if !node_names.insert(node_name.clone()) {
+                return Err(src.error(
+                    format!("{nkey}.name"),
+                    Some(n.name.span()),
+                    format!("node `{node_name}` is defined twice"),
+                ));
+            }
+            if n.ipv4.is_none() && n.ipv6.is_none() {
+                return Err(src.error(
+                    nkey,
+                    Some(n.name.span()),
+                    format!("node `{node_name}` needs an ipv4 or ipv6 address"),
+                ));
+            }
+            nodes.push(NodeConfig {
+                name: node_name,
+                ipv4: n.ipv4,
+                ipv6: n.ipv6,
+                initial: n.initial,
+            });
+        }
+        regions.push(RegionConfig {
+            name,
+            latitude: r.latitude,
+            longitude: r.longitude,
+            nodes,
+        });
+    }
+    Ok(regions)
+}
+
+fn validate_zones(src: &Source, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, ConfigError> {
+    let mut zones: Vec<ZoneConfig> = Vec::new();
+    let mut steered_names: HashSet<LowerName> = HashSet::new();
+    for (i, z) in raw.into_iter().enumerate() {
+        let key = format!("zones[{i}]");
+        let origin = parse_fqdn(z.origin.get_ref(), None)
+            .map_err(|e| src.error(format!("{key}.origin"), Some(z.origin.span()), e))?;
+        let lower = LowerName::new(&origin);
+        if zones
+            .iter()
+            .any(|other| LowerName::new(&other.origin) == lower)
+        {
+            return Err(src.error(
+                format!("{key}.origin"),
+                Some(z.origin.span()),
+                format!("zone {origin} is defined twice"),
+            ));
+        }
+        let file = src.resolve(z.file.get_ref());
+        if !file.is_file() {
+            return Err(src.error(
+                format!("{key}.file"),
+                Some(z.file.span()),
+                format!("zone file {} does not exist", file.display()),
+            ));
+        }
+        let mut steered = Vec::new();
+        for (j, s) in z.steered.into_iter().enumerate() {
+            let skey = format!("{key}.steered[{j}]");
+            let name = parse_fqdn(s.name.get_ref(), Some(&origin))
+                .map_err(|e| src.error(format!("{skey}.name"), Some(s.name.span()), e))?;
+            if !LowerName::new(&origin).zone_of(&LowerName::new(&name)) {
+                return Err(src.error(
+                    format!("{skey}.name"),
+                    Some(s.name.span()),
+                    format!("{name} is not inside zone {origin}"),
+                ));
+            }
+            if !steered_names.insert(LowerName::new(&name)) {
+                return Err(src.error(
+                    format!("{skey}.name"),
+                    Some(s.name.span()),
+                    format!("steered name {name} is defined twice"),
+                ));
+            }
+            if s.answers == 0 || s.answers > 16 {
+                return Err(src.error(
+                    format!("{skey}.answers"),
+                    Some(s.name.span()),
+                    "answers must be between 1 and 16",
+                ));
+            }
+            steered.push(SteeredConfig {
+                name,
+                ttl: s.ttl,
+                answers: s.answers,
+            });
+        }
+        zones.push(ZoneConfig {
+            origin,
+            file,
+            steered,
+        });
+    }
+    if zones.is_empty() {
+        return Err(src.error("zones", None, "at least one zone is needed"));
+    }
+    Ok(zones)
+}
+
+/// A name written in config: absolute when it ends with a dot, else relative to `origin`.
+fn parse_fqdn(text: &str, origin: Option<&Name>) -> Result<Name, String> {
+    let name = Name::from_ascii(text).map_err(|e| format!("`{text}` is not a domain name: {e}"))?;
+    if name.is_fqdn() {
+        return Ok(name);
+    }
+    match origin {
+        Some(origin) => name
+            .append_domain(origin)
+            .map_err(|e| format!("`{text}` is too long under {origin}: {e}")),
+        None => Ok(name
+            .append_domain(&Name::root())
+            .map_err(|e| e.to_string())?),
+    }
+}
+
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_fixture(dir: &Path) {
+        std::fs::write(dir.join("geo.mmdb"), b"placeholder").unwrap();
+        std::fs::write(dir.join("zone.txt"), b"").unwrap();
+    }
+
+    fn good() -> String {
+        r#"
+[server]
+listen = ["127.0.0.1:5353"]
+
+[geoip]
+database = "geo.mmdb"
+
+[[zones]]
+origin = "example.test."
+file = "zone.txt"
+[[zones.steered]]
+name = "www"
+
+[[regions]]
+name = "eu"
+latitude = 50.1
+longitude = 8.7
+[[regions.nodes]]
+name = "eu-1"
+ipv4 = "127.0.0.11"
+"#
+        .to_string()
+    }
+
+    fn load(text: &str) -> Result<DnsConfig, ConfigError> {
+        let dir = tempdir();
+        write_fixture(&dir);
+        let src = Source::from_text(dir.join("dns.toml"), text);
+        DnsConfig::from_source(&src)
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "geoedge-cfg-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_good_config_loads_with_relative_names_made_absolute() {
+        let cfg = load(&good()).unwrap();
+        assert_eq!(
+            cfg.zones[0].steered[0].name.to_string(),
+            "www.example.test."
+        );
+        assert_eq!(cfg.max_udp_payload, 1232);
+        assert_eq!((cfg.rise, cfg.fall), (2, 2));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let text = good().replace("[server]\n", "[server]\nlisen = 1\n");
+        let err = load(&text).unwrap_err();
+        assert!(err.message.contains("lisen"), "{err}");
+        assert_eq!(err.line, Some(3), "{err}");
+    }
+
+    #[test]
+    fn bad_address_is_an_error_with_line() {
+        let text = good().replace("127.0.0.11", "127.0.0.300");
+        let err = load(&text).unwrap_err();
+        assert!(err.line.is_some(), "{err}");
+        assert!(err.to_string().contains("dns.toml"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_steered_names_are_rejected() {
+        let text = good().replace(
+            "name = \"www\"\n",
+            "name = \"www\"\n[[zones.steered]]\nname = \"WWW.example.test.\"\n",
+        );
+        let err = load(&text).unwrap_err();
+        assert!(err.message.contains("defined twice"), "{err}");
+        assert_eq!(err.key.as_deref(), Some("zones[0].steered[1].name"));
+    }
+
+    #[test]
+    fn missing_database_is_named() {
+        let text = good().replace("geo.mmdb", "nope.mmdb");
+        let err = load(&text).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("geoip.database"));
+        assert!(err.message.contains("nope.mmdb"), "{err}");
+    }
+
+    #[test]
+    fn override_must_name_known_region() {
+        let text = good()
+            + "\n[steering]\n[[steering.overrides]]\ncountry = \"JP\"\nregions = [\"mars\"]\n";
+        let err = load(&text).unwrap_err();
+        assert!(err.message.contains("mars"), "{err}");
+    }
+
+    #[test]
+    fn node_without_address_is_rejected() {
+        let text = good().replace("ipv4 = \"127.0.0.11\"\n", "");
+        let err = load(&text).unwrap_err();
+        assert!(err.message.contains("needs an ipv4 or ipv6"), "{err}");
+    }
+}

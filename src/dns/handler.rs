@@ -1,0 +1,308 @@
+//! The query path: one hickory `RequestHandler` that answers static zone data and steered
+//! names, and echoes EDNS Client Subnet with the scope of the decision.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use ipnet::IpNet;
+
+use super::ecs::{answer_scope, client_network, deciding_address};
+use super::state::DnsState;
+use super::zone::Lookup;
+use crate::health::HealthTable;
+use crate::metrics::{qtype_index, rcode_index, DnsMetrics};
+
+pub struct GeoDnsHandler {
+    pub state: Arc<ArcSwap<DnsState>>,
+    pub health: Arc<HealthTable>,
+    pub metrics: Arc<DnsMetrics>,
+    /// Spreads answers over a region's nodes when it has more than `answers` of them.
+    rotation: AtomicUsize,
+}
+
+/// What to send back, borrowed from the state snapshot.
+struct Plan<'a> {
+    rcode: ResponseCode,
+    authoritative: bool,
+    answers: Vec<&'a Record>,
+    authority: &'a [Record],
+    /// Echo the client's ECS option with this scope.
+    ecs_scope: Option<u8>,
+    /// Steering outcome, for metrics: (region, fail_open).
+    steered: Option<(usize, bool)>,
+}
+
+impl<'a> Plan<'a> {
+    fn rcode(rcode: ResponseCode) -> Self {
+        Self {
+            rcode,
+            authoritative: false,
+            answers: Vec::new(),
+            authority: &[],
+            ecs_scope: None,
+            steered: None,
+        }
+    }
+
+    fn authoritative(
+        answers: Vec<&'a Record>,
+        authority: &'a [Record],
+        rcode: ResponseCode,
+    ) -> Self {
+        Self {
+            rcode,
+            authoritative: true,
+            answers,
+            authority,
+            ecs_scope: Some(0),
+            steered: None,
+        }
+    }
+}
+
+impl GeoDnsHandler {
+    pub fn new(
+        state: Arc<ArcSwap<DnsState>>,
+        health: Arc<HealthTable>,
+        metrics: Arc<DnsMetrics>,
+    ) -> Self {
+        Self {
+            state,
+            health,
+            metrics,
+            rotation: AtomicUsize::new(0),
+        }
+    }
+
+    fn plan<'a>(&self, state: &'a DnsState, request: &Request) -> Plan<'a> {
+        if request.metadata.op_code != OpCode::Query {
+            return Plan::rcode(ResponseCode::NotImp);
+        }
+        let mut ecs: Option<IpNet> = None;
+        let mut has_ecs = false;
+        if let Some(edns) = &request.edns {
+            if edns.version() > 0 {
+                return Plan::rcode(ResponseCode::BADVERS);
+            }
+            if let Some(EdnsOption::Subnet(subnet)) = edns.option(EdnsCode::Subnet) {
+                match client_network(subnet) {
+                    Ok(net) => {
+                        ecs = net;
+                        has_ecs = true;
+                    }
+                    Err(_) => return Plan::rcode(ResponseCode::FormErr),
+                }
+            }
+        }
+        let queries = request.queries.queries();
+        if queries.len() != 1 {
+            return Plan::rcode(ResponseCode::FormErr);
+        }
+        let query = &queries[0];
+        if query.query_class() != DNSClass::IN && query.query_class() != DNSClass::ANY {
+            return Plan::rcode(ResponseCode::Refused);
+        }
+        let name = query.name();
+        let qtype = query.query_type();
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            // Zone transfers are not offered; say so rather than pretend the zone is empty.
+            return Plan::rcode(ResponseCode::Refused);
+        }
+        let Some(zone) = state.zone_for(name) else {
+            return Plan::rcode(ResponseCode::Refused);
+        };
+        let mut plan = match zone.lookup(name, qtype) {
+            Lookup::Answer(records) => {
+                Plan::authoritative(records.iter().collect(), &[], ResponseCode::NoError)
+            }
+            Lookup::Alias { cname, target } => Plan::authoritative(
+                cname.iter().chain(target.iter()).collect(),
+                &[],
+                ResponseCode::NoError,
+            ),
+            Lookup::NoData => {
+                Plan::authoritative(Vec::new(), zone.negative_soa(), ResponseCode::NoError)
+            }
+            Lookup::NxDomain => {
+                Plan::authoritative(Vec::new(), zone.negative_soa(), ResponseCode::NXDomain)
+            }
+            Lookup::Steered(index) => {
+                if has_ecs {
+                    self.metrics.ecs_present.inc();
+                } else {
+                    self.metrics.ecs_absent.inc();
+                }
+                self.steer(
+                    state,
+                    index,
+                    qtype,
+                    ecs,
+                    request.src().ip(),
+                    zone.negative_soa(),
+                )
+            }
+        };
+        if !has_ecs {
+            plan.ecs_scope = None;
+        }
+        plan
+    }
+
+    fn steer<'a>(
+        &self,
+        state: &'a DnsState,
+        index: usize,
+        qtype: RecordType,
+        ecs: Option<IpNet>,
+        source: IpAddr,
+        negative_soa: &'a [Record],
+    ) -> Plan<'a> {
+        let Some(steered) = state.steered.get(index) else {
+            return Plan::rcode(ResponseCode::ServFail);
+        };
+        let by_region = match qtype {
+            RecordType::A | RecordType::ANY => &steered.v4,
+            RecordType::AAAA => &steered.v6,
+            // The name exists but only has addresses; the answer does not depend on where
+            // the client is, so scope 0.
+            _ => return Plan::authoritative(Vec::new(), negative_soa, ResponseCode::NoError),
+        };
+        let address = deciding_address(ecs, source);
+        let (location, network) = match state.geo.lookup(address) {
+            Ok(m) => (m.location, Some(m.network)),
+            Err(e) => {
+                tracing::debug!(error = %e, "GeoIP lookup failed; using the default order");
+                (None, None)
+            }
+        };
+        let health = &self.health;
+        let table = &state.table;
+        let region_up = |r: usize| table.regions[r].nodes.clone().any(|n| health.is_up(n));
+        let Some(choice) = table.choose(address, location.as_ref(), region_up) else {
+            return Plan::rcode(ResponseCode::ServFail);
+        };
+        let candidates = &by_region[choice.region];
+        let mut up: Vec<&Record> = candidates
+            .iter()
+            .filter(|(node, _)| choice.fail_open || health.is_up(*node))
+            .map(|(_, r)| r)
+            .collect();
+        if up.is_empty() {
+            // The region is up through nodes of the other family only: give this
+            // family's addresses rather than an empty answer.
+            up = candidates.iter().map(|(_, r)| r).collect();
+        }
+        if up.len() > steered.answers {
+            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % up.len();
+            up.rotate_left(start);
+            up.truncate(steered.answers);
+        }
+        let source_prefix = ecs.map(|n| n.prefix_len()).unwrap_or(0);
+        let scope = match network {
+            Some(net) => answer_scope(net, source_prefix, state.override_cidrs.iter().copied()),
+            None => 0,
+        };
+        let authority: &[Record] = if up.is_empty() { negative_soa } else { &[] };
+        Plan {
+            rcode: ResponseCode::NoError,
+            authoritative: true,
+            answers: up,
+            authority,
+            ecs_scope: Some(scope),
+            steered: Some((choice.region, choice.fail_open)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for GeoDnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let started = Instant::now();
+        let state = self.state.load_full();
+        let plan = self.plan(&state, request);
+
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = plan.authoritative;
+        metadata.recursion_available = false;
+        metadata.response_code = plan.rcode;
+
+        let response_edns = request.edns.as_ref().map(|req| {
+            let mut edns = Edns::new();
+            // Never promise more than we will send, nor less than RFC 6891's floor.
+            edns.set_max_payload(req.max_payload().clamp(512, state.max_udp_payload.max(512)));
+            edns.set_version(0);
+            if let (Some(scope), Some(EdnsOption::Subnet(subnet))) =
+                (plan.ecs_scope, req.option(EdnsCode::Subnet))
+            {
+                edns.options_mut()
+                    .insert(EdnsOption::Subnet(ClientSubnet::new(
+                        subnet.addr(),
+                        subnet.source_prefix(),
+                        scope,
+                    )));
+            }
+            edns
+        });
+
+        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        if let Some(edns) = &response_edns {
+            builder.edns(edns);
+        }
+        let response = builder.build(
+            metadata,
+            plan.answers.iter().copied(),
+            plan.authority.iter(),
+            [],
+            [],
+        );
+        let info = match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, src = %request.src(), "could not send a DNS response");
+                let mut failed = Metadata::response_from_request(&request.metadata);
+                failed.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata: failed,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        };
+
+        let qtype = request
+            .queries
+            .queries()
+            .first()
+            .map(|q| qtype_index(q.query_type()))
+            .unwrap_or(usize::MAX);
+        let tcp = request.protocol() == Protocol::Tcp;
+        self.metrics
+            .query(tcp, qtype, rcode_index(plan.rcode))
+            .inc();
+        if let Some((region, fail_open)) = plan.steered {
+            if let Some(counter) = state.region_counters.get(region) {
+                counter.inc();
+            }
+            if fail_open {
+                self.metrics.fail_open.inc();
+            }
+        }
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        info
+    }
+}

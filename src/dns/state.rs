@@ -1,0 +1,136 @@
+//! Everything the query path reads, built once per config (and swapped whole on reload):
+//! zones, the region table, the GeoIP database and the precomputed steered records.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{LowerName, Name, RData, Record};
+use ipnet::IpNet;
+
+use super::zone::{Zone, ZoneError};
+use crate::config::dns::DnsConfig;
+use crate::geo::{GeoDb, GeoError};
+use crate::health::NodeId;
+use crate::steer::{RegionTable, Rule};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Zone(#[from] ZoneError),
+    #[error(transparent)]
+    Geo(#[from] GeoError),
+}
+
+/// A steered name with its answers for every region, precomputed.
+pub struct SteeredName {
+    pub name: Name,
+    pub ttl: u32,
+    pub answers: usize,
+    /// Per region: (node, A record) for each node with an IPv4 address.
+    pub v4: Vec<Vec<(NodeId, Record)>>,
+    /// Per region: (node, AAAA record) for each node with an IPv6 address.
+    pub v6: Vec<Vec<(NodeId, Record)>>,
+}
+
+pub struct DnsState {
+    pub zones: Vec<Zone>,
+    pub steered: Vec<SteeredName>,
+    pub table: RegionTable,
+    pub geo: Arc<GeoDb>,
+    pub max_udp_payload: u16,
+    /// CIDR override networks, which narrow ECS scopes.
+    pub override_cidrs: Vec<IpNet>,
+    /// Steered-answer counters per region, resolved once so queries only bump atomics.
+    pub region_counters: Vec<prometheus::IntCounter>,
+}
+
+impl DnsState {
+    pub fn build(cfg: &DnsConfig) -> Result<Self, StateError> {
+        let geo = Arc::new(GeoDb::open(&cfg.geoip_database)?);
+        Self::build_with_geo(cfg, geo)
+    }
+
+    /// Builds with an already open database (a reload that keeps the database, tests).
+    pub fn build_with_geo(cfg: &DnsConfig, geo: Arc<GeoDb>) -> Result<Self, StateError> {
+        let table = RegionTable::from_config(cfg);
+        let mut zones = Vec::new();
+        let mut steered = Vec::new();
+        for z in &cfg.zones {
+            let mut names = Vec::new();
+            for s in &z.steered {
+                names.push((s.name.clone(), steered.len()));
+                steered.push(steered_records(&table, &s.name, s.ttl, s.answers));
+            }
+            zones.push(Zone::load(&z.origin, &z.file, &names)?);
+        }
+        // Longest origin first, so the most specific zone answers a name.
+        zones.sort_by_key(|z| std::cmp::Reverse(z.origin.num_labels()));
+        let override_cidrs = table
+            .overrides
+            .iter()
+            .filter_map(|o| match o.rule {
+                Rule::Cidr(net) => Some(net),
+                _ => None,
+            })
+            .collect();
+        Ok(Self {
+            zones,
+            steered,
+            table,
+            geo,
+            max_udp_payload: cfg.max_udp_payload,
+            override_cidrs,
+            region_counters: Vec::new(),
+        })
+    }
+
+    pub fn attach_metrics(&mut self, metrics: &crate::metrics::DnsMetrics) {
+        let names: Vec<String> = self.table.regions.iter().map(|r| r.name.clone()).collect();
+        self.region_counters = metrics.steered_for(&names);
+    }
+
+    /// The zone a name belongs to, if we are authoritative for it.
+    pub fn zone_for(&self, name: &LowerName) -> Option<&Zone> {
+        self.zones.iter().find(|z| z.origin.zone_of(name))
+    }
+
+    /// Node ids in config order, with their initial state, for building a health table.
+    pub fn initial_health(&self) -> Vec<bool> {
+        self.table.nodes.iter().map(|n| n.initially_up).collect()
+    }
+
+    pub fn deciding_network(&self, ip: IpAddr) -> Result<crate::geo::GeoMatch, GeoError> {
+        self.geo.lookup(ip)
+    }
+}
+
+fn steered_records(table: &RegionTable, name: &Name, ttl: u32, answers: usize) -> SteeredName {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for region in &table.regions {
+        let mut r4 = Vec::new();
+        let mut r6 = Vec::new();
+        for id in region.nodes.clone() {
+            let node = &table.nodes[id];
+            if let Some(ip) = node.ipv4 {
+                r4.push((id, Record::from_rdata(name.clone(), ttl, RData::A(A(ip)))));
+            }
+            if let Some(ip) = node.ipv6 {
+                r6.push((
+                    id,
+                    Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(ip))),
+                ));
+            }
+        }
+        v4.push(r4);
+        v6.push(r6);
+    }
+    SteeredName {
+        name: name.clone(),
+        ttl,
+        answers,
+        v4,
+        v6,
+    }
+}

@@ -1,0 +1,190 @@
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use geoedge::config::{ConfigError, DnsConfig};
+use geoedge::dns::server::DnsServer;
+use geoedge::dns::DnsState;
+use geoedge::geo::GeoDb;
+use geoedge::steer::{Basis, RegionTable};
+
+#[derive(Parser)]
+#[command(
+    name = "geoedge",
+    version,
+    about = "Global server load balancing edge: steered DNS and a regional proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the authoritative DNS server.
+    Dns {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file (and the files it names); exit 0 when it is good.
+    Check { file: PathBuf },
+    /// GeoIP tools.
+    Geo {
+        #[command(subcommand)]
+        command: GeoCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GeoCommand {
+    /// Show where an address is, the network that decided it, and how regions rank for it.
+    Lookup {
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// A dns config: rank its regions for the address (its database is used unless --db).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        ip: IpAddr,
+    },
+    /// Build a GeoIP database from a text source (see geo/README.md).
+    Build { source: PathBuf, out: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dns { config } => {
+            let cfg = DnsConfig::load(&config)?;
+            let runtime = runtime(cfg.workers)?;
+            runtime.block_on(async {
+                let server = DnsServer::new(&cfg)?;
+                server.run(&cfg, shutdown_signal()).await
+            })
+        }
+        Command::Check { file } => {
+            check(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Geo { command } => match command {
+            GeoCommand::Build { source, out } => {
+                let n = geoedge::geo::build::build_file(&source, &out)?;
+                println!("wrote {} networks to {}", n, out.display());
+                Ok(())
+            }
+            GeoCommand::Lookup { db, config, ip } => geo_lookup(db, config, ip),
+        },
+    }
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = DnsConfig::load(file)?;
+    DnsState::build(&cfg).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        key: None,
+        line: None,
+        message: e.to_string(),
+    })?;
+    Ok(())
+}
+
+fn geo_lookup(db: Option<PathBuf>, config: Option<PathBuf>, ip: IpAddr) -> anyhow::Result<()> {
+    let cfg = config.map(|c| DnsConfig::load(&c)).transpose()?;
+    let db_path = match (&db, &cfg) {
+        (Some(db), _) => db.clone(),
+        (None, Some(cfg)) => cfg.geoip_database.clone(),
+        (None, None) => anyhow::bail!("give --db FILE or --config FILE"),
+    };
+    let geo = GeoDb::open(&db_path)?;
+    let m = geo.lookup(ip)?;
+    println!("address:   {ip}");
+    println!("network:   {}", m.network);
+    match &m.location {
+        Some(loc) => {
+            let fmt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+            let code = |c: Option<geoedge::geo::Code>| {
+                c.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "city:      {}",
+                geo.city_name(ip).unwrap_or_else(|| "-".into())
+            );
+            println!("country:   {}", code(loc.country));
+            println!("continent: {}", code(loc.continent));
+            println!("location:  {}, {}", fmt(loc.latitude), fmt(loc.longitude));
+        }
+        None => println!("location:  not in the database"),
+    }
+    if let Some(cfg) = cfg {
+        let table = RegionTable::from_config(&cfg);
+        println!("regions (best first):");
+        for (rank, (region, basis)) in table.rank(ip, m.location.as_ref()).into_iter().enumerate() {
+            let why = match basis {
+                Basis::Distance(km) => format!("{km:.0} km"),
+                Basis::Override(i) => format!("override #{i}"),
+                Basis::DefaultOrder => "default order".to_string(),
+            };
+            println!("  {}. {:<12} {}", rank + 1, table.regions[region].name, why);
+        }
+    }
+    Ok(())
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 1 {
+            b.worker_threads(workers);
+        }
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

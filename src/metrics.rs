@@ -1,0 +1,236 @@
+//! The Prometheus registry and the metric names every process exports. Names are `pub
+//! const` so tests and dashboards refer to the same strings.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub const DNS_QUERIES: &str = "geoedge_dns_queries_total";
+pub const DNS_STEERED_ANSWERS: &str = "geoedge_dns_steered_answers_total";
+pub const DNS_ECS_QUERIES: &str = "geoedge_dns_ecs_queries_total";
+pub const DNS_FAIL_OPEN: &str = "geoedge_dns_fail_open_total";
+pub const DNS_QUERY_DURATION: &str = "geoedge_dns_query_duration_seconds";
+pub const DNS_NODE_UP: &str = "geoedge_dns_node_up";
+pub const BUILD_INFO: &str = "geoedge_build_info";
+
+/// Renders a registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    // Encoding into a Vec cannot fail for I/O reasons; a metric family that cannot be
+    // encoded is a bug, and an empty page says so without taking the process down.
+    if TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    // Registration fails only for a duplicate name, which would be a bug in this file.
+    if let Err(e) = registry.register(Box::new(metric.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    metric
+}
+
+pub fn register_build_info(registry: &Registry, role: &str) {
+    let g = register(
+        registry,
+        IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "geoedge build, always 1"),
+            &["version", "role"],
+        )
+        .expect("static metric options are valid"),
+    );
+    g.with_label_values(&[env!("CARGO_PKG_VERSION"), role])
+        .set(1);
+}
+
+/// Query types counted by name; everything else is `other`, which keeps label
+/// cardinality fixed whatever clients send.
+pub const QTYPES: [&str; 9] = [
+    "A", "AAAA", "ANY", "SOA", "NS", "CNAME", "MX", "TXT", "other",
+];
+pub const RCODES: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "other",
+];
+pub const PROTOCOLS: [&str; 2] = ["udp", "tcp"];
+
+/// The DNS server's metrics, with every label combination resolved up front so the
+/// query path only bumps atomics.
+pub struct DnsMetrics {
+    queries: Vec<IntCounter>,
+    pub ecs_present: IntCounter,
+    pub ecs_absent: IntCounter,
+    pub fail_open: IntCounter,
+    pub duration: Histogram,
+    steered: IntCounterVec,
+    node_up: IntGaugeVec,
+}
+
+impl DnsMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let queries_vec = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    DNS_QUERIES,
+                    "DNS queries answered, by protocol, type and rcode",
+                ),
+                &["proto", "qtype", "rcode"],
+            )
+            .expect("static metric options are valid"),
+        );
+        let mut queries = Vec::new();
+        for p in PROTOCOLS {
+            for q in QTYPES {
+                for r in RCODES {
+                    queries.push(queries_vec.with_label_values(&[p, q, r]));
+                }
+            }
+        }
+        let ecs = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    DNS_ECS_QUERIES,
+                    "Queries for steered names, by whether they carried EDNS Client Subnet",
+                ),
+                &["ecs"],
+            )
+            .expect("static metric options are valid"),
+        );
+        let fail_open = register(
+            registry,
+            IntCounter::new(
+                DNS_FAIL_OPEN,
+                "Steered answers given while every region was down",
+            )
+            .expect("valid"),
+        );
+        let duration = register(
+            registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    DNS_QUERY_DURATION,
+                    "Time to answer a query, from parsed request to sent response",
+                )
+                .buckets(vec![
+                    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+                    0.002_5, 0.005, 0.01,
+                ]),
+            )
+            .expect("valid"),
+        );
+        let steered = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    DNS_STEERED_ANSWERS,
+                    "Steered answers, by the region answered",
+                ),
+                &["region"],
+            )
+            .expect("valid"),
+        );
+        let node_up = register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    DNS_NODE_UP,
+                    "1 when the node is answered, 0 when it is down",
+                ),
+                &["region", "node"],
+            )
+            .expect("valid"),
+        );
+        register_build_info(registry, "dns");
+        Self {
+            queries,
+            ecs_present: ecs.with_label_values(&["present"]),
+            ecs_absent: ecs.with_label_values(&["absent"]),
+            fail_open,
+            duration,
+            steered,
+            node_up,
+        }
+    }
+
+    pub fn query(&self, tcp: bool, qtype: usize, rcode: usize) -> &IntCounter {
+        let p = usize::from(tcp);
+        let q = qtype.min(QTYPES.len() - 1);
+        let r = rcode.min(RCODES.len() - 1);
+        &self.queries[(p * QTYPES.len() + q) * RCODES.len() + r]
+    }
+
+    /// Counter handles for each region, resolved once per config.
+    pub fn steered_for(&self, regions: &[String]) -> Vec<IntCounter> {
+        regions
+            .iter()
+            .map(|r| self.steered.with_label_values(&[r]))
+            .collect()
+    }
+
+    pub fn node_gauge(&self, region: &str, node: &str) -> IntGauge {
+        self.node_up.with_label_values(&[region, node])
+    }
+}
+
+pub fn qtype_index(t: hickory_proto::rr::RecordType) -> usize {
+    use hickory_proto::rr::RecordType as T;
+    match t {
+        T::A => 0,
+        T::AAAA => 1,
+        T::ANY => 2,
+        T::SOA => 3,
+        T::NS => 4,
+        T::CNAME => 5,
+        T::MX => 6,
+        T::TXT => 7,
+        _ => 8,
+    }
+}
+
+pub fn rcode_index(code: hickory_proto::op::ResponseCode) -> usize {
+    use hickory_proto::op::ResponseCode as R;
+    match code {
+        R::NoError => 0,
+        R::FormErr => 1,
+        R::ServFail => 2,
+        R::NXDomain => 3,
+        R::NotImp => 4,
+        R::Refused => 5,
+        R::BADVERS => 6,
+        _ => 7,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_counters_land_on_their_labels() {
+        let registry = Registry::new();
+        let m = DnsMetrics::new(&registry);
+        m.query(true, 1, 3).inc();
+        let text = render(&registry);
+        assert!(
+            text.contains(
+                r#"geoedge_dns_queries_total{proto="tcp",qtype="AAAA",rcode="NXDOMAIN"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("geoedge_build_info"));
+    }
+
+    #[test]
+    fn qtype_index_maps_unknown_to_other() {
+        use hickory_proto::rr::RecordType;
+        assert_eq!(QTYPES[qtype_index(RecordType::AAAA)], "AAAA");
+        assert_eq!(QTYPES[qtype_index(RecordType::SRV)], "other");
+    }
+}

@@ -1,0 +1,147 @@
+//! Shared integration-test support: start the real binary on port 0, learn its sockets
+//! from its "listening" lines, and talk DNS to it.
+#![allow(dead_code)]
+
+pub mod dns;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_geoedge");
+
+/// A running geoedge process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    /// "UDP" / "TCP" / "HTTP (control)" ... -> addresses, in the order printed.
+    pub sockets: HashMap<String, Vec<SocketAddr>>,
+    pub stderr_path: PathBuf,
+}
+
+impl Proc {
+    /// Starts `geoedge ARGS` and waits until it has printed `expect` listening lines.
+    pub fn start(args: &[&str], dir: &Path, expect: usize) -> Proc {
+        let stderr_path = dir.join(format!("stderr-{}.log", args.join("_").replace('/', "_")));
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("start geoedge");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sockets: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+        let mut seen = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen < expect {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    panic!(
+                        "geoedge {args:?} did not print {expect} listening lines; stderr:\n{err}"
+                    );
+                }
+            };
+            if let Some(rest) = line.strip_prefix("listening for ") {
+                if let Some((kind, addr)) = rest.rsplit_once(" on ") {
+                    let addr: SocketAddr = addr.parse().expect("listening line has an address");
+                    sockets.entry(kind.to_string()).or_default().push(addr);
+                    seen += 1;
+                }
+            }
+        }
+        Proc {
+            child,
+            sockets,
+            stderr_path,
+        }
+    }
+
+    pub fn addr(&self, kind: &str) -> SocketAddr {
+        self.sockets
+            .get(kind)
+            .and_then(|v| v.first().copied())
+            .unwrap_or_else(|| panic!("no {kind} socket in {:?}", self.sockets))
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` until it returns Some, or panics after `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A plain HTTP/1.1 GET over a fresh connection; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read response");
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The shipped GeoIP source plus extra lines, built into `dir/geo.mmdb`.
+pub fn build_geo(dir: &Path, extra: &str) -> PathBuf {
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("geo/world.txt"))
+            .expect("read geo/world.txt");
+    let text = format!("{shipped}\n{extra}\n");
+    let entries = geoedge::geo::build::parse_source("test", &text).expect("parse geo source");
+    let bytes = geoedge::geo::build::to_mmdb(&entries).expect("build mmdb");
+    let path = dir.join("geo.mmdb");
+    std::fs::write(&path, bytes).expect("write mmdb");
+    path
+}
