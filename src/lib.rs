@@ -6,4 +6,6 @@ pub mod dns;
 pub mod geo;
 pub mod health;
 pub mod metrics;
+pub mod origin;
+pub mod proxy;
 pub mod steer;

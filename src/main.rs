@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use geoedge::config::{ConfigError, DnsConfig};
+use geoedge::config::{detect_kind, ConfigError, ConfigKind, DnsConfig, ProxyConfig};
 use geoedge::dns::server::DnsServer;
 use geoedge::dns::DnsState;
 use geoedge::geo::GeoDb;
+use geoedge::proxy::server::ProxyServer;
 use geoedge::steer::{Basis, RegionTable};
 
 #[derive(Parser)]
@@ -28,6 +29,18 @@ enum Command {
     Dns {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Run a regional proxy node.
+    Proxy {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a small origin server (for the demo and tests).
+    Origin {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        name: String,
     },
     /// Validate a config file (and the files it names); exit 0 when it is good.
     Check { file: PathBuf },
@@ -81,6 +94,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 server.run(&cfg, shutdown_signal()).await
             })
         }
+        Command::Proxy { config } => {
+            let cfg = ProxyConfig::load(&config)?;
+            let runtime = runtime(cfg.workers)?;
+            runtime.block_on(async {
+                let server = ProxyServer::new(cfg)?;
+                server.run(shutdown_signal()).await
+            })
+        }
+        Command::Origin { listen, name } => {
+            let runtime = runtime(1)?;
+            runtime.block_on(async {
+                let listener = geoedge::origin::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                println!(
+                    "listening for HTTP (origin {name}) on {}",
+                    listener.local_addr()?
+                );
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                let origin = geoedge::origin::Origin::new(&name);
+                tokio::select! {
+                    _ = geoedge::origin::serve(listener, origin) => {},
+                    _ = shutdown_signal() => {},
+                }
+                Ok(())
+            })
+        }
         Command::Check { file } => {
             check(&file)?;
             println!("{}: ok", file.display());
@@ -98,6 +139,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    if detect_kind(file)? == ConfigKind::Proxy {
+        let cfg = ProxyConfig::load(file)?;
+        if !cfg.https.is_empty() {
+            geoedge::proxy::tls::CertSet::load(&cfg.certificates).map_err(|e| ConfigError {
+                file: file.to_path_buf(),
+                key: Some("tls.certificates".into()),
+                line: None,
+                message: e.to_string(),
+            })?;
+        }
+        return Ok(());
+    }
     let cfg = DnsConfig::load(file)?;
     DnsState::build(&cfg).map_err(|e| ConfigError {
         file: file.to_path_buf(),

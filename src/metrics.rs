@@ -208,6 +208,168 @@ pub fn rcode_index(code: hickory_proto::op::ResponseCode) -> usize {
     }
 }
 
+pub const PROXY_REQUESTS: &str = "geoedge_proxy_requests_total";
+pub const PROXY_REQUEST_DURATION: &str = "geoedge_proxy_request_duration_seconds";
+pub const PROXY_UPSTREAM_IN_FLIGHT: &str = "geoedge_proxy_upstream_in_flight";
+pub const PROXY_UPSTREAM_UP: &str = "geoedge_proxy_upstream_up";
+pub const PROXY_RETRIES: &str = "geoedge_proxy_retries_total";
+pub const PROXY_UPSTREAM_ERRORS: &str = "geoedge_proxy_upstream_errors_total";
+pub const PROXY_TLS_HANDSHAKES: &str = "geoedge_proxy_tls_handshakes_total";
+pub const PROXY_CONNECTIONS_OPEN: &str = "geoedge_proxy_connections_open";
+pub const PROXY_CONNECTIONS: &str = "geoedge_proxy_connections_total";
+pub const PROXY_CERT_RELOADS: &str = "geoedge_proxy_certificate_reloads_total";
+
+pub const METHOD_CLASSES: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "DELETE", "other"];
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub fn method_index(m: &http::Method) -> usize {
+    match *m {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        _ => 5,
+    }
+}
+
+pub fn status_index(status: u16) -> usize {
+    (usize::from(status / 100)).clamp(1, 5) - 1
+}
+
+/// Per-route counters and histogram, resolved once per config.
+pub struct RouteMetrics {
+    requests: Vec<IntCounter>,
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn request(&self, method: usize, status: usize) -> &IntCounter {
+        &self.requests[method.min(5) * STATUS_CLASSES.len() + status.min(4)]
+    }
+}
+
+pub struct ProxyMetrics {
+    requests: IntCounterVec,
+    duration: prometheus::HistogramVec,
+    pub in_flight: IntGaugeVec,
+    pub upstream_up: IntGaugeVec,
+    pub retries: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub tls_ok: IntCounter,
+    pub tls_failed: IntCounter,
+    pub connections_open: IntGauge,
+    pub connections: IntCounterVec,
+    pub cert_reload_ok: IntCounter,
+    pub cert_reload_failed: IntCounter,
+}
+
+impl ProxyMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let v = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
+            )
+        };
+        let requests = v(
+            PROXY_REQUESTS,
+            "Requests answered, by route, method and status class",
+            &["route", "method", "status"],
+        );
+        let duration = register(
+            registry,
+            prometheus::HistogramVec::new(
+                HistogramOpts::new(
+                    PROXY_REQUEST_DURATION,
+                    "Time from request head to response head, by route",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["route"],
+            )
+            .expect("valid"),
+        );
+        let in_flight = register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    PROXY_UPSTREAM_IN_FLIGHT,
+                    "Requests in flight at each origin",
+                ),
+                &["upstream", "origin"],
+            )
+            .expect("valid"),
+        );
+        let upstream_up = register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(PROXY_UPSTREAM_UP, "1 when the origin takes traffic"),
+                &["upstream", "origin"],
+            )
+            .expect("valid"),
+        );
+        let retries = v(
+            PROXY_RETRIES,
+            "Requests retried on another origin",
+            &["upstream"],
+        );
+        let upstream_errors = v(
+            PROXY_UPSTREAM_ERRORS,
+            "Origin failures, by kind",
+            &["upstream", "kind"],
+        );
+        let tls = v(
+            PROXY_TLS_HANDSHAKES,
+            "TLS handshakes, by result",
+            &["result"],
+        );
+        let connections_open = register(
+            registry,
+            IntGauge::new(PROXY_CONNECTIONS_OPEN, "Client connections open now").expect("valid"),
+        );
+        let connections = v(
+            PROXY_CONNECTIONS,
+            "Client connections accepted, by listener kind",
+            &["listener"],
+        );
+        let reloads = v(
+            PROXY_CERT_RELOADS,
+            "Certificate reloads, by result",
+            &["result"],
+        );
+        register_build_info(registry, "proxy");
+        Self {
+            requests,
+            duration,
+            in_flight,
+            upstream_up,
+            retries,
+            upstream_errors,
+            tls_ok: tls.with_label_values(&["ok"]),
+            tls_failed: tls.with_label_values(&["error"]),
+            connections_open,
+            connections,
+            cert_reload_ok: reloads.with_label_values(&["ok"]),
+            cert_reload_failed: reloads.with_label_values(&["error"]),
+        }
+    }
+
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let mut requests = Vec::new();
+        for m in METHOD_CLASSES {
+            for s in STATUS_CLASSES {
+                requests.push(self.requests.with_label_values(&[route, m, s]));
+            }
+        }
+        RouteMetrics {
+            requests,
+            duration: self.duration.with_label_values(&[route]),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! engines use. Every error names the file, the key and (where known) the line.
 
 pub mod dns;
+pub mod proxy;
 
 use std::fmt;
 use std::ops::Range;
@@ -10,6 +11,31 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use dns::DnsConfig;
+pub use proxy::ProxyConfig;
+
+/// Which face of geoedge a config file is for, told by its top-level tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigKind {
+    Dns,
+    Proxy,
+}
+
+pub fn detect_kind(path: &Path) -> Result<ConfigKind, ConfigError> {
+    let source = Source::read(path)?;
+    let table: toml::Table = source.parse()?;
+    if table.contains_key("node") {
+        Ok(ConfigKind::Proxy)
+    } else if table.contains_key("geoip") || table.contains_key("zones") {
+        Ok(ConfigKind::Dns)
+    } else {
+        Err(ConfigError {
+            file: path.to_path_buf(),
+            key: None,
+            line: None,
+            message: "not a geoedge config: expected a [node] table (proxy) or [geoip] and [[zones]] (dns)".into(),
+        })
+    }
+}
 
 /// A config file that could not be used, with enough context to fix it.
 #[derive(Debug, thiserror::Error)]

@@ -25,33 +25,52 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     resp
 }
 
-/// Routes of the control listener.
-pub struct ControlRoutes {
-    pub registry: Registry,
+/// What a process exposes on its control/admin listener. The DNS server and the proxy
+/// each implement it; the HTTP plumbing here is shared.
+pub trait Admin: Send + Sync + 'static {
+    /// The Prometheus text page.
+    fn metrics(&self) -> String;
+    /// Whether this process can serve, and a human-readable reason.
+    fn healthz(&self) -> (bool, String) {
+        (true, "ok\n".into())
+    }
 }
 
-impl ControlRoutes {
-    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
-        match (req.method(), req.uri().path()) {
-            (&Method::GET, "/metrics") => {
-                let mut resp = text(StatusCode::OK, crate::metrics::render(&self.registry));
-                resp.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static(
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    ),
-                );
-                resp
-            }
-            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (_, "/metrics" | "/healthz") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+/// Admin for a process whose only state is a metrics registry.
+pub struct RegistryAdmin(pub Registry);
+
+impl Admin for RegistryAdmin {
+    fn metrics(&self) -> String {
+        crate::metrics::render(&self.0)
+    }
+}
+
+async fn route<A: Admin + ?Sized>(admin: &A, req: Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut resp = text(StatusCode::OK, admin.metrics());
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
         }
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            let (ok, reason) = admin.healthz();
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            text(status, reason)
+        }
+        (_, "/metrics" | "/healthz") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
 /// Serves the control routes until the task is dropped.
-pub async fn serve(listener: TcpListener, routes: Arc<ControlRoutes>) {
+pub async fn serve(listener: TcpListener, admin: Arc<dyn Admin>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -62,11 +81,11 @@ pub async fn serve(listener: TcpListener, routes: Arc<ControlRoutes>) {
                 continue;
             }
         };
-        let routes = routes.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let routes = routes.clone();
-                async move { Ok::<_, Infallible>(routes.route(req).await) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&*admin, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use super::{DnsState, GeoDnsHandler};
 use crate::config::DnsConfig;
-use crate::control::{self, ControlRoutes};
+use crate::control::{self, RegistryAdmin};
 use crate::health::HealthTable;
 use crate::metrics::DnsMetrics;
 
@@ -77,10 +77,8 @@ impl DnsServer {
                     .await
                     .with_context(|| format!("binding control listener {addr}"))?;
                 println!("listening for HTTP (control) on {}", listener.local_addr()?);
-                let routes = Arc::new(ControlRoutes {
-                    registry: self.registry.clone(),
-                });
-                Some(tokio::spawn(control::serve(listener, routes)))
+                let admin = Arc::new(RegistryAdmin(self.registry.clone()));
+                Some(tokio::spawn(control::serve(listener, admin)))
             }
             None => None,
         };

@@ -1,0 +1,638 @@
+//! `geoedge proxy` config: listeners, TLS certificates, routes, upstream groups with their
+//! origins, balancing, health checks, limits and forwarding rules.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigDuration, ConfigError, Source};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxyConfig {
+    node: RawNode,
+    listen: RawListen,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    forwarding: RawForwarding,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    upstreams: BTreeMap<String, RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    region: String,
+    #[serde(default)]
+    workers: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    #[serde(default)]
+    http: Vec<SocketAddr>,
+    #[serde(default)]
+    https: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+    /// Generate a self-signed certificate for these names at start (demo and tests).
+    self_signed: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "d_header_read_timeout")]
+    header_read_timeout: ConfigDuration,
+    #[serde(default = "d_idle_timeout")]
+    idle_timeout: ConfigDuration,
+    #[serde(default = "d_max_header_bytes")]
+    max_header_bytes: usize,
+    #[serde(default = "d_max_headers")]
+    max_headers: usize,
+    #[serde(default = "d_max_body_bytes")]
+    max_body_bytes: u64,
+    #[serde(default = "d_max_connections")]
+    max_connections: usize,
+    #[serde(default = "d_drain_timeout")]
+    drain_timeout: ConfigDuration,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: d_header_read_timeout(),
+            idle_timeout: d_idle_timeout(),
+            max_header_bytes: d_max_header_bytes(),
+            max_headers: d_max_headers(),
+            max_body_bytes: d_max_body_bytes(),
+            max_connections: d_max_connections(),
+            drain_timeout: d_drain_timeout(),
+        }
+    }
+}
+
+fn d_header_read_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(10))
+}
+fn d_idle_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+fn d_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn d_max_headers() -> usize {
+    100
+}
+fn d_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn d_max_connections() -> usize {
+    10_000
+}
+fn d_drain_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(10))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwarding {
+    #[serde(default)]
+    trusted_proxies: Vec<IpNet>,
+    #[serde(default = "d_hide")]
+    hide_response_headers: Vec<String>,
+    #[serde(default = "d_via")]
+    via: String,
+}
+
+impl Default for RawForwarding {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            hide_response_headers: d_hide(),
+            via: d_via(),
+        }
+    }
+}
+
+fn d_hide() -> Vec<String> {
+    vec!["server".into(), "x-powered-by".into()]
+}
+fn d_via() -> String {
+    "geoedge".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    hosts: Vec<String>,
+    #[serde(default = "d_prefix")]
+    path_prefix: String,
+    upstream: Spanned<String>,
+    #[serde(default)]
+    redirect_https: bool,
+}
+
+fn d_prefix() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    #[serde(default)]
+    balance: Balance,
+    sticky_cookie: Option<String>,
+    #[serde(default = "d_connect_timeout")]
+    connect_timeout: ConfigDuration,
+    #[serde(default = "d_response_timeout")]
+    response_timeout: ConfigDuration,
+    origins: Vec<RawOrigin>,
+    health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    passive: RawPassive,
+}
+
+fn d_connect_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(2))
+}
+fn d_response_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    LeastConn,
+    RoundRobin,
+    WeightedRoundRobin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrigin {
+    name: String,
+    addr: SocketAddr,
+    #[serde(default = "d_weight")]
+    weight: u32,
+}
+
+fn d_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(default = "d_hc_path")]
+    path: String,
+    #[serde(default = "d_hc_interval")]
+    interval: ConfigDuration,
+    #[serde(default = "d_hc_timeout")]
+    timeout: ConfigDuration,
+    #[serde(default = "d_hc_status")]
+    expect_status: u16,
+    #[serde(default = "d_two")]
+    rise: u32,
+    #[serde(default = "d_two")]
+    fall: u32,
+}
+
+fn d_hc_path() -> String {
+    "/healthz".into()
+}
+fn d_hc_interval() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(1))
+}
+fn d_hc_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_millis(500))
+}
+fn d_hc_status() -> u16 {
+    200
+}
+fn d_two() -> u32 {
+    2
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPassive {
+    #[serde(default = "d_passive_failures")]
+    failures: u32,
+    #[serde(default = "d_passive_cooldown")]
+    cooldown: ConfigDuration,
+}
+
+impl Default for RawPassive {
+    fn default() -> Self {
+        Self {
+            failures: d_passive_failures(),
+            cooldown: d_passive_cooldown(),
+        }
+    }
+}
+
+fn d_passive_failures() -> u32 {
+    3
+}
+fn d_passive_cooldown() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(5))
+}
+
+/// A validated `geoedge proxy` config.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub path: PathBuf,
+    pub node: String,
+    pub region: String,
+    pub workers: usize,
+    pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub certificates: Vec<CertificateSource>,
+    pub limits: Limits,
+    pub forwarding: Forwarding,
+    pub routes: Vec<RouteConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CertificateSource {
+    Files { cert: PathBuf, key: PathBuf },
+    SelfSigned(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    pub trusted_proxies: Vec<IpNet>,
+    /// Lower-case names of origin response headers not passed to clients.
+    pub hide_response_headers: Vec<String>,
+    pub via: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Lower-case host names; `*.example.test` matches any single-or-more label prefix.
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub upstream: String,
+    pub redirect_https: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub balance: Balance,
+    pub sticky_cookie: Option<String>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub origins: Vec<OriginConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub passive_failures: u32,
+    pub passive_cooldown: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub expect_status: u16,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl ProxyConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = Source::read(path)?;
+        Self::from_source(&source)
+    }
+
+    pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
+        let raw: RawProxyConfig = src.parse()?;
+        validate(src, raw)
+    }
+}
+
+fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigError> {
+    if raw.listen.http.is_empty() && raw.listen.https.is_empty() {
+        return Err(src.error(
+            "listen",
+            None,
+            "give at least one `http` or `https` address",
+        ));
+    }
+    if !raw.listen.https.is_empty() && raw.tls.certificates.is_empty() {
+        return Err(src.error(
+            "tls.certificates",
+            None,
+            "HTTPS listeners need at least one certificate",
+        ));
+    }
+    let mut certificates = Vec::new();
+    for (i, c) in raw.tls.certificates.into_iter().enumerate() {
+        let key = format!("tls.certificates[{i}]");
+        let source = match (c.cert, c.key, c.self_signed) {
+            (Some(cert), Some(keyfile), None) => {
+                for (what, p) in [("cert", &cert), ("key", &keyfile)] {
+                    let resolved = src.resolve(p.get_ref());
+                    if !resolved.is_file() {
+                        return Err(src.error(
+                            format!("{key}.{what}"),
+                            Some(p.span()),
+                            format!("{} does not exist", resolved.display()),
+                        ));
+                    }
+                }
+                CertificateSource::Files {
+                    cert: src.resolve(cert.get_ref()),
+                    key: src.resolve(keyfile.get_ref()),
+                }
+            }
+            (None, None, Some(names)) if !names.is_empty() => CertificateSource::SelfSigned(names),
+            _ => {
+                return Err(src.error(
+                    key,
+                    None,
+                    "a certificate is either `cert` + `key` files or `self_signed = [names]`",
+                ))
+            }
+        };
+        certificates.push(source);
+    }
+
+    let l = raw.limits;
+    if l.max_header_bytes < 1024 {
+        return Err(src.error("limits.max_header_bytes", None, "must be at least 1024"));
+    }
+    if l.max_headers == 0 || l.max_connections == 0 {
+        return Err(src.error(
+            "limits",
+            None,
+            "max_headers and max_connections must be at least 1",
+        ));
+    }
+    let limits = Limits {
+        header_read_timeout: l.header_read_timeout.0,
+        idle_timeout: l.idle_timeout.0,
+        max_header_bytes: l.max_header_bytes,
+        max_headers: l.max_headers,
+        max_body_bytes: l.max_body_bytes,
+        max_connections: l.max_connections,
+        drain_timeout: l.drain_timeout.0,
+    };
+
+    let mut upstreams = Vec::new();
+    let mut origin_names = HashSet::new();
+    for (name, u) in raw.upstreams {
+        let key = format!("upstreams.{name}");
+        if u.origins.is_empty() {
+            return Err(src.error(
+                format!("{key}.origins"),
+                None,
+                "an upstream needs at least one origin",
+            ));
+        }
+        let mut origins = Vec::new();
+        for (i, o) in u.origins.into_iter().enumerate() {
+            if !origin_names.insert(o.name.clone()) {
+                return Err(src.error(
+                    format!("{key}.origins[{i}].name"),
+                    None,
+                    format!("origin `{}` is defined twice", o.name),
+                ));
+            }
+            if o.weight == 0 || o.weight > 1000 {
+                return Err(src.error(
+                    format!("{key}.origins[{i}].weight"),
+                    None,
+                    "weight must be between 1 and 1000",
+                ));
+            }
+            origins.push(OriginConfig {
+                name: o.name,
+                addr: o.addr,
+                weight: o.weight,
+            });
+        }
+        if let Some(cookie) = &u.sticky_cookie {
+            if cookie.is_empty()
+                || !cookie
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(src.error(
+                    format!("{key}.sticky_cookie"),
+                    None,
+                    "a cookie name is letters, digits, - and _",
+                ));
+            }
+        }
+        let health_check = match u.health_check {
+            Some(h) => {
+                if !h.path.starts_with('/') {
+                    return Err(src.error(
+                        format!("{key}.health_check.path"),
+                        None,
+                        "must start with /",
+                    ));
+                }
+                if h.interval.0 < Duration::from_millis(50) {
+                    return Err(src.error(
+                        format!("{key}.health_check.interval"),
+                        None,
+                        "must be at least 50ms",
+                    ));
+                }
+                if h.timeout.0 > h.interval.0 {
+                    return Err(src.error(
+                        format!("{key}.health_check.timeout"),
+                        None,
+                        "must not be longer than the interval",
+                    ));
+                }
+                Some(HealthCheckConfig {
+                    path: h.path,
+                    interval: h.interval.0,
+                    timeout: h.timeout.0,
+                    expect_status: h.expect_status,
+                    rise: h.rise.max(1),
+                    fall: h.fall.max(1),
+                })
+            }
+            None => None,
+        };
+        upstreams.push(UpstreamConfig {
+            name,
+            balance: u.balance,
+            sticky_cookie: u.sticky_cookie,
+            connect_timeout: u.connect_timeout.0,
+            response_timeout: u.response_timeout.0,
+            origins,
+            health_check,
+            passive_failures: u.passive.failures.max(1),
+            passive_cooldown: u.passive.cooldown.0,
+        });
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if !upstreams.iter().any(|u| &u.name == r.upstream.get_ref()) {
+            return Err(src.error(
+                format!("{key}.upstream"),
+                Some(r.upstream.span()),
+                format!("no upstream is named `{}`", r.upstream.get_ref()),
+            ));
+        }
+        if r.hosts.is_empty() {
+            return Err(src.error(
+                format!("{key}.hosts"),
+                None,
+                "a route needs at least one host",
+            ));
+        }
+        if !r.path_prefix.starts_with('/') {
+            return Err(src.error(format!("{key}.path_prefix"), None, "must start with /"));
+        }
+        routes.push(RouteConfig {
+            hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            path_prefix: r.path_prefix,
+            upstream: r.upstream.into_inner(),
+            redirect_https: r.redirect_https,
+        });
+    }
+    if routes.is_empty() {
+        return Err(src.error("routes", None, "at least one route is needed"));
+    }
+
+    Ok(ProxyConfig {
+        path: src.path.clone(),
+        node: raw.node.name,
+        region: raw.node.region,
+        workers: raw.node.workers,
+        http: raw.listen.http,
+        https: raw.listen.https,
+        admin: raw.listen.admin,
+        certificates,
+        limits,
+        forwarding: Forwarding {
+            trusted_proxies: raw.forwarding.trusted_proxies,
+            hide_response_headers: raw
+                .forwarding
+                .hide_response_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            via: raw.forwarding.via,
+        },
+        routes,
+        upstreams,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+name = "eu-1"
+region = "eu"
+
+[listen]
+http = ["127.0.0.1:0"]
+
+[[routes]]
+hosts = ["www.example.test"]
+upstream = "web"
+
+[upstreams.web]
+[[upstreams.web.origins]]
+name = "o1"
+addr = "127.0.0.1:9001"
+"#;
+
+    fn load(text: &str) -> Result<ProxyConfig, ConfigError> {
+        ProxyConfig::from_source(&Source::from_text("/tmp/region.toml", text))
+    }
+
+    #[test]
+    fn good_config_gets_defaults() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.upstreams[0].balance, Balance::LeastConn);
+        assert_eq!(c.limits.max_headers, 100);
+        assert_eq!(
+            c.forwarding.hide_response_headers,
+            vec!["server", "x-powered-by"]
+        );
+    }
+
+    #[test]
+    fn unknown_upstream_is_named() {
+        let err = load(&GOOD.replace("upstream = \"web\"", "upstream = \"api\"")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("routes[0].upstream"));
+        assert!(err.line.is_some());
+    }
+
+    #[test]
+    fn https_without_certificates_is_rejected() {
+        let err = load(&GOOD.replace("http = [", "https = [")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("tls.certificates"));
+    }
+
+    #[test]
+    fn unknown_balance_is_rejected_with_line() {
+        let err = load(&GOOD.replace(
+            "[upstreams.web]\n",
+            "[upstreams.web]\nbalance = \"random\"\n",
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("random"), "{err}");
+        assert!(err.line.is_some());
+    }
+}

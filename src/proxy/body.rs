@@ -1,0 +1,81 @@
+//! Body types on the way through: one boxed type for everything the proxy sends, and the
+//! origin response body that releases its connection and in-flight count when done.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+
+use super::upstream::{InFlight, PoolReturn};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An origin's response body on its way to the client. When the origin has sent it all,
+/// the connection goes back to the pool; if the client goes away first, the connection is
+/// dropped (its state is unknown). Either way the in-flight count goes down on drop.
+pub struct OriginBody {
+    inner: hyper::body::Incoming,
+    pool: PoolReturn,
+    _in_flight: InFlight,
+}
+
+impl OriginBody {
+    pub fn new(inner: hyper::body::Incoming, pool: PoolReturn, in_flight: InFlight) -> Self {
+        let mut body = Self {
+            inner,
+            pool,
+            _in_flight: in_flight,
+        };
+        if body.inner.is_end_stream() {
+            body.pool.release();
+        }
+        body
+    }
+}
+
+impl Body for OriginBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.pool.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.inner.is_end_stream() {
+                    this.pool.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

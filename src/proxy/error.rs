@@ -1,0 +1,90 @@
+//! What went wrong with a proxied request, who is to blame, and what the client gets.
+//! The same fact drives the status code, the retry decision and the metric label.
+
+use http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route serves this Host.
+    #[error("no route for host {0:?}")]
+    UnknownHost(Option<String>),
+    #[error("no route for this path")]
+    NoRoute,
+    #[error("request framing is ambiguous: {0}")]
+    BadFraming(&'static str),
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("no healthy origin in upstream {0}")]
+    NoHealthyOrigin(String),
+    #[error("cannot reach origin {origin}: {message}")]
+    Connect { origin: String, message: String },
+    #[error("origin {origin} failed: {message}")]
+    Upstream { origin: String, message: String },
+    #[error("origin {origin} sent no response headers within {seconds}s")]
+    Timeout { origin: String, seconds: f64 },
+}
+
+/// Who failed: the metric label and log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    Client,
+    Upstream,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UnknownHost(_) => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadFraming(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoHealthyOrigin(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn blame(&self) -> Blame {
+        match self {
+            ProxyError::UnknownHost(_)
+            | ProxyError::NoRoute
+            | ProxyError::BadFraming(_)
+            | ProxyError::BodyTooLarge { .. } => Blame::Client,
+            _ => Blame::Upstream,
+        }
+    }
+
+    /// The body the client sees: short, and without origin names or addresses.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            ProxyError::UnknownHost(_) => {
+                "421 Misdirected Request: this server has no site by that name\n"
+            }
+            ProxyError::NoRoute => "404 Not Found\n",
+            ProxyError::BadFraming(_) => "400 Bad Request: ambiguous message framing\n",
+            ProxyError::BodyTooLarge { .. } => "413 Content Too Large\n",
+            ProxyError::NoHealthyOrigin(_) => "503 Service Unavailable: no healthy origin\n",
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "502 Bad Gateway\n",
+            ProxyError::Timeout { .. } => "504 Gateway Timeout\n",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_blame() {
+        assert_eq!(ProxyError::UnknownHost(None).status(), 421);
+        assert_eq!(ProxyError::NoHealthyOrigin("u".into()).status(), 503);
+        let t = ProxyError::Timeout {
+            origin: "o".into(),
+            seconds: 1.0,
+        };
+        assert_eq!(t.status(), 504);
+        assert_eq!(t.blame(), Blame::Upstream);
+        assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.blame(), Blame::Client);
+        assert!(!t.public_message().contains('o') || !t.public_message().contains("origin o"));
+    }
+}

@@ -1,0 +1,431 @@
+//! The proxied request path, top to bottom: check framing, route, pick an origin, forward
+//! (retrying once where that is safe), and pass the response back.
+//!
+//! Retry rule (written down, as Pingora's failover guide does):
+//! - a request that never reached the origin (connect error or timeout) is retried once on
+//!   another origin, whatever its method: it is still whole;
+//! - an idempotent request without a body whose connection broke before response headers
+//!   is retried once on another origin (its head is kept for that);
+//! - nothing else is retried: a request whose body was sent may have had its effect.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{
+    HeaderValue, CONTENT_LENGTH, COOKIE, HOST, LOCATION, SET_COOKIE, TRANSFER_ENCODING,
+};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Incoming};
+
+use super::body::{empty, full, OriginBody, ProxyBody};
+use super::error::ProxyError;
+use super::headers::{self, ForwardContext};
+use super::router::RouteMatch;
+use super::upstream::{InFlight, PoolReturn, Upstream};
+use super::{ProxyState, Shared};
+use crate::metrics::{method_index, status_index};
+
+/// What we know of the client connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+pub async fn handle(
+    shared: &Shared,
+    conn: ClientConn,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let state = shared.state.load_full();
+    let method = method_index(req.method());
+    let (response, route) = match proxy(shared, &state, conn, req).await {
+        Ok(outcome) => outcome,
+        Err((e, route)) => {
+            tracing::debug!(error = %e, client = %conn.peer, "request failed");
+            (error_response(&e), route)
+        }
+    };
+    if let Some(route) = route.and_then(|r| state.routes.get(r)) {
+        route
+            .metrics
+            .request(method, status_index(response.status().as_u16()))
+            .inc();
+        route
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+type Outcome = (Response<ProxyBody>, Option<usize>);
+
+async fn proxy(
+    shared: &Shared,
+    state: &ProxyState,
+    conn: ClientConn,
+    req: Request<Incoming>,
+) -> Result<Outcome, (ProxyError, Option<usize>)> {
+    check_framing(&req).map_err(|e| (e, None))?;
+    let host = headers::request_host(req.uri(), req.headers()).map(str::to_ascii_lowercase);
+    let route_index = match state.router.route(host.as_deref(), req.uri().path()) {
+        RouteMatch::Route(i) => i,
+        RouteMatch::UnknownHost => return Err((ProxyError::UnknownHost(host), None)),
+        RouteMatch::NoPath => return Err((ProxyError::NoRoute, None)),
+    };
+    let fail = |e| (e, Some(route_index));
+    let route = &state.routes[route_index];
+    if route.redirect_https && !conn.tls {
+        return Ok((
+            redirect_to_https(host.as_deref().unwrap_or(""), req.uri()),
+            Some(route_index),
+        ));
+    }
+    let limit = state.config.limits.max_body_bytes;
+    if let Some(len) = declared_length(&req) {
+        if len > limit {
+            return Err(fail(ProxyError::BodyTooLarge { limit }));
+        }
+    }
+    let upstream = state.upstreams[route.upstream].clone();
+    let sticky = upstream
+        .sticky_cookie
+        .as_deref()
+        .and_then(|name| cookie_value(req.headers(), name).map(str::to_string));
+
+    let (mut parts, body) = req.into_parts();
+    let version = parts.version;
+    headers::remove_hop_by_hop(&mut parts.headers);
+    let trusted = headers::is_trusted(conn.peer.ip(), &state.config.forwarding.trusted_proxies);
+    headers::set_forwarding(
+        &mut parts.headers,
+        &ForwardContext {
+            client: conn.peer.ip(),
+            proto: if conn.tls { "https" } else { "http" },
+            host: host.as_deref(),
+            version,
+            via: &state.config.forwarding.via,
+        },
+        trusted,
+    );
+    if !parts.headers.contains_key(HOST) {
+        // HTTP/2 clients send :authority, HTTP/1.1 origins need Host.
+        if let Some(h) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(HOST, h);
+        }
+    }
+    parts.uri = origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+
+    let bodyless = body.is_end_stream();
+    let replayable = bodyless && is_idempotent(&parts.method);
+    let body: ProxyBody = if bodyless {
+        empty()
+    } else {
+        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+            .map_err(|e| e as super::body::BoxError)
+            .boxed_unsync()
+    };
+    let retry_head = replayable.then(|| parts.clone());
+    let mut request = Some(Request::from_parts(parts, body));
+    let mut exclude = None;
+
+    for attempt in 0..2 {
+        let Some(index) = upstream.choose(sticky.as_deref(), exclude) else {
+            return Err(fail(ProxyError::NoHealthyOrigin(upstream.name.clone())));
+        };
+        if attempt > 0 {
+            shared
+                .metrics
+                .retries
+                .with_label_values(&[&upstream.name])
+                .inc();
+        }
+        let origin = &upstream.origins[index];
+        let gauge = state
+            .in_flight_gauges
+            .get(route.upstream)
+            .and_then(|g| g.get(index))
+            .cloned();
+        let in_flight = InFlight::new(origin.state.clone(), gauge);
+        let (mut sender, reused) = match upstream.connection(index).await {
+            Ok(c) => c,
+            Err(e) => {
+                count_failure(shared, &upstream, index, "connect");
+                exclude = Some(index);
+                if attempt == 0 {
+                    continue;
+                }
+                return Err(fail(ProxyError::Connect {
+                    origin: origin.name.clone(),
+                    message: e.to_string(),
+                }));
+            }
+        };
+        let Some(req) = request.take().or_else(|| {
+            retry_head
+                .as_ref()
+                .map(|head| Request::from_parts(head.clone(), empty()))
+        }) else {
+            return Err(fail(ProxyError::Upstream {
+                origin: origin.name.clone(),
+                message: "request body already sent; not retried".into(),
+            }));
+        };
+        let sent = tokio::time::timeout(upstream.response_timeout, sender.send_request(req)).await;
+        match sent {
+            Ok(Ok(resp)) => {
+                if resp.status().is_server_error() {
+                    count_failure(shared, &upstream, index, "5xx");
+                } else {
+                    origin.state.record_success();
+                }
+                let pool = PoolReturn {
+                    state: origin.state.clone(),
+                    sender: Some(sender),
+                };
+                let response = client_response(
+                    state,
+                    &upstream,
+                    index,
+                    sticky.as_deref(),
+                    version,
+                    resp,
+                    pool,
+                    in_flight,
+                );
+                return Ok((response, Some(route_index)));
+            }
+            Ok(Err(e)) if body_over_limit(&e) => {
+                return Err(fail(ProxyError::BodyTooLarge { limit }));
+            }
+            Ok(Err(e)) => {
+                // A reused keep-alive connection the origin had just closed is not the
+                // origin's fault; anything else counts against it.
+                if !(reused && (e.is_canceled() || e.is_incomplete_message())) {
+                    count_failure(shared, &upstream, index, "reset");
+                }
+                exclude = Some(index);
+                if attempt == 0 && replayable {
+                    continue;
+                }
+                return Err(fail(ProxyError::Upstream {
+                    origin: origin.name.clone(),
+                    message: e.to_string(),
+                }));
+            }
+            Err(_) => {
+                count_failure(shared, &upstream, index, "timeout");
+                return Err(fail(ProxyError::Timeout {
+                    origin: origin.name.clone(),
+                    seconds: upstream.response_timeout.as_secs_f64(),
+                }));
+            }
+        }
+    }
+    Err(fail(ProxyError::NoHealthyOrigin(upstream.name.clone())))
+}
+
+fn count_failure(shared: &Shared, upstream: &Upstream, index: usize, kind: &str) {
+    let origin = &upstream.origins[index];
+    shared
+        .metrics
+        .upstream_errors
+        .with_label_values(&[&upstream.name, kind])
+        .inc();
+    if origin
+        .state
+        .record_failure(upstream.passive_failures, upstream.passive_cooldown)
+    {
+        tracing::warn!(upstream = %upstream.name, origin = %origin.name, kind, "origin marked down for {:?} after repeated failures", upstream.passive_cooldown);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn client_response(
+    state: &ProxyState,
+    upstream: &Upstream,
+    index: usize,
+    sticky: Option<&str>,
+    client_version: Version,
+    resp: Response<Incoming>,
+    pool: PoolReturn,
+    in_flight: InFlight,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::hide_response_headers(
+        &mut parts.headers,
+        &state.config.forwarding.hide_response_headers,
+    );
+    headers::append_via(
+        &mut parts.headers,
+        Version::HTTP_11,
+        &state.config.forwarding.via,
+    );
+    if let Some(cookie) = &upstream.sticky_cookie {
+        let value = &upstream.origins[index].sticky;
+        if sticky != Some(value.as_str()) {
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("{cookie}={value}; Path=/; HttpOnly; SameSite=Lax"))
+            {
+                parts.headers.append(SET_COOKIE, v);
+            }
+        }
+    }
+    parts.version = client_version;
+    let body = OriginBody::new(body, pool, in_flight).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+/// HTTP/1.1 framing that different parsers could read differently is refused before
+/// anything is forwarded (RFC 9112 §6.3): both Content-Length and Transfer-Encoding, or
+/// several Content-Length values.
+fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let h = req.headers();
+    if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        return Err(ProxyError::BadFraming(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if h.get_all(CONTENT_LENGTH).iter().count() > 1 {
+        return Err(ProxyError::BadFraming("several Content-Length headers"));
+    }
+    if let Some(te) = h.get(TRANSFER_ENCODING) {
+        let chunked_last = te
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        if !chunked_last {
+            return Err(ProxyError::BadFraming(
+                "Transfer-Encoding without final chunked",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The client's streamed body went past the limit while being forwarded.
+fn body_over_limit(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The path and query only: origins get origin-form request targets.
+fn origin_form(uri: &Uri) -> Uri {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+fn redirect_to_https(host: &str, uri: &Uri) -> Response<ProxyBody> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut resp = Response::new(empty());
+    // 308 keeps the method and body, unlike 301/302.
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp
+}
+
+pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(Bytes::from_static(e.public_message().as_bytes())));
+    *resp.status_mut() = e.status();
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri("/x");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        assert!(check_framing(&req(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked")
+        ]))
+        .is_err());
+        assert!(check_framing(&req(&[("content-length", "5"), ("content-length", "5")])).is_err());
+        assert!(check_framing(&req(&[("transfer-encoding", "chunked, gzip")])).is_err());
+        assert!(check_framing(&req(&[("transfer-encoding", "gzip, chunked")])).is_ok());
+        assert!(check_framing(&req(&[("content-length", "5")])).is_ok());
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let h = req(&[("cookie", "a=1; geoedge_sticky=abc; b=2")]);
+        assert_eq!(cookie_value(h.headers(), "geoedge_sticky"), Some("abc"));
+        assert_eq!(cookie_value(h.headers(), "nope"), None);
+    }
+
+    #[test]
+    fn origin_form_drops_scheme_and_authority() {
+        let u: Uri = "https://www.example.test/a/b?c=d".parse().unwrap();
+        assert_eq!(origin_form(&u), "/a/b?c=d");
+        let u: Uri = "/".parse().unwrap();
+        assert_eq!(origin_form(&u), "/");
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+}

@@ -1,0 +1,327 @@
+//! Header work on the way through, split by purpose: hop-by-hop removal, forwarding
+//! headers (with the trusted-proxy rule), and masking the origin in responses.
+
+use std::net::IpAddr;
+
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    VIA,
+};
+use http::{HeaderMap, Version};
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// including every header the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+pub fn is_trusted(client: IpAddr, trusted: &[IpNet]) -> bool {
+    let client = canonical(client);
+    trusted.iter().any(|net| net.contains(&client))
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack sockets) compared as the IPv4 they are.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// What the proxy knows of the request it is forwarding.
+pub struct ForwardContext<'a> {
+    pub client: IpAddr,
+    /// "http" or "https": how the request reached us.
+    pub proto: &'static str,
+    /// The Host (or :authority) the client asked for.
+    pub host: Option<&'a str>,
+    pub version: Version,
+    /// Our Via pseudonym.
+    pub via: &'a str,
+}
+
+/// Sets X-Forwarded-For/-Proto/-Host, Forwarded (RFC 7239) and Via on a request bound
+/// for the origin. From a trusted proxy the incoming values are kept and extended; from
+/// anyone else they are dropped, because a client can write anything there.
+pub fn set_forwarding(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, trusted: bool) {
+    let client = canonical(ctx.client);
+    let prior_xff = joined(headers, &X_FORWARDED_FOR);
+    let prior_forwarded = joined(headers, &FORWARDED);
+    let prior_proto = headers.get(&X_FORWARDED_PROTO).cloned();
+    let prior_host = headers.get(&X_FORWARDED_HOST).cloned();
+    for name in [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &FORWARDED,
+    ] {
+        headers.remove(name);
+    }
+
+    let xff = match (&prior_xff, trusted) {
+        (Some(prior), true) => format!("{prior}, {client}"),
+        _ => client.to_string(),
+    };
+    insert(headers, &X_FORWARDED_FOR, &xff);
+
+    match (prior_proto, trusted) {
+        (Some(v), true) => {
+            headers.insert(X_FORWARDED_PROTO.clone(), v);
+        }
+        _ => {
+            headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(ctx.proto),
+            );
+        }
+    }
+    match (prior_host, trusted, ctx.host) {
+        (Some(v), true, _) => {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        (_, _, Some(host)) => insert(headers, &X_FORWARDED_HOST, host),
+        _ => {}
+    }
+
+    let node = match client {
+        IpAddr::V4(v4) => v4.to_string(),
+        // RFC 7239 §6: IPv6 nodes are bracketed and the value quoted.
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node};proto={}", ctx.proto);
+    if let Some(host) = ctx.host {
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        {
+            element.push_str(";host=");
+            if host.contains(':') {
+                element.push('"');
+                element.push_str(host);
+                element.push('"');
+            } else {
+                element.push_str(host);
+            }
+        }
+    }
+    let forwarded = match (&prior_forwarded, trusted) {
+        (Some(prior), true) => format!("{prior}, {element}"),
+        _ => element,
+    };
+    insert(headers, &FORWARDED, &forwarded);
+    append_via(headers, ctx.version, ctx.via);
+}
+
+/// Adds our hop to Via (RFC 9110 §7.6.3), keeping earlier hops.
+pub fn append_via(headers: &mut HeaderMap, version: Version, via: &str) {
+    let proto = match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let ours = format!("{proto} {via}");
+    let value = match joined(headers, &VIA) {
+        Some(prior) => format!("{prior}, {ours}"),
+        None => ours,
+    };
+    insert(headers, &VIA, &value);
+}
+
+/// Strips origin headers that identify the origin's software (configured list).
+pub fn hide_response_headers(headers: &mut HeaderMap, hidden: &[String]) {
+    for name in hidden {
+        headers.remove(name.as_str());
+    }
+}
+
+/// The Host a request is for: the URI authority (HTTP/2 :authority, absolute-form) or the
+/// Host header, lower-cased and without the port.
+pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    let raw = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers.get(HOST)?.to_str().ok()?,
+    };
+    let raw = raw.rsplit('@').next().unwrap_or(raw);
+    Some(strip_port(raw))
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+fn insert(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn ctx(client: &str) -> ForwardContext<'static> {
+        ForwardContext {
+            client: client.parse().unwrap(),
+            proto: "https",
+            host: Some("www.example.test"),
+            version: Version::HTTP_11,
+            via: "geoedge",
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn untrusted_client_forwarding_headers_are_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.test"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        set_forwarding(&mut h, &ctx("192.0.2.7"), false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "www.example.test");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;proto=https;host=www.example.test"
+        );
+        assert_eq!(h["via"], "1.1 geoedge");
+    }
+
+    #[test]
+    fn trusted_proxy_forwarding_headers_are_extended() {
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.9"),
+            ("x-forwarded-proto", "http"),
+            ("forwarded", "for=198.51.100.9"),
+            ("via", "1.1 lb"),
+        ]);
+        set_forwarding(&mut h, &ctx("10.0.0.2"), true);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.9, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(h["forwarded"]
+            .to_str()
+            .unwrap()
+            .starts_with("for=198.51.100.9, for=10.0.0.2"));
+        assert_eq!(h["via"], "1.1 lb, 1.1 geoedge");
+    }
+
+    #[test]
+    fn ipv6_clients_are_quoted_in_forwarded() {
+        let mut h = HeaderMap::new();
+        set_forwarding(&mut h, &ctx("2001:db8::1"), false);
+        assert!(h["forwarded"]
+            .to_str()
+            .unwrap()
+            .starts_with("for=\"[2001:db8::1]\""));
+        let mut h = HeaderMap::new();
+        set_forwarding(&mut h, &ctx("::ffff:192.0.2.1"), false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+    }
+
+    #[test]
+    fn trust_is_by_network() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(is_trusted("10.1.2.3".parse().unwrap(), &trusted));
+        assert!(is_trusted("::ffff:10.1.2.3".parse().unwrap(), &trusted));
+        assert!(!is_trusted("192.0.2.1".parse().unwrap(), &trusted));
+    }
+
+    #[test]
+    fn origin_identity_headers_are_hidden() {
+        let mut h = map(&[
+            ("server", "Apache/2.4"),
+            ("x-powered-by", "PHP"),
+            ("etag", "\"1\""),
+        ]);
+        hide_response_headers(&mut h, &["server".into(), "x-powered-by".into()]);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn host_comes_without_port_and_lowercase_is_callers_job() {
+        let uri: http::Uri = "/x".parse().unwrap();
+        let h = map(&[("host", "www.example.test:8443")]);
+        assert_eq!(request_host(&uri, &h), Some("www.example.test"));
+        let h = map(&[("host", "[::1]:8080")]);
+        assert_eq!(request_host(&uri, &h), Some("::1"));
+        let abs: http::Uri = "https://api.example.test/x".parse().unwrap();
+        assert_eq!(
+            request_host(&abs, &HeaderMap::new()),
+            Some("api.example.test")
+        );
+    }
+}

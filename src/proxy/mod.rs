@@ -1,0 +1,139 @@
+//! `geoedge proxy`: the regional reverse proxy.
+
+pub mod balance;
+pub mod body;
+pub mod checks;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod router;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus::{IntGauge, Registry};
+
+use crate::config::proxy::ProxyConfig;
+use crate::metrics::{ProxyMetrics, RouteMetrics};
+use router::Router;
+use upstream::{OriginRegistry, Upstream};
+
+pub struct RouteRuntime {
+    /// Label for metrics and logs: `host-pattern + prefix` of the first host.
+    pub label: String,
+    pub upstream: usize,
+    pub redirect_https: bool,
+    pub metrics: RouteMetrics,
+}
+
+/// Everything a request reads, swapped whole on reload.
+pub struct ProxyState {
+    pub config: ProxyConfig,
+    pub router: Router,
+    pub routes: Vec<RouteRuntime>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// In-flight gauges per upstream, per origin.
+    pub in_flight_gauges: Vec<Vec<IntGauge>>,
+}
+
+impl ProxyState {
+    pub fn build(config: ProxyConfig, registry: &OriginRegistry, metrics: &ProxyMetrics) -> Self {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u, registry)))
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let label = format!(
+                    "{}{}",
+                    r.hosts.first().map(String::as_str).unwrap_or("*"),
+                    r.path_prefix
+                );
+                RouteRuntime {
+                    metrics: metrics.route(&label),
+                    label,
+                    upstream: upstreams
+                        .iter()
+                        .position(|u| u.name == r.upstream)
+                        .unwrap_or(0),
+                    redirect_https: r.redirect_https,
+                }
+            })
+            .collect();
+        let in_flight_gauges = upstreams
+            .iter()
+            .map(|u| {
+                u.origins
+                    .iter()
+                    .map(|o| metrics.in_flight.with_label_values(&[&u.name, &o.name]))
+                    .collect()
+            })
+            .collect();
+        Self {
+            router: Router::new(&config.routes),
+            config,
+            routes,
+            upstreams,
+            in_flight_gauges,
+        }
+    }
+
+    /// Whether every route has at least one healthy origin: what `/healthz` reports and
+    /// what the DNS side reads.
+    pub fn can_serve(&self) -> (bool, Vec<String>) {
+        let mut problems = Vec::new();
+        for r in &self.routes {
+            if let Some(u) = self.upstreams.get(r.upstream) {
+                if !u.can_serve() {
+                    problems.push(format!(
+                        "route {}: no healthy origin in upstream {}",
+                        r.label, u.name
+                    ));
+                }
+            }
+        }
+        (problems.is_empty(), problems)
+    }
+}
+
+/// What every connection task shares.
+pub struct Shared {
+    pub state: ArcSwap<ProxyState>,
+    pub metrics: ProxyMetrics,
+    pub registry: Registry,
+    pub origins: OriginRegistry,
+}
+
+impl Shared {
+    pub fn new(config: ProxyConfig) -> Arc<Self> {
+        let registry = Registry::new();
+        let metrics = ProxyMetrics::new(&registry);
+        let origins = OriginRegistry::default();
+        let state = ProxyState::build(config, &origins, &metrics);
+        Arc::new(Self {
+            state: ArcSwap::from_pointee(state),
+            metrics,
+            registry,
+            origins,
+        })
+    }
+
+    /// Brings the health gauges up to date (called before each scrape).
+    pub fn refresh_gauges(&self) {
+        let state = self.state.load();
+        for u in &state.upstreams {
+            for o in &u.origins {
+                self.metrics
+                    .upstream_up
+                    .with_label_values(&[&u.name, &o.name])
+                    .set(i64::from(o.state.is_healthy()));
+            }
+        }
+    }
+}

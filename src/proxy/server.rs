@@ -1,0 +1,440 @@
+//! Listeners and connection lifecycle: accept under a connection cap, TLS with ALPN,
+//! HTTP/1.1 or HTTP/2 by ALPN, idle and header timeouts, graceful drain on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use super::forward::{self, ClientConn};
+use super::tls::{self, CertStore};
+use super::upstream::now_ms;
+use super::{checks, Shared};
+use crate::config::proxy::{Limits, ProxyConfig};
+use crate::control::{self, Admin};
+
+struct ProxyAdmin(Arc<Shared>);
+
+impl Admin for ProxyAdmin {
+    fn metrics(&self) -> String {
+        self.0.refresh_gauges();
+        crate::metrics::render(&self.0.registry)
+    }
+
+    fn healthz(&self) -> (bool, String) {
+        let (ok, problems) = self.0.state.load().can_serve();
+        if ok {
+            (true, "ok\n".into())
+        } else {
+            (false, problems.join("\n") + "\n")
+        }
+    }
+}
+
+pub struct ProxyServer {
+    pub shared: Arc<Shared>,
+    pub certs: Option<Arc<CertStore>>,
+}
+
+impl ProxyServer {
+    pub fn new(config: ProxyConfig) -> anyhow::Result<Self> {
+        let certs = if config.https.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                CertStore::new(config.certificates.clone()).context("loading TLS certificates")?,
+            ))
+        };
+        Ok(Self {
+            shared: Shared::new(config),
+            certs,
+        })
+    }
+
+    /// Binds every listener (printing one "listening" line each), serves until `shutdown`
+    /// resolves, then drains open connections up to the configured deadline.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let state = self.shared.state.load_full();
+        let cfg = &state.config;
+        let limits = Arc::new(cfg.limits.clone());
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        for addr in &cfg.http {
+            let listener = bind(*addr).await?;
+            println!("listening for HTTP on {}", listener.local_addr()?);
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                None,
+                self.shared.clone(),
+                limits.clone(),
+                permits.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        if let Some(store) = &self.certs {
+            let acceptor = TlsAcceptor::from(tls::server_config(store.clone())?);
+            for addr in &cfg.https {
+                let listener = bind(*addr).await?;
+                println!("listening for HTTPS on {}", listener.local_addr()?);
+                tasks.push(tokio::spawn(accept_loop(
+                    listener,
+                    Some(acceptor.clone()),
+                    self.shared.clone(),
+                    limits.clone(),
+                    permits.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            tasks.push(tokio::spawn(watch_certificates(
+                store.clone(),
+                self.shared.clone(),
+            )));
+        }
+        if let Some(addr) = cfg.admin {
+            let listener = bind(addr).await?;
+            println!("listening for HTTP (admin) on {}", listener.local_addr()?);
+            tasks.push(tokio::spawn(control::serve(
+                listener,
+                Arc::new(ProxyAdmin(self.shared.clone())),
+            )));
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let checks = checks::spawn(&state.upstreams);
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining open ones");
+        for t in &tasks {
+            t.abort();
+        }
+        let _ = stop_tx.send(true);
+        let drain = async {
+            // Every open connection holds a permit; all permits back means all closed.
+            let _all = permits.acquire_many(limits.max_connections as u32).await;
+        };
+        if tokio::time::timeout(limits.drain_timeout, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "drain deadline of {:?} passed; closing the rest",
+                limits.drain_timeout
+            );
+        }
+        for t in checks {
+            t.abort();
+        }
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+/// Polls certificate files once a second and on SIGHUP; a broken file keeps the old set.
+async fn watch_certificates(store: Arc<CertStore>, shared: Arc<Shared>) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        #[cfg(unix)]
+        let forced = match hup.as_mut() {
+            Some(h) => tokio::select! {
+                _ = tick.tick() => false,
+                _ = h.recv() => true,
+            },
+            None => {
+                tick.tick().await;
+                false
+            }
+        };
+        #[cfg(not(unix))]
+        let forced = {
+            tick.tick().await;
+            false
+        };
+        let result = if forced {
+            Some(store.reload())
+        } else {
+            store.reload_if_changed()
+        };
+        match result {
+            Some(Ok(())) => {
+                shared.metrics.cert_reload_ok.inc();
+                tracing::info!("TLS certificates reloaded");
+            }
+            Some(Err(e)) => {
+                shared.metrics.cert_reload_failed.inc();
+                tracing::error!(error = %e, "TLS certificate reload failed; still serving the previous certificates");
+            }
+            None => {}
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    limits: Arc<Limits>,
+    permits: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+) {
+    let kind = if tls.is_some() { "https" } else { "http" };
+    let accepted = shared.metrics.connections.with_label_values(&[kind]);
+    loop {
+        // At the cap we stop accepting and let the kernel queue hold new connections,
+        // as HAProxy's maxconn does, instead of accepting and dropping them.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        accepted.inc();
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let limits = limits.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shared.metrics.connections_open.inc();
+            serve_connection(stream, peer, tls, &shared, &limits, stop).await;
+            shared.metrics.connections_open.dec();
+            drop(permit);
+        });
+    }
+}
+
+/// Activity of one client connection, for the idle timeout: the last read or write, and
+/// requests still waiting for their response head.
+#[derive(Default)]
+struct Activity {
+    last_ms: AtomicU64,
+    waiting: AtomicUsize,
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: &Arc<Shared>,
+    limits: &Limits,
+    stop: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(Activity::default());
+    activity.last_ms.store(now_ms(), Ordering::Relaxed);
+    let conn = ClientConn {
+        peer,
+        tls: tls.is_some(),
+    };
+    let service = {
+        let shared = shared.clone();
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let activity = activity.clone();
+            async move {
+                activity.waiting.fetch_add(1, Ordering::Relaxed);
+                let resp = forward::handle(&shared, conn, req).await;
+                activity.waiting.fetch_sub(1, Ordering::Relaxed);
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    match tls {
+        None => {
+            let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+            let conn = http1_builder(limits).serve_connection(io, service);
+            drive(conn, activity, limits, stop, |c| c.graceful_shutdown()).await;
+        }
+        Some(acceptor) => {
+            // The handshake must finish within the header timeout: a client that opens a
+            // connection and sends nothing is the same slowloris with TLS on.
+            let tls_stream =
+                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(s)) => {
+                        shared.metrics.tls_ok.inc();
+                        s
+                    }
+                    Ok(Err(e)) => {
+                        shared.metrics.tls_failed.inc();
+                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        shared.metrics.tls_failed.inc();
+                        return;
+                    }
+                };
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(Tracked::new(tls_stream, activity.clone()));
+            if h2 {
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(256)
+                    .max_header_list_size(limits.max_header_bytes as u32)
+                    .keep_alive_interval(Some(limits.idle_timeout))
+                    .keep_alive_timeout(Duration::from_secs(20));
+                let conn = builder.serve_connection(io, service);
+                drive(conn, activity, limits, stop, |c| c.graceful_shutdown()).await;
+            } else {
+                let conn = http1_builder(limits).serve_connection(io, service);
+                drive(conn, activity, limits, stop, |c| c.graceful_shutdown()).await;
+            }
+        }
+    }
+}
+
+fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        // hyper also runs this timer while a keep-alive connection waits for its next
+        // request, so on HTTP/1.1 idle connections close after min(this, idle_timeout).
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
+    b
+}
+
+/// Runs a connection until it ends, it has been idle too long, or shutdown asks it to
+/// finish its current requests and close.
+async fn drive<C, E>(
+    conn: C,
+    activity: Arc<Activity>,
+    limits: &Limits,
+    mut stop: watch::Receiver<bool>,
+    graceful: impl Fn(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut conn = std::pin::pin!(conn);
+    let idle = limits.idle_timeout;
+    let check_every = (idle / 4).max(Duration::from_millis(50));
+    let idle_watch = async {
+        loop {
+            tokio::time::sleep(check_every).await;
+            let quiet = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
+            if activity.waiting.load(Ordering::Relaxed) == 0 && quiet >= idle.as_millis() as u64 {
+                return;
+            }
+        }
+    };
+    let stopping = async {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                // The server is gone without a word: treat as a stop.
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+            return;
+        }
+        _ = idle_watch => {}
+        _ = stopping => {}
+    }
+    graceful(conn.as_mut());
+    let _ = conn.await;
+}
+
+/// A socket that notes the time of every successful read and write.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Tracked<S> {
+    fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+
+    fn touch(&self) {
+        self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

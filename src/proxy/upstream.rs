@@ -1,0 +1,450 @@
+//! Upstream groups at run time: each origin's health (active checks and passive errors),
+//! its in-flight count, and its pool of idle HTTP/1.1 connections.
+//!
+//! We hold connections ourselves instead of using a pooled client so that a connect
+//! failure happens *before* the request is handed over: the request is still whole and can
+//! go to another origin, body and all.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::balance::{self, Candidate};
+use super::body::ProxyBody;
+use crate::config::proxy::{Balance, HealthCheckConfig, UpstreamConfig};
+use crate::health::RiseFall;
+
+/// Idle connections kept per origin; more than this are closed when returned.
+const MAX_IDLE_PER_ORIGIN: usize = 256;
+
+/// Milliseconds since the process started: a cheap monotonic clock for cool-downs.
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// State of one origin that must survive config reloads (looked up by name and address).
+pub struct OriginState {
+    pub in_flight: AtomicUsize,
+    /// Verdict of the active checks (true when none are configured).
+    checked_up: AtomicBool,
+    checks: Mutex<RiseFall>,
+    passive_failures: AtomicU32,
+    /// Passive cool-down: no traffic before this instant (`now_ms`).
+    down_until: AtomicU64,
+    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+}
+
+impl OriginState {
+    fn new(rise: u32, fall: u32) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            checked_up: AtomicBool::new(true),
+            checks: Mutex::new(RiseFall::new(true, rise, fall)),
+            passive_failures: AtomicU32::new(0),
+            down_until: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.checked_up.load(Ordering::Relaxed)
+            && now_ms() >= self.down_until.load(Ordering::Relaxed)
+    }
+
+    /// Feeds an active check result; returns Some(new state) on a change.
+    pub fn record_check(&self, ok: bool) -> Option<bool> {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        if checks.observe(ok) {
+            let up = checks.is_up();
+            self.checked_up.store(up, Ordering::Relaxed);
+            if up {
+                // Back from active checks: forget old passive errors.
+                self.passive_failures.store(0, Ordering::Relaxed);
+                self.down_until.store(0, Ordering::Relaxed);
+            }
+            return Some(up);
+        }
+        None
+    }
+
+    pub fn record_success(&self) {
+        if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a connect error, reset, timeout or 5xx; `threshold` in a row put the origin
+    /// in cool-down. Returns true when this failure started a cool-down.
+    pub fn record_failure(&self, threshold: u32, cooldown: Duration) -> bool {
+        let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= threshold {
+            self.passive_failures.store(0, Ordering::Relaxed);
+            self.down_until
+                .store(now_ms() + cooldown.as_millis() as u64, Ordering::Relaxed);
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            return true;
+        }
+        false
+    }
+
+    /// An idle connection that is still open, if any.
+    pub fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(sender) = idle.pop() {
+            if sender.is_ready() && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    pub fn put_idle(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_ORIGIN {
+            idle.push(sender);
+        }
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+}
+
+/// Keeps each origin's state across config reloads, so in-flight counts and health carry
+/// over for origins that still exist.
+#[derive(Default)]
+pub struct OriginRegistry {
+    states: Mutex<HashMap<(String, SocketAddr), Arc<OriginState>>>,
+}
+
+impl OriginRegistry {
+    pub fn state(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        hc: Option<&HealthCheckConfig>,
+    ) -> Arc<OriginState> {
+        let (rise, fall) = hc.map(|h| (h.rise, h.fall)).unwrap_or((1, 1));
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states
+            .entry((name.to_string(), addr))
+            .or_insert_with(|| Arc::new(OriginState::new(rise, fall)))
+            .clone()
+    }
+}
+
+pub struct Origin {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub authority: Authority,
+    /// Value of the sticky cookie that pins a client here.
+    pub sticky: String,
+    pub state: Arc<OriginState>,
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub balance: Balance,
+    pub sticky_cookie: Option<String>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub passive_failures: u32,
+    pub passive_cooldown: Duration,
+    pub health_check: Option<HealthCheckConfig>,
+    pub origins: Vec<Origin>,
+    schedule: Vec<usize>,
+    turn: AtomicUsize,
+    seed: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("connect to {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig, registry: &OriginRegistry) -> Self {
+        let origins = cfg
+            .origins
+            .iter()
+            .map(|o| Origin {
+                name: o.name.clone(),
+                addr: o.addr,
+                weight: o.weight,
+                authority: Authority::try_from(o.addr.to_string().as_str())
+                    .unwrap_or_else(|_| Authority::from_static("origin")),
+                sticky: balance::sticky_value(&o.name),
+                state: registry.state(&o.name, o.addr, cfg.health_check.as_ref()),
+            })
+            .collect::<Vec<_>>();
+        let weights: Vec<u32> = origins.iter().map(|o| o.weight).collect();
+        Self {
+            name: cfg.name.clone(),
+            balance: cfg.balance,
+            sticky_cookie: cfg.sticky_cookie.clone(),
+            connect_timeout: cfg.connect_timeout,
+            response_timeout: cfg.response_timeout,
+            passive_failures: cfg.passive_failures,
+            passive_cooldown: cfg.passive_cooldown,
+            health_check: cfg.health_check.clone(),
+            origins,
+            schedule: balance::weighted_schedule(&weights),
+            turn: AtomicUsize::new(0),
+            seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15 ^ now_ms()),
+        }
+    }
+
+    /// At least one origin can take traffic.
+    pub fn can_serve(&self) -> bool {
+        self.origins.iter().any(|o| o.state.is_healthy())
+    }
+
+    /// Chooses an origin, skipping unhealthy ones and `exclude` (a retry's first choice).
+    /// A sticky value naming a healthy origin wins.
+    pub fn choose(&self, sticky: Option<&str>, exclude: Option<usize>) -> Option<usize> {
+        if let Some(value) = sticky {
+            if let Some(i) = self.origins.iter().position(|o| o.sticky == value) {
+                if Some(i) != exclude && self.origins[i].state.is_healthy() {
+                    return Some(i);
+                }
+            }
+        }
+        // Small fixed-size stack buffer: upstreams rarely have more than a handful of
+        // origins, and the request path should not allocate for this.
+        let mut buf = [Candidate {
+            in_flight: 0,
+            weight: 1,
+            eligible: false,
+        }; 32];
+        let n = self.origins.len().min(buf.len());
+        for (i, o) in self.origins.iter().take(n).enumerate() {
+            buf[i] = Candidate {
+                in_flight: o.state.in_flight.load(Ordering::Relaxed),
+                weight: o.weight,
+                eligible: Some(i) != exclude && o.state.is_healthy(),
+            };
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let random = self.next_random();
+        balance::pick(self.balance, &buf[..n], &self.schedule, turn, random)
+    }
+
+    fn next_random(&self) -> u64 {
+        // SplitMix64 over an atomic counter: lock-free and good enough for tie-breaking.
+        let mut z = self
+            .seed
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// An HTTP/1.1 connection to the origin: an idle one, or a new one within the
+    /// connect timeout.
+    pub async fn connection(
+        &self,
+        index: usize,
+    ) -> Result<(SendRequest<ProxyBody>, bool), ConnectError> {
+        let origin = &self.origins[index];
+        if let Some(sender) = origin.state.take_idle() {
+            return Ok((sender, true));
+        }
+        let addr = origin.addr;
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Err(_) => {
+                    return Err(ConnectError::Timeout {
+                        addr,
+                        timeout: self.connect_timeout,
+                    })
+                }
+                Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+                Ok(Ok(s)) => s,
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, ProxyBody>(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(origin = %addr, error = %e, "origin connection ended");
+            }
+        });
+        Ok((sender, false))
+    }
+}
+
+/// Counts a request as in flight at an origin until dropped (when the response body is
+/// done or abandoned).
+pub struct InFlight {
+    state: Arc<OriginState>,
+    gauge: Option<prometheus::IntGauge>,
+}
+
+impl InFlight {
+    pub fn new(state: Arc<OriginState>, gauge: Option<prometheus::IntGauge>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        Self { state, gauge }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
+    }
+}
+
+/// Gives an origin connection back to its pool once the response on it is complete.
+pub struct PoolReturn {
+    pub state: Arc<OriginState>,
+    pub sender: Option<SendRequest<ProxyBody>>,
+}
+
+impl PoolReturn {
+    pub fn release(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.state.put_idle(sender);
+        }
+    }
+}
+
+pub type OriginResponse = http::Response<Incoming>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::proxy::OriginConfig;
+
+    fn upstream(balance: Balance, n: usize) -> Upstream {
+        let cfg = UpstreamConfig {
+            name: "u".into(),
+            balance,
+            sticky_cookie: Some("s".into()),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            origins: (0..n)
+                .map(|i| OriginConfig {
+                    name: format!("o{i}"),
+                    addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                    weight: 1,
+                })
+                .collect(),
+            health_check: None,
+            passive_failures: 2,
+            passive_cooldown: Duration::from_secs(60),
+        };
+        Upstream::new(&cfg, &OriginRegistry::default())
+    }
+
+    #[test]
+    fn passive_failures_put_an_origin_in_cool_down() {
+        let u = upstream(Balance::RoundRobin, 2);
+        assert!(!u.origins[0]
+            .state
+            .record_failure(2, Duration::from_secs(60)));
+        assert!(u.origins[0]
+            .state
+            .record_failure(2, Duration::from_secs(60)));
+        assert!(!u.origins[0].state.is_healthy());
+        for _ in 0..10 {
+            assert_eq!(u.choose(None, None), Some(1));
+        }
+    }
+
+    #[test]
+    fn a_success_resets_the_passive_count() {
+        let u = upstream(Balance::RoundRobin, 1);
+        u.origins[0]
+            .state
+            .record_failure(2, Duration::from_secs(60));
+        u.origins[0].state.record_success();
+        assert!(!u.origins[0]
+            .state
+            .record_failure(2, Duration::from_secs(60)));
+        assert!(u.origins[0].state.is_healthy());
+    }
+
+    #[test]
+    fn sticky_value_pins_until_the_origin_is_unhealthy() {
+        let u = upstream(Balance::RoundRobin, 3);
+        let pinned = u.origins[2].sticky.clone();
+        for _ in 0..5 {
+            assert_eq!(u.choose(Some(&pinned), None), Some(2));
+        }
+        u.origins[2]
+            .state
+            .record_failure(1, Duration::from_secs(60));
+        assert_ne!(u.choose(Some(&pinned), None), Some(2));
+    }
+
+    #[test]
+    fn exclude_moves_a_retry_elsewhere() {
+        let u = upstream(Balance::LeastConn, 2);
+        for _ in 0..10 {
+            assert_eq!(u.choose(None, Some(0)), Some(1));
+        }
+    }
+
+    #[test]
+    fn in_flight_guard_counts_up_and_down_and_state_survives_reload() {
+        let registry = OriginRegistry::default();
+        let cfg = |addr: &str| UpstreamConfig {
+            name: "u".into(),
+            balance: Balance::LeastConn,
+            sticky_cookie: None,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            origins: vec![OriginConfig {
+                name: "o".into(),
+                addr: addr.parse().unwrap(),
+                weight: 1,
+            }],
+            health_check: None,
+            passive_failures: 2,
+            passive_cooldown: Duration::from_secs(1),
+        };
+        let before = Upstream::new(&cfg("127.0.0.1:1"), &registry);
+        let guard = InFlight::new(before.origins[0].state.clone(), None);
+        let after = Upstream::new(&cfg("127.0.0.1:1"), &registry);
+        assert_eq!(after.origins[0].state.in_flight.load(Ordering::Relaxed), 1);
+        drop(guard);
+        assert_eq!(after.origins[0].state.in_flight.load(Ordering::Relaxed), 0);
+        let moved = Upstream::new(&cfg("127.0.0.1:2"), &registry);
+        assert!(!Arc::ptr_eq(
+            &moved.origins[0].state,
+            &before.origins[0].state
+        ));
+    }
+}
