@@ -57,17 +57,28 @@ impl DnsServer {
         cfg: &DnsConfig,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let handler = GeoDnsHandler::new(
+        let handler = Arc::new(GeoDnsHandler::new(
             self.state.clone(),
             self.health.clone(),
             self.metrics.clone(),
-        );
-        let mut server = Server::new(handler);
+        ));
+        let mut server = Server::new(SharedHandler(handler.clone()));
+        let mut udp_tasks = Vec::new();
+        let loops = if cfg.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            cfg.workers
+        };
         for addr in &cfg.listen {
             let (udp, tcp) = bind_pair(*addr).await?;
             println!("listening for UDP on {}", udp.local_addr()?);
             println!("listening for TCP on {}", tcp.local_addr()?);
-            server.register_socket(udp);
+            let udp = Arc::new(udp);
+            for _ in 0..loops {
+                udp_tasks.push(tokio::spawn(udp_loop(udp.clone(), handler.clone())));
+            }
             // 64 KiB: the largest DNS message, so a TCP answer is never cut.
             server.register_listener(tcp, cfg.tcp_idle_timeout, 65_535);
         }
@@ -90,11 +101,58 @@ impl DnsServer {
         if let Some(task) = control_task {
             task.abort();
         }
+        for task in udp_tasks {
+            task.abort();
+        }
         server
             .shutdown_gracefully()
             .await
             .map_err(|e| anyhow::anyhow!("DNS server shutdown: {e}"))?;
         Ok(())
+    }
+}
+
+/// Lets hickory's `Server` (TCP) and our UDP loops share one handler.
+struct SharedHandler(Arc<GeoDnsHandler>);
+
+#[async_trait::async_trait]
+impl hickory_server::server::RequestHandler for SharedHandler {
+    async fn handle_request<
+        R: hickory_server::server::ResponseHandler,
+        T: hickory_server::net::runtime::Time,
+    >(
+        &self,
+        request: &hickory_server::server::Request,
+        response_handle: R,
+    ) -> hickory_server::server::ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
+    }
+}
+
+/// Receives datagrams and answers each in place. A send error (the client's socket
+/// gone, a full buffer) loses that one answer, as UDP does; the loop goes on.
+async fn udp_loop(socket: Arc<UdpSocket>, handler: Arc<GeoDnsHandler>) {
+    let mut packet = vec![0u8; 65_535];
+    let mut out = Vec::with_capacity(1_232);
+    loop {
+        let (n, src) = match socket.recv_from(&mut packet).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "UDP receive failed");
+                continue;
+            }
+        };
+        // Port 0 cannot be answered; such packets are forged or broken.
+        if src.port() == 0 {
+            continue;
+        }
+        if handler.answer_datagram(&packet[..n], src, &mut out) {
+            if let Err(e) = socket.send_to(&out, src).await {
+                tracing::debug!(error = %e, client = %src, "UDP send failed");
+            }
+        }
     }
 }
 
