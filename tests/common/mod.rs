@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod http;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

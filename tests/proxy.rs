@@ -1,0 +1,717 @@
+//! `geoedge proxy` end to end: the real binary in front of real `geoedge origin`
+//! processes, all on loopback with ports chosen by the kernel.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::http::{self as h, runtime};
+use common::Proc;
+
+struct Origins {
+    procs: Vec<Proc>,
+    addrs: Vec<SocketAddr>,
+}
+
+fn start_origins(dir: &Path, names: &[&str]) -> Origins {
+    let mut procs = Vec::new();
+    let mut addrs = Vec::new();
+    for name in names {
+        let p = Proc::start(
+            &["origin", "--listen", "127.0.0.1:0", "--name", name],
+            dir,
+            1,
+        );
+        addrs.push(p.addr(&format!("HTTP (origin {name})")));
+        procs.push(p);
+    }
+    Origins { procs, addrs }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    origins: Origins,
+    proxy: Proc,
+}
+
+struct Opts {
+    names: Vec<&'static str>,
+    upstream: String,
+    extra: String,
+    https: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            names: vec!["o1", "o2"],
+            upstream: String::new(),
+            extra: String::new(),
+            https: false,
+        }
+    }
+}
+
+fn origin_block(names: &[&str], addrs: &[SocketAddr], weights: &[u32]) -> String {
+    names
+        .iter()
+        .zip(addrs)
+        .enumerate()
+        .map(|(i, (n, a))| {
+            format!(
+                "[[upstreams.web.origins]]\nname = \"{n}\"\naddr = \"{a}\"\nweight = {}\n",
+                weights.get(i).copied().unwrap_or(1)
+            )
+        })
+        .collect()
+}
+
+fn world(opts: Opts) -> World {
+    world_with_weights(opts, &[])
+}
+
+fn world_with_weights(opts: Opts, weights: &[u32]) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let origins = start_origins(dir.path(), &opts.names);
+    let listen = if opts.https {
+        "http = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]"
+    } else {
+        "http = [\"127.0.0.1:0\"]"
+    };
+    let config = format!(
+        r#"[node]
+name = "t-1"
+region = "t"
+workers = 1
+
+[listen]
+{listen}
+admin = "127.0.0.1:0"
+
+{extra}
+
+[[routes]]
+hosts = ["www.example.test", "*.example.test"]
+upstream = "web"
+
+[upstreams.web]
+connect_timeout = "500ms"
+response_timeout = "5s"
+{upstream}
+{origins}
+"#,
+        extra = opts.extra,
+        upstream = opts.upstream,
+        origins = origin_block(&opts.names, &origins.addrs, weights),
+    );
+    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+    let expect = if opts.https { 3 } else { 2 };
+    let proxy = Proc::start(&["proxy", "--config", "proxy.toml"], dir.path(), expect);
+    World {
+        dir,
+        origins,
+        proxy,
+    }
+}
+
+impl World {
+    fn http(&self) -> SocketAddr {
+        self.proxy.addr("HTTP")
+    }
+    fn admin(&self) -> SocketAddr {
+        self.proxy.addr("HTTP (admin)")
+    }
+    fn kill_origin(&mut self, i: usize) {
+        let _ = self.origins.procs[i].child.kill();
+        let _ = self.origins.procs[i].child.wait();
+    }
+}
+
+fn tally(replies: &[h::Reply]) -> HashMap<String, usize> {
+    let mut t = HashMap::new();
+    for r in replies {
+        *t.entry(r.origin()).or_insert(0) += 1;
+    }
+    t
+}
+
+async fn post(addr: SocketAddr, path: &str) {
+    let mut s = h::connect(addr).await;
+    h::send(&mut s, h::request("POST", "origin", path, &[], b""))
+        .await
+        .expect("origin control");
+}
+
+#[test]
+fn round_robin_and_weights_distribute_as_configured() {
+    let rt = runtime();
+    let w = world(Opts {
+        upstream: "balance = \"round_robin\"".into(),
+        ..Opts::default()
+    });
+    rt.block_on(async {
+        let mut replies = Vec::new();
+        for _ in 0..10 {
+            replies.push(h::get(w.http(), "www.example.test", "/").await.unwrap());
+        }
+        let t = tally(&replies);
+        assert_eq!((t["o1"], t["o2"]), (5, 5), "{t:?}");
+    });
+    let w = world_with_weights(
+        Opts {
+            upstream: "balance = \"weighted_round_robin\"".into(),
+            ..Opts::default()
+        },
+        &[3, 1],
+    );
+    rt.block_on(async {
+        let mut replies = Vec::new();
+        for _ in 0..12 {
+            replies.push(h::get(w.http(), "www.example.test", "/").await.unwrap());
+        }
+        let t = tally(&replies);
+        assert_eq!((t["o1"], t["o2"]), (9, 3), "{t:?}");
+    });
+}
+
+#[test]
+fn least_conn_sends_new_requests_away_from_a_slow_origin() {
+    let rt = runtime();
+    let w = world(Opts::default());
+    rt.block_on(async {
+        post(w.origins.addrs[0], "/_origin/delay?ms=400").await;
+        // Eight clients, five requests each, concurrently: the slow origin holds its
+        // requests longer, so least_conn hands most new ones to the fast origin.
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let addr = w.http();
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for _ in 0..5 {
+                    out.push(h::get(addr, "www.example.test", "/").await.unwrap());
+                }
+                out
+            }));
+        }
+        let mut replies = Vec::new();
+        for t in tasks {
+            replies.extend(t.await.unwrap());
+        }
+        let t = tally(&replies);
+        let slow = t.get("o1").copied().unwrap_or(0);
+        let fast = t.get("o2").copied().unwrap_or(0);
+        assert_eq!(slow + fast, 40);
+        assert!(
+            fast >= slow * 3,
+            "least_conn should favour the fast origin: {t:?}"
+        );
+    });
+}
+
+#[test]
+fn sticky_cookie_pins_a_client_and_moves_it_when_the_origin_dies() {
+    let rt = runtime();
+    let mut w = world(Opts {
+        upstream: "balance = \"round_robin\"\nsticky_cookie = \"edge\"".into(),
+        ..Opts::default()
+    });
+    let (cookie, pinned) = rt.block_on(async {
+        let first = h::get(w.http(), "www.example.test", "/").await.unwrap();
+        let set = first.header("set-cookie").expect("a sticky cookie is set");
+        assert!(set.starts_with("edge="), "{set}");
+        assert!(
+            !set.contains(&first.origin()),
+            "the cookie does not name the origin"
+        );
+        let cookie = set.split(';').next().unwrap().to_string();
+        for _ in 0..6 {
+            let r = h::get_with(w.http(), "www.example.test", "/", &[("cookie", &cookie)])
+                .await
+                .unwrap();
+            assert_eq!(r.origin(), first.origin(), "pinned");
+            assert!(
+                r.header("set-cookie").is_none(),
+                "no new cookie while pinned"
+            );
+        }
+        (cookie, first.origin())
+    });
+    let idx = if pinned == "o1" { 0 } else { 1 };
+    w.kill_origin(idx);
+    rt.block_on(async {
+        let r = h::get_with(w.http(), "www.example.test", "/", &[("cookie", &cookie)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_ne!(r.origin(), pinned);
+        assert!(
+            r.header("set-cookie").is_some(),
+            "re-pinned to the live origin"
+        );
+    });
+}
+
+#[test]
+fn an_origin_killed_mid_stream_costs_no_client_request() {
+    let rt = runtime();
+    let mut w = world(Opts {
+        upstream: "balance = \"round_robin\"".into(),
+        ..Opts::default()
+    });
+    let mut failures = Vec::new();
+    let mut served = 0;
+    rt.block_on(async {
+        // Keep-alive connection and fresh connections alternate, like real clients.
+        let mut keep = h::connect(w.http()).await;
+        for i in 0..300 {
+            if i == 60 {
+                w.kill_origin(0);
+            }
+            let r = if i % 2 == 0 {
+                h::send(
+                    &mut keep,
+                    h::request("GET", "www.example.test", "/", &[], b""),
+                )
+                .await
+            } else {
+                h::get(w.http(), "www.example.test", "/").await
+            };
+            match r {
+                Ok(r) if r.status == 200 => served += 1,
+                Ok(r) => failures.push(format!("request {i}: status {}", r.status)),
+                Err(e) => {
+                    failures.push(format!("request {i}: {e}"));
+                    keep = h::connect(w.http()).await;
+                }
+            }
+        }
+    });
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(served, 300);
+}
+
+#[test]
+fn active_checks_take_an_origin_out_and_bring_it_back_after_rise() {
+    let rt = runtime();
+    let w = world(Opts {
+        upstream: "balance = \"round_robin\"\n[upstreams.web.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\nrise = 3\nfall = 2"
+            .into(),
+        ..Opts::default()
+    });
+    rt.block_on(async {
+        post(w.origins.addrs[0], "/_origin/health?status=503").await;
+        // Wait until o1 is out: then many requests in a row all go to o2.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut origins = Vec::new();
+            for _ in 0..6 {
+                origins.push(
+                    h::get(w.http(), "www.example.test", "/")
+                        .await
+                        .unwrap()
+                        .origin(),
+                );
+            }
+            if origins.iter().all(|o| o == "o2") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "o1 still gets traffic: {origins:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..10 {
+            assert_eq!(
+                h::get(w.http(), "www.example.test", "/")
+                    .await
+                    .unwrap()
+                    .origin(),
+                "o2"
+            );
+        }
+        post(w.origins.addrs[0], "/_origin/health?status=200").await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = h::get(w.http(), "www.example.test", "/").await.unwrap();
+            if r.origin() == "o1" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "o1 never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+#[test]
+fn all_origins_down_gives_a_prompt_clear_error_and_unhealthy_healthz() {
+    let rt = runtime();
+    let mut w = world(Opts::default());
+    w.kill_origin(0);
+    w.kill_origin(1);
+    rt.block_on(async {
+        let started = Instant::now();
+        let r = h::get(w.http(), "www.example.test", "/").await.unwrap();
+        assert!(r.status == 502 || r.status == 503, "{}", r.status);
+        assert!(started.elapsed() < Duration::from_secs(3), "no hang");
+        // After repeated failures both are in cool-down: 503 without trying, and the
+        // proxy says it cannot serve.
+        for _ in 0..6 {
+            let _ = h::get(w.http(), "www.example.test", "/").await;
+        }
+        let r = h::get(w.http(), "www.example.test", "/").await.unwrap();
+        assert_eq!(r.status, 503);
+        let hz = h::get(w.admin(), "admin", "/healthz").await.unwrap();
+        assert_eq!(hz.status, 503, "{}", hz.text());
+        assert!(hz.text().contains("no healthy origin"));
+    });
+}
+
+#[test]
+fn forwarding_headers_hop_by_hop_and_origin_masking() {
+    let rt = runtime();
+    let w = world(Opts::default());
+    rt.block_on(async {
+        let r = h::get_with(
+            w.http(),
+            "www.example.test",
+            "/_origin/echo",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("forwarded", "for=6.6.6.6"),
+                ("connection", "x-drop-me"),
+                ("x-drop-me", "1"),
+                ("x-keep", "2"),
+            ],
+        )
+        .await
+        .unwrap();
+        let echo = r.text().to_lowercase();
+        assert!(echo.contains("x-forwarded-for: 127.0.0.1\n"), "{echo}");
+        assert!(
+            !echo.contains("6.6.6.6"),
+            "untrusted forwarding headers dropped: {echo}"
+        );
+        assert!(echo.contains("x-forwarded-proto: http\n"), "{echo}");
+        assert!(
+            echo.contains("x-forwarded-host: www.example.test\n"),
+            "{echo}"
+        );
+        assert!(
+            echo.contains("forwarded: for=127.0.0.1;proto=http;host=www.example.test\n"),
+            "{echo}"
+        );
+        assert!(echo.contains("via: 1.1 geoedge\n"), "{echo}");
+        assert!(
+            !echo.contains("x-drop-me"),
+            "Connection-named header removed: {echo}"
+        );
+        assert!(echo.contains("x-keep: 2"), "{echo}");
+        assert!(r.header("server").is_none(), "origin Server hidden");
+        assert!(
+            r.header("x-powered-by").is_none(),
+            "origin X-Powered-By hidden"
+        );
+        assert_eq!(r.header("via").as_deref(), Some("1.1 geoedge"));
+
+        let r = h::get(w.http(), "nope.other.test", "/").await.unwrap();
+        assert_eq!(r.status, 421);
+    });
+}
+
+#[test]
+fn trusted_proxies_may_extend_forwarding_headers() {
+    let rt = runtime();
+    let w = world(Opts {
+        extra: "[forwarding]\ntrusted_proxies = [\"127.0.0.0/8\"]".into(),
+        ..Opts::default()
+    });
+    rt.block_on(async {
+        let r = h::get_with(
+            w.http(),
+            "www.example.test",
+            "/_origin/echo",
+            &[
+                ("x-forwarded-for", "198.51.100.7"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        .await
+        .unwrap();
+        let echo = r.text().to_lowercase();
+        assert!(
+            echo.contains("x-forwarded-for: 198.51.100.7, 127.0.0.1\n"),
+            "{echo}"
+        );
+        assert!(echo.contains("x-forwarded-proto: https\n"), "{echo}");
+    });
+}
+
+fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn limits_and_smuggling_attempts_are_refused_while_others_are_served() {
+    let rt = runtime();
+    let w = world(Opts {
+        extra: "[limits]\nheader_read_timeout = \"400ms\"\nmax_header_bytes = 4096\nmax_body_bytes = 1000".into(),
+        ..Opts::default()
+    });
+    // Slow headers: a client that never finishes its head is cut off.
+    let mut slow = TcpStream::connect(w.http()).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: www.example.test\r\nX-Slow: ")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let reply = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        n == 0 || reply.starts_with("HTTP/1.1 408"),
+        "slow client got: {reply}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut after the header timeout"
+    );
+
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: www.example.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(8000)
+    );
+    assert!(raw_exchange(w.http(), big.as_bytes()).starts_with("HTTP/1.1 431"));
+
+    let body = b"POST / HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 5000\r\n\r\n";
+    assert!(raw_exchange(w.http(), body).starts_with("HTTP/1.1 413"));
+
+    // Content-Length with Transfer-Encoding: hyper's parser settles it as RFC 9112 §6.1
+    // allows (Transfer-Encoding wins, Content-Length is dropped), so what reaches the
+    // origin is one unambiguous chunked request, never both headers.
+    let smuggle = b"POST /_origin/echo HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let reply = raw_exchange(w.http(), smuggle).to_lowercase();
+    assert!(reply.starts_with("http/1.1 200"), "{reply}");
+    let mut s = TcpStream::connect(w.http()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(smuggle).unwrap();
+    let mut echoed = String::new();
+    let _ = s.read_to_string(&mut echoed);
+    let echoed = echoed.to_lowercase();
+    assert!(echoed.contains("body-bytes: 0"), "{echoed}");
+    assert!(!echoed.contains("content-length: 40"), "{echoed}");
+    let double = b"POST / HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd";
+    assert!(raw_exchange(w.http(), double).starts_with("HTTP/1.1 400"));
+    let bad_chunk = b"POST / HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
+    let reply = raw_exchange(w.http(), bad_chunk);
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 400") || reply.starts_with("HTTP/1.1 502"),
+        "{reply}"
+    );
+
+    // A streamed body over the limit is refused too.
+    rt.block_on(async {
+        let mut s = h::connect(w.http()).await;
+        let r = h::send(
+            &mut s,
+            h::request("POST", "www.example.test", "/", &[], &[b'x'; 900]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "under the limit passes");
+        let r = h::get(w.http(), "www.example.test", "/").await.unwrap();
+        assert_eq!(r.status, 200, "other clients are served throughout");
+    });
+}
+
+fn write_cert(dir: &Path, name: &str, hosts: &[&str]) -> Vec<u8> {
+    let c =
+        rcgen::generate_simple_self_signed(hosts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let tmp_cert = dir.join(format!("{name}.crt.tmp"));
+    let tmp_key = dir.join(format!("{name}.key.tmp"));
+    std::fs::write(&tmp_cert, c.cert.pem()).unwrap();
+    std::fs::write(&tmp_key, c.signing_key.serialize_pem()).unwrap();
+    // Rename into place so the proxy never reads a half-written file.
+    std::fs::rename(&tmp_key, dir.join(format!("{name}.key"))).unwrap();
+    std::fs::rename(&tmp_cert, dir.join(format!("{name}.crt"))).unwrap();
+    c.cert.der().to_vec()
+}
+
+#[test]
+fn tls_sni_alpn_and_certificate_reload_without_dropping_connections() {
+    let rt = runtime();
+    let certs = tempfile::tempdir().unwrap();
+    let www = write_cert(certs.path(), "www", &["www.example.test"]);
+    let api = write_cert(certs.path(), "api", &["api.example.test"]);
+    let d = certs.path().display();
+    let w = world(Opts {
+        https: true,
+        extra: format!(
+            "[[tls.certificates]]\ncert = \"{d}/www.crt\"\nkey = \"{d}/www.key\"\n[[tls.certificates]]\ncert = \"{d}/api.crt\"\nkey = \"{d}/api.key\"\n"
+        ),
+        ..Opts::default()
+    });
+    let https = w.proxy.addr("HTTPS");
+    rt.block_on(async {
+        let mut c = h::tls_connect(https, "www.example.test", &[b"h2", b"http/1.1"])
+            .await
+            .unwrap();
+        assert_eq!(c.alpn.as_deref(), Some(&b"h2"[..]));
+        assert_eq!(c.leaf, www);
+        let r = c.get("www.example.test", "/").await.unwrap();
+        assert_eq!((r.status, r.version), (200, http::Version::HTTP_2));
+
+        let c = h::tls_connect(https, "api.example.test", &[b"http/1.1"])
+            .await
+            .unwrap();
+        assert_eq!(c.alpn.as_deref(), Some(&b"http/1.1"[..]));
+        assert_eq!(c.leaf, api);
+
+        let c = h::tls_connect(https, "unknown.test", &[]).await.unwrap();
+        assert_eq!(
+            c.leaf, www,
+            "unknown SNI gets the default (first) certificate"
+        );
+
+        // Keep a connection open across the reload.
+        let mut open = h::tls_connect(https, "www.example.test", &[b"http/1.1"])
+            .await
+            .unwrap();
+        assert_eq!(open.get("www.example.test", "/").await.unwrap().status, 200);
+        let renewed = write_cert(certs.path(), "www", &["www.example.test"]);
+        assert_ne!(renewed, www);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = h::tls_connect(https, "www.example.test", &[])
+                .await
+                .unwrap();
+            if c.leaf == renewed {
+                break;
+            }
+            assert!(Instant::now() < deadline, "new certificate never served");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = open.get("www.example.test", "/").await.unwrap();
+        assert_eq!(r.status, 200, "the open connection kept working");
+
+        // A broken file: the last good certificate stays.
+        std::fs::write(certs.path().join("www.crt"), "garbage").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = h::get(w.admin(), "admin", "/metrics").await.unwrap().text();
+            if m.contains("geoedge_proxy_certificate_reloads_total{result=\"error\"}") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "broken certificate not noticed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let c = h::tls_connect(https, "www.example.test", &[])
+            .await
+            .unwrap();
+        assert_eq!(c.leaf, renewed);
+
+        // Plain HTTP still answers on the same proxy.
+        assert_eq!(
+            h::get(w.http(), "www.example.test", "/")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    });
+    let _ = &w.dir;
+}
+
+#[test]
+fn metrics_count_requests_and_origin_state() {
+    let rt = runtime();
+    let w = world(Opts::default());
+    rt.block_on(async {
+        for _ in 0..3 {
+            h::get(w.http(), "www.example.test", "/").await.unwrap();
+        }
+        h::get(w.http(), "nobody.test", "/").await.unwrap();
+        let m = h::get(w.admin(), "admin", "/metrics").await.unwrap().text();
+        assert!(
+            m.contains(r#"geoedge_proxy_requests_total{method="GET",route="www.example.test/",status="2xx"} 3"#),
+            "{m}"
+        );
+        assert!(m.contains(r#"geoedge_proxy_upstream_up{origin="o1",upstream="web"} 1"#), "{m}");
+        assert!(m.contains("geoedge_proxy_connections_total{listener=\"http\"} 4"), "{m}");
+        assert_eq!(h::get(w.admin(), "admin", "/healthz").await.unwrap().status, 200);
+    });
+}
+
+#[test]
+fn bad_proxy_configs_are_refused_with_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[node]\nname = \"n\"\nregion = \"r\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n[[routes]]\nhosts = [\"a\"]\nupstream = \"web\"\n[upstreams.web]\n[[upstreams.web.origins]]\nname = \"o\"\naddr = \"127.0.0.1:1\"\n";
+    let cases = [
+        (
+            base.replace("upstream = \"web\"", "upstream = \"nope\""),
+            "routes[0].upstream",
+        ),
+        (
+            base.replace("127.0.0.1:1", "127.0.0.1:99999"),
+            "proxy.toml:",
+        ),
+        (
+            base.replace("[listen]", "[listen]\nhttps = [\"127.0.0.1:0\"]"),
+            "tls.certificates",
+        ),
+        (
+            base.to_string() + "[upstreams.web.health_check]\ninterval = \"1ms\"\n",
+            "interval",
+        ),
+        (
+            base.replace("name = \"n\"", "name = \"n\"\nmystery = 1"),
+            "mystery",
+        ),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(dir.path().join("proxy.toml"), text).unwrap();
+        let out = std::process::Command::new(common::BIN)
+            .args(["check", "proxy.toml"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{needle}");
+        assert!(err.contains(needle), "error lacks {needle}: {err}");
+    }
+}
+
+#[test]
+fn shipped_region_configs_are_valid() {
+    for r in ["eu", "us", "ap"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/region-{r}.toml"));
+        let out = std::process::Command::new(common::BIN)
+            .arg("check")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{r}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
