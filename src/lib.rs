@@ -1,11 +1,15 @@
 //! geoedge: a global server load balancing edge. See DESIGN.md for the architecture.
 
+pub mod clock;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod dns;
 pub mod geo;
 pub mod health;
+pub mod listening;
 pub mod metrics;
 pub mod origin;
+pub mod probe;
 pub mod proxy;
 pub mod steer;

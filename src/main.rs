@@ -42,6 +42,36 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Run the whole demo world (DNS + three regions + origins) on loopback.
+    Demo {
+        /// Folder with dns.toml and region-*.toml.
+        #[arg(long, default_value = "config")]
+        config_dir: PathBuf,
+    },
+    /// Show every region and node as a DNS server sees them.
+    Status {
+        /// The DNS server's control listener, e.g. 127.0.0.1:9153.
+        #[arg(long)]
+        dns: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Force a node or a whole region up or down on a DNS server (or clear that).
+    Force {
+        #[arg(long)]
+        dns: String,
+        #[arg(long)]
+        token_file: PathBuf,
+        #[arg(long, conflicts_with = "region", required_unless_present = "region")]
+        node: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        /// up, down or clear
+        state: String,
+        /// How long the override lasts, e.g. 60s (default: until cleared).
+        #[arg(long = "for")]
+        duration: Option<String>,
+    },
     /// Validate a config file (and the files it names); exit 0 when it is good.
     Check { file: PathBuf },
     /// GeoIP tools.
@@ -74,6 +104,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,16 +121,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = DnsConfig::load(&config)?;
             let runtime = runtime(cfg.workers)?;
             runtime.block_on(async {
-                let server = DnsServer::new(&cfg)?;
-                server.run(&cfg, shutdown_signal()).await
+                let stop = shutdown_signal();
+                let server = std::sync::Arc::new(DnsServer::new(&cfg)?);
+                server.run(&cfg, stop).await
             })
         }
         Command::Proxy { config } => {
             let cfg = ProxyConfig::load(&config)?;
             let runtime = runtime(cfg.workers)?;
             runtime.block_on(async {
+                let stop = shutdown_signal();
                 let server = ProxyServer::new(cfg)?;
-                server.run(shutdown_signal()).await
+                server.run(stop).await
             })
         }
         Command::Origin { listen, name } => {
@@ -115,10 +148,74 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
                 let origin = geoedge::origin::Origin::new(&name);
+                let stop = shutdown_signal();
                 tokio::select! {
                     _ = geoedge::origin::serve(listener, origin) => {},
-                    _ = shutdown_signal() => {},
+                    _ = stop => {},
                 }
+                Ok(())
+            })
+        }
+        Command::Demo { config_dir } => {
+            let runtime = runtime(2)?;
+            runtime.block_on(async {
+                let stop = shutdown_signal();
+                geoedge::demo::run(&config_dir, stop).await
+            })
+        }
+        Command::Status { dns, json } => {
+            let runtime = runtime(1)?;
+            runtime.block_on(async {
+                let url = format!("http://{dns}/status");
+                let body = reqwest::get(&url)
+                    .await
+                    .with_context(|| format!("asking {url}"))?
+                    .error_for_status()?
+                    .bytes()
+                    .await?;
+                if json {
+                    println!("{}", String::from_utf8_lossy(&body));
+                } else {
+                    let status: geoedge::control::dns::Status =
+                        serde_json::from_slice(&body).context("reading the status")?;
+                    print!("{}", geoedge::control::dns::status_table(&status));
+                }
+                Ok(())
+            })
+        }
+        Command::Force {
+            dns,
+            token_file,
+            node,
+            region,
+            state,
+            duration,
+        } => {
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("reading {}", token_file.display()))?;
+            let target = match (&node, &region) {
+                (Some(n), _) => format!("node={n}"),
+                (None, Some(r)) => format!("region={r}"),
+                (None, None) => anyhow::bail!("give --node or --region"),
+            };
+            let mut url = format!("http://{dns}/admin/force?{target}&state={state}");
+            if let Some(d) = duration {
+                url.push_str(&format!("&for={d}"));
+            }
+            let runtime = runtime(1)?;
+            runtime.block_on(async {
+                let resp = reqwest::Client::new()
+                    .post(&url)
+                    .bearer_auth(token.trim())
+                    .send()
+                    .await
+                    .with_context(|| format!("asking {dns}"))?;
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                if !status.is_success() {
+                    anyhow::bail!("{status}: {}", text.trim());
+                }
+                print!("{text}");
                 Ok(())
             })
         }
@@ -219,25 +316,33 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called (not
+/// when first polled), so a signal during start-up is not lost to the default action.
+/// Must be called inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut i), Ok(mut t)) => {
+                    tokio::select! {
+                        _ = i.recv() => {},
+                        _ = t.recv() => {},
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -12,6 +12,13 @@ pub const DNS_ECS_QUERIES: &str = "geoedge_dns_ecs_queries_total";
 pub const DNS_FAIL_OPEN: &str = "geoedge_dns_fail_open_total";
 pub const DNS_QUERY_DURATION: &str = "geoedge_dns_query_duration_seconds";
 pub const DNS_NODE_UP: &str = "geoedge_dns_node_up";
+pub const DNS_REGION_UP: &str = "geoedge_dns_region_up";
+pub const DNS_REPORTS: &str = "geoedge_dns_reports_total";
+pub const DNS_REPORTS_REJECTED: &str = "geoedge_dns_reports_rejected_total";
+pub const DNS_PROBES: &str = "geoedge_dns_probes_total";
+pub const DNS_PROBE_DURATION: &str = "geoedge_dns_probe_duration_seconds";
+pub const DNS_STATE_CHANGES: &str = "geoedge_dns_node_state_changes_total";
+pub const DNS_REPORT_AGE: &str = "geoedge_dns_node_report_age_seconds";
 pub const BUILD_INFO: &str = "geoedge_build_info";
 
 /// Renders a registry in the Prometheus text format.
@@ -69,6 +76,13 @@ pub struct DnsMetrics {
     pub duration: Histogram,
     steered: IntCounterVec,
     node_up: IntGaugeVec,
+    pub region_up: IntGaugeVec,
+    pub reports_accepted: IntCounter,
+    pub reports_rejected: IntCounterVec,
+    pub probes: IntCounterVec,
+    pub probe_duration: Histogram,
+    pub state_changes: IntCounterVec,
+    pub report_age: prometheus::GaugeVec,
 }
 
 impl DnsMetrics {
@@ -147,8 +161,72 @@ impl DnsMetrics {
             )
             .expect("valid"),
         );
+        let region_up = register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(DNS_REGION_UP, "1 when the region has a node up"),
+                &["region"],
+            )
+            .expect("valid"),
+        );
+        let reports_accepted = register(
+            registry,
+            IntCounter::new(DNS_REPORTS, "Health reports accepted from nodes").expect("valid"),
+        );
+        let reports_rejected = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(DNS_REPORTS_REJECTED, "Health reports refused, by reason"),
+                &["reason"],
+            )
+            .expect("valid"),
+        );
+        let probes = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(DNS_PROBES, "Probes of nodes, by result"),
+                &["region", "result"],
+            )
+            .expect("valid"),
+        );
+        let probe_duration = register(
+            registry,
+            Histogram::with_opts(
+                HistogramOpts::new(DNS_PROBE_DURATION, "Time a node took to answer a probe")
+                    .buckets(vec![
+                        0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    ]),
+            )
+            .expect("valid"),
+        );
+        let state_changes = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(DNS_STATE_CHANGES, "Node up/down changes"),
+                &["region", "node"],
+            )
+            .expect("valid"),
+        );
+        let report_age = register(
+            registry,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    DNS_REPORT_AGE,
+                    "Seconds since the node's last accepted report",
+                ),
+                &["region", "node"],
+            )
+            .expect("valid"),
+        );
         register_build_info(registry, "dns");
         Self {
+            region_up,
+            reports_accepted,
+            reports_rejected,
+            probes,
+            probe_duration,
+            state_changes,
+            report_age,
             queries,
             ecs_present: ecs.with_label_values(&["present"]),
             ecs_absent: ecs.with_label_values(&["absent"]),
@@ -218,6 +296,7 @@ pub const PROXY_TLS_HANDSHAKES: &str = "geoedge_proxy_tls_handshakes_total";
 pub const PROXY_CONNECTIONS_OPEN: &str = "geoedge_proxy_connections_open";
 pub const PROXY_CONNECTIONS: &str = "geoedge_proxy_connections_total";
 pub const PROXY_CERT_RELOADS: &str = "geoedge_proxy_certificate_reloads_total";
+pub const PROXY_REPORTS: &str = "geoedge_proxy_reports_sent_total";
 
 pub const METHOD_CLASSES: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "DELETE", "other"];
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -262,6 +341,7 @@ pub struct ProxyMetrics {
     pub connections: IntCounterVec,
     pub cert_reload_ok: IntCounter,
     pub cert_reload_failed: IntCounter,
+    pub reports: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -339,6 +419,11 @@ impl ProxyMetrics {
             "Certificate reloads, by result",
             &["result"],
         );
+        let reports = v(
+            PROXY_REPORTS,
+            "Health reports sent to DNS servers, by result",
+            &["dns", "result"],
+        );
         register_build_info(registry, "proxy");
         Self {
             requests,
@@ -353,6 +438,7 @@ impl ProxyMetrics {
             connections,
             cert_reload_ok: reloads.with_label_values(&["ok"]),
             cert_reload_failed: reloads.with_label_values(&["error"]),
+            reports,
         }
     }
 

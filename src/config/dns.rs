@@ -52,6 +52,11 @@ struct RawHealth {
     rise: u32,
     #[serde(default = "default_fall")]
     fall: u32,
+    report_key_file: Option<Spanned<PathBuf>>,
+    report_interval: Option<ConfigDuration>,
+    stale_after: Option<ConfigDuration>,
+    max_clock_skew: Option<ConfigDuration>,
+    admin_token_file: Option<Spanned<PathBuf>>,
 }
 
 impl Default for RawHealth {
@@ -59,6 +64,11 @@ impl Default for RawHealth {
         Self {
             rise: default_rise(),
             fall: default_fall(),
+            report_key_file: None,
+            report_interval: None,
+            stale_after: None,
+            max_clock_skew: None,
+            admin_token_file: None,
         }
     }
 }
@@ -121,6 +131,26 @@ struct RawRegion {
     latitude: f64,
     longitude: f64,
     nodes: Vec<RawNode>,
+    probe: Option<RawProbe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    port: u16,
+    #[serde(default = "default_probe_path")]
+    path: String,
+    interval: Option<ConfigDuration>,
+    timeout: Option<ConfigDuration>,
+    #[serde(default = "default_probe_status")]
+    expect_status: u16,
+}
+
+fn default_probe_path() -> String {
+    "/healthz".into()
+}
+fn default_probe_status() -> u16 {
+    200
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +193,23 @@ pub struct DnsConfig {
     pub overrides: Vec<OverrideConfig>,
     pub rise: u32,
     pub fall: u32,
+    /// Set when nodes must send signed reports to be answered.
+    pub report_key_file: Option<PathBuf>,
+    pub report_interval: Duration,
+    pub stale_after: Duration,
+    pub max_clock_skew: Duration,
+    /// Token for the control listener's admin endpoints (overrides); unset = disabled.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Active probe of every node of a region: GET http://NODE:port/path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeConfig {
+    pub port: u16,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub expect_status: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +233,7 @@ pub struct RegionConfig {
     pub latitude: f64,
     pub longitude: f64,
     pub nodes: Vec<NodeConfig>,
+    pub probe: Option<ProbeConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +289,47 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
     }
     if raw.health.rise == 0 || raw.health.fall == 0 {
         return Err(src.error("health", None, "rise and fall must be at least 1"));
+    }
+
+    let existing_file =
+        |key: &str, p: &Option<Spanned<PathBuf>>| -> Result<Option<PathBuf>, ConfigError> {
+            match p {
+                None => Ok(None),
+                Some(p) => {
+                    let resolved = src.resolve(p.get_ref());
+                    if resolved.is_file() {
+                        Ok(Some(resolved))
+                    } else {
+                        Err(src.error(
+                            key,
+                            Some(p.span()),
+                            format!("{} does not exist", resolved.display()),
+                        ))
+                    }
+                }
+            }
+        };
+    let report_key_file = existing_file("health.report_key_file", &raw.health.report_key_file)?;
+    let admin_token_file = existing_file("health.admin_token_file", &raw.health.admin_token_file)?;
+    let report_interval = raw
+        .health
+        .report_interval
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_millis(250));
+    if report_interval < Duration::from_millis(10) {
+        return Err(src.error("health.report_interval", None, "must be at least 10ms"));
+    }
+    let stale_after = raw
+        .health
+        .stale_after
+        .map(|d| d.0)
+        .unwrap_or(report_interval * 3);
+    if stale_after <= report_interval {
+        return Err(src.error(
+            "health.stale_after",
+            None,
+            "must be longer than report_interval, or every node flaps",
+        ));
     }
 
     let geoip_database = src.resolve(raw.geoip.database.get_ref());
@@ -355,6 +444,15 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
         overrides,
         rise: raw.health.rise,
         fall: raw.health.fall,
+        report_key_file,
+        report_interval,
+        stale_after,
+        max_clock_skew: raw
+            .health
+            .max_clock_skew
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(5)),
+        admin_token_file,
     })
 }
 
@@ -431,11 +529,39 @@ fn validate_regions(src: &Source, raw: Vec<RawRegion>) -> Result<Vec<RegionConfi
                 initial: n.initial,
             });
         }
+        let probe = match r.probe {
+            None => None,
+            Some(p) => {
+                let interval = p
+                    .interval
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_millis(250));
+                let timeout = p.timeout.map(|d| d.0).unwrap_or(interval.mul_f64(0.8));
+                if interval < Duration::from_millis(50)
+                    || timeout > interval
+                    || !p.path.starts_with('/')
+                {
+                    return Err(src.error(
+                        format!("{key}.probe"),
+                        None,
+                        "probe needs interval >= 50ms, timeout <= interval and a path starting with /",
+                    ));
+                }
+                Some(ProbeConfig {
+                    port: p.port,
+                    path: p.path,
+                    interval,
+                    timeout,
+                    expect_status: p.expect_status,
+                })
+            }
+        };
         regions.push(RegionConfig {
             name,
             latitude: r.latitude,
             longitude: r.longitude,
             nodes,
+            probe,
         });
     }
     Ok(regions)

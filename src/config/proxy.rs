@@ -27,6 +27,17 @@ struct RawProxyConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
+    reports: Option<RawReports>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReports {
+    dns: Vec<String>,
+    key_file: Spanned<PathBuf>,
+    interval: Option<ConfigDuration>,
+    #[serde(default)]
+    addresses: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +291,17 @@ pub struct ProxyConfig {
     pub forwarding: Forwarding,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    pub reports: Option<ReportsConfig>,
+}
+
+/// Where and how often this node reports its health.
+#[derive(Debug, Clone)]
+pub struct ReportsConfig {
+    /// Base URLs of every DNS server's control listener, e.g. `http://10.0.0.53:9153`.
+    pub dns: Vec<String>,
+    pub key_file: PathBuf,
+    pub interval: Duration,
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -550,7 +572,57 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         return Err(src.error("routes", None, "at least one route is needed"));
     }
 
+    let reports = match raw.reports {
+        None => None,
+        Some(r) => {
+            if r.dns.is_empty() {
+                return Err(src.error(
+                    "reports.dns",
+                    None,
+                    "list at least one DNS server control URL",
+                ));
+            }
+            for (i, url) in r.dns.iter().enumerate() {
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url.parse::<http::Uri>().is_err()
+                {
+                    return Err(src.error(
+                        format!("reports.dns[{i}]"),
+                        None,
+                        format!("`{url}` is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            let key_file = src.resolve(r.key_file.get_ref());
+            if !key_file.is_file() {
+                return Err(src.error(
+                    "reports.key_file",
+                    Some(r.key_file.span()),
+                    format!("{} does not exist", key_file.display()),
+                ));
+            }
+            let interval = r
+                .interval
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_millis(250));
+            if interval < Duration::from_millis(10) {
+                return Err(src.error("reports.interval", None, "must be at least 10ms"));
+            }
+            Some(ReportsConfig {
+                dns: r
+                    .dns
+                    .iter()
+                    .map(|u| u.trim_end_matches('/').to_string())
+                    .collect(),
+                key_file,
+                interval,
+                addresses: r.addresses,
+            })
+        }
+    };
+
     Ok(ProxyConfig {
+        reports,
         path: src.path.clone(),
         node: raw.node.name,
         region: raw.node.region,

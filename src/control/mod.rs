@@ -1,28 +1,70 @@
 //! The HTTP side of a process that is not the proxy's data path: `/metrics` and
-//! `/healthz` now, health reports and `/status` as they come.
+//! `/healthz` for every process, plus what each face adds (the DNS server: reports in,
+//! `/status`, overrides; the proxy: its admin).
+
+pub mod dns;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
 pub type Body = Full<Bytes>;
 
+/// Control requests are small; bigger bodies are refused unread.
+const MAX_BODY: usize = 64 * 1024;
+
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    with_type(status, body, "text/plain; charset=utf-8")
+}
+
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    with_type(status, body, "application/json")
+}
+
+fn with_type(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     resp
+}
+
+/// A control request, read whole (bodies are bounded).
+pub struct ControlRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl ControlRequest {
+    /// A query parameter's value (no percent-decoding: control values are plain words).
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 /// What a process exposes on its control/admin listener. The DNS server and the proxy
@@ -33,6 +75,10 @@ pub trait Admin: Send + Sync + 'static {
     /// Whether this process can serve, and a human-readable reason.
     fn healthz(&self) -> (bool, String) {
         (true, "ok\n".into())
+    }
+    /// Routes beyond /metrics and /healthz; None means 404.
+    fn route(&self, _req: &ControlRequest) -> Option<Response<Body>> {
+        None
     }
 }
 
@@ -46,15 +92,29 @@ impl Admin for RegistryAdmin {
 }
 
 async fn route<A: Admin + ?Sized>(admin: &A, req: Request<Incoming>) -> Response<Body> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            let mut resp = text(StatusCode::OK, admin.metrics());
-            resp.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            resp
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large or unreadable\n",
+            )
         }
+    };
+    let req = ControlRequest {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers: parts.headers,
+        body,
+    };
+    match (&req.method, req.path.as_str()) {
+        (&Method::GET, "/metrics") => with_type(
+            StatusCode::OK,
+            admin.metrics(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
         (&Method::GET | &Method::HEAD, "/healthz") => {
             let (ok, reason) = admin.healthz();
             let status = if ok {
@@ -65,7 +125,9 @@ async fn route<A: Admin + ?Sized>(admin: &A, req: Request<Incoming>) -> Response
             text(status, reason)
         }
         (_, "/metrics" | "/healthz") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => admin
+            .route(&req)
+            .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
     }
 }
 
@@ -95,5 +157,41 @@ pub async fn serve(listener: TcpListener, admin: Arc<dyn Admin>) {
                 tracing::debug!(error = %e, "control connection ended with an error");
             }
         });
+    }
+}
+
+/// Compares a presented bearer token with the configured one in constant time.
+pub fn token_matches(presented: Option<&str>, expected: &[u8]) -> bool {
+    let Some(presented) = presented.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    // HMAC both under a throwaway key and let ring compare the tags in constant time:
+    // neither the token's content nor its length leaks through timing.
+    let Ok(key) =
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+    else {
+        return false;
+    };
+    let expected_tag = ring::hmac::sign(&key, expected);
+    ring::hmac::verify(&key, presented.trim().as_bytes(), expected_tag.as_ref()).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_compare_exactly() {
+        let expected = b"a-token-of-enough-length";
+        assert!(token_matches(
+            Some("Bearer a-token-of-enough-length"),
+            expected
+        ));
+        assert!(!token_matches(
+            Some("Bearer a-token-of-enough-lengtx"),
+            expected
+        ));
+        assert!(!token_matches(Some("a-token-of-enough-length"), expected));
+        assert!(!token_matches(None, expected));
     }
 }

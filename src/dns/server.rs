@@ -1,8 +1,9 @@
 //! Sockets and lifecycle of the DNS server: bind UDP and TCP on every listen address,
-//! the control listener, and run until told to stop.
+//! the control listener, the health ticker and probes, and run until told to stop.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -11,17 +12,26 @@ use prometheus::Registry;
 use tokio::net::{TcpListener, UdpSocket};
 
 use super::{DnsState, GeoDnsHandler};
+use crate::clock::now_ms;
+use crate::config::dns::ProbeConfig;
 use crate::config::DnsConfig;
-use crate::control::{self, RegistryAdmin};
-use crate::health::HealthTable;
+use crate::control::{self, dns::DnsAdmin};
+use crate::health::report::ReportKey;
+use crate::health::{HealthSettings, HealthTable, Transition};
 use crate::metrics::DnsMetrics;
 
-/// A running DNS server's shared parts, for the control side and for tests in-process.
+/// A DNS server's shared parts: what the query path, the control side and the health
+/// loops all see.
 pub struct DnsServer {
     pub state: Arc<ArcSwap<DnsState>>,
     pub health: Arc<HealthTable>,
     pub metrics: Arc<DnsMetrics>,
     pub registry: Registry,
+    pub report_key: Option<ReportKey>,
+    pub admin_token: Option<Vec<u8>>,
+    pub max_clock_skew_ms: u64,
+    /// Last logged state of each region, to log region changes once.
+    region_up: Mutex<Vec<bool>>,
 }
 
 impl DnsServer {
@@ -31,29 +41,132 @@ impl DnsServer {
         let mut state =
             DnsState::build(cfg).with_context(|| format!("loading {}", cfg.path.display()))?;
         state.attach_metrics(&metrics);
-        let health = Arc::new(HealthTable::new(
-            &state.initial_health(),
-            cfg.rise,
-            cfg.fall,
-        ));
-        for (id, node) in state.table.nodes.iter().enumerate() {
-            let region = &state.table.regions[node.region].name;
-            metrics
-                .node_gauge(region, &node.name)
-                .set(i64::from(health.is_up(id)));
+        let report_key = cfg
+            .report_key_file
+            .as_deref()
+            .map(ReportKey::from_file)
+            .transpose()?;
+        let admin_token = cfg
+            .admin_token_file
+            .as_deref()
+            .map(|p| {
+                std::fs::read(p)
+                    .map(|t| t.trim_ascii().to_vec())
+                    .with_context(|| format!("reading {}", p.display()))
+            })
+            .transpose()?;
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            anyhow::bail!("health.admin_token_file: the token must be at least 16 bytes");
         }
-        Ok(Self {
+        let settings = HealthSettings {
+            rise: cfg.rise,
+            fall: cfg.fall,
+            expects_reports: report_key.is_some(),
+            stale_after_ms: cfg.stale_after.as_millis() as u64,
+        };
+        let nodes: Vec<(bool, bool)> = state
+            .table
+            .nodes
+            .iter()
+            .map(|n| (n.initially_up, cfg.regions[n.region].probe.is_some()))
+            .collect();
+        let health = Arc::new(HealthTable::new(&nodes, settings, now_ms()));
+        let region_up = (0..state.table.regions.len())
+            .map(|r| {
+                state.table.regions[r]
+                    .nodes
+                    .clone()
+                    .any(|n| health.is_up(n))
+            })
+            .collect();
+        let server = Self {
             state: Arc::new(ArcSwap::from_pointee(state)),
             health,
             metrics,
             registry,
-        })
+            report_key,
+            admin_token,
+            max_clock_skew_ms: cfg.max_clock_skew.as_millis() as u64,
+            region_up: Mutex::new(region_up),
+        };
+        server.refresh_gauges();
+        Ok(server)
+    }
+
+    /// Logs and counts node changes (once each, with the reason), and region changes.
+    pub fn apply(&self, transitions: Vec<Transition>) {
+        if transitions.is_empty() {
+            return;
+        }
+        let state = self.state.load();
+        let table = &state.table;
+        for t in &transitions {
+            let Some(node) = table.nodes.get(t.node) else {
+                continue;
+            };
+            let region = &table.regions[node.region].name;
+            if t.up {
+                tracing::info!(node = %node.name, region = %region, reason = t.reason.as_str(), "node is up");
+            } else {
+                tracing::warn!(node = %node.name, region = %region, reason = t.reason.as_str(), "node is DOWN");
+            }
+            self.metrics
+                .state_changes
+                .with_label_values(&[region, &node.name])
+                .inc();
+            self.metrics
+                .node_gauge(region, &node.name)
+                .set(i64::from(t.up));
+        }
+        let mut logged = self.region_up.lock().unwrap_or_else(|p| p.into_inner());
+        for (rid, r) in table.regions.iter().enumerate() {
+            let up = r.nodes.clone().any(|n| self.health.is_up(n));
+            if logged.get(rid).copied() != Some(up) {
+                if up {
+                    tracing::info!(region = %r.name, "region is up");
+                } else {
+                    tracing::warn!(region = %r.name, "region is DOWN: its clients go to the next nearest region");
+                }
+                if let Some(slot) = logged.get_mut(rid) {
+                    *slot = up;
+                }
+            }
+            self.metrics
+                .region_up
+                .with_label_values(&[&r.name])
+                .set(i64::from(up));
+        }
+    }
+
+    /// Brings gauges that depend on time (report ages) or state up to date.
+    pub fn refresh_gauges(&self) {
+        let state = self.state.load();
+        let now = now_ms();
+        for (id, node) in state.table.nodes.iter().enumerate() {
+            let region = &state.table.regions[node.region].name;
+            self.metrics
+                .node_gauge(region, &node.name)
+                .set(i64::from(self.health.is_up(id)));
+            if let Some(age) = self.health.status(id, now).and_then(|s| s.report_age_ms) {
+                self.metrics
+                    .report_age
+                    .with_label_values(&[region, &node.name])
+                    .set(age as f64 / 1000.0);
+            }
+        }
+        for r in &state.table.regions {
+            let up = r.nodes.clone().any(|n| self.health.is_up(n));
+            self.metrics
+                .region_up
+                .with_label_values(&[&r.name])
+                .set(i64::from(up));
+        }
     }
 
     /// Binds every socket, prints one "listening" line per socket, and serves until
     /// `shutdown` resolves.
     pub async fn run(
-        self,
+        self: Arc<Self>,
         cfg: &DnsConfig,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -63,7 +176,7 @@ impl DnsServer {
             self.metrics.clone(),
         ));
         let mut server = Server::new(SharedHandler(handler.clone()));
-        let mut udp_tasks = Vec::new();
+        let mut tasks = Vec::new();
         let loops = if cfg.workers == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -73,35 +186,36 @@ impl DnsServer {
         };
         for addr in &cfg.listen {
             let (udp, tcp) = bind_pair(*addr).await?;
-            println!("listening for UDP on {}", udp.local_addr()?);
-            println!("listening for TCP on {}", tcp.local_addr()?);
+            crate::listening::announce("UDP", udp.local_addr()?);
+            crate::listening::announce("TCP", tcp.local_addr()?);
             let udp = Arc::new(udp);
             for _ in 0..loops {
-                udp_tasks.push(tokio::spawn(udp_loop(udp.clone(), handler.clone())));
+                tasks.push(tokio::spawn(udp_loop(udp.clone(), handler.clone())));
             }
             // 64 KiB: the largest DNS message, so a TCP answer is never cut.
             server.register_listener(tcp, cfg.tcp_idle_timeout, 65_535);
         }
-        let control_task = match cfg.control {
-            Some(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding control listener {addr}"))?;
-                println!("listening for HTTP (control) on {}", listener.local_addr()?);
-                let admin = Arc::new(RegistryAdmin(self.registry.clone()));
-                Some(tokio::spawn(control::serve(listener, admin)))
-            }
-            None => None,
-        };
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        if let Some(addr) = cfg.control {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding control listener {addr}"))?;
+            crate::listening::announce("HTTP (control)", listener.local_addr()?);
+            tasks.push(tokio::spawn(control::serve(
+                listener,
+                Arc::new(DnsAdmin(self.clone())),
+            )));
+        }
+
+        // Staleness and override expiries need time to pass, not events: re-evaluate
+        // often enough that a silent node is dropped within a tick of `stale_after`.
+        let tick =
+            (cfg.report_interval / 2).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        tasks.push(tokio::spawn(tick_loop(self.clone(), tick)));
+        tasks.extend(self.clone().spawn_probes(cfg));
 
         shutdown.await;
         tracing::info!("shutting down");
-        if let Some(task) = control_task {
-            task.abort();
-        }
-        for task in udp_tasks {
+        for task in &tasks {
             task.abort();
         }
         server
@@ -109,6 +223,76 @@ impl DnsServer {
             .await
             .map_err(|e| anyhow::anyhow!("DNS server shutdown: {e}"))?;
         Ok(())
+    }
+
+    fn spawn_probes(self: Arc<Self>, cfg: &DnsConfig) -> Vec<tokio::task::JoinHandle<()>> {
+        let state = self.state.load();
+        let mut tasks = Vec::new();
+        for (rid, region) in cfg.regions.iter().enumerate() {
+            let Some(probe) = &region.probe else { continue };
+            for id in state.table.regions[rid].nodes.clone() {
+                let node = &state.table.nodes[id];
+                let Some(ip) = node.ipv4.map(IpAddr::V4).or(node.ipv6.map(IpAddr::V6)) else {
+                    continue;
+                };
+                let addr = SocketAddr::new(ip, probe.port);
+                tasks.push(tokio::spawn(probe_loop(
+                    self.clone(),
+                    id,
+                    region.name.clone(),
+                    addr,
+                    probe.clone(),
+                )));
+            }
+        }
+        tasks
+    }
+}
+
+async fn tick_loop(server: Arc<DnsServer>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let changes = server.health.tick(now_ms());
+        server.apply(changes);
+    }
+}
+
+async fn probe_loop(
+    server: Arc<DnsServer>,
+    node: usize,
+    region: String,
+    addr: SocketAddr,
+    probe: ProbeConfig,
+) {
+    let mut ticker = tokio::time::interval(probe.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ok_counter = server.metrics.probes.with_label_values(&[&region, "ok"]);
+    let fail_counter = server
+        .metrics
+        .probes
+        .with_label_values(&[&region, "failed"]);
+    let host = addr.to_string();
+    loop {
+        ticker.tick().await;
+        let started = std::time::Instant::now();
+        let result =
+            crate::probe::http_probe(addr, &host, &probe.path, probe.timeout, probe.expect_status)
+                .await;
+        server
+            .metrics
+            .probe_duration
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => ok_counter.inc(),
+            Err(why) => {
+                fail_counter.inc();
+                tracing::debug!(node = node, %addr, reason = %why, "probe failed");
+            }
+        }
+        let change = server.health.record_probe(node, result.is_ok(), now_ms());
+        server.apply(change.into_iter().collect());
     }
 }
 

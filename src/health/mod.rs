@@ -1,61 +1,94 @@
-//! Node health: the rise/fall state machine (pure) and the table the query path reads
-//! without locks.
+//! Node health: the pure state machines (rise/fall, a node's verdict from reports, probes
+//! and overrides), the signed report format, and the table the query path reads without
+//! locks.
 
+mod node;
+pub mod report;
 mod rise_fall;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+pub use node::{Forced, NodeHealth, Reason, ReportError, ReportFigures};
 pub use rise_fall::RiseFall;
 
 /// Index of a node in the region table; the health table uses the same numbering.
 pub type NodeId = usize;
 
-/// An operator's forced state, which wins over what checks observe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forced {
-    Up,
-    Down,
+/// How nodes are judged.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthSettings {
+    pub rise: u32,
+    pub fall: u32,
+    /// Nodes must send reports to be up.
+    pub expects_reports: bool,
+    pub stale_after_ms: u64,
 }
 
 struct NodeSlot {
-    /// What the query path reads: the observed state unless an operator forced one.
+    /// What the query path reads.
     effective: AtomicBool,
     state: Mutex<SlotState>,
 }
 
 struct SlotState {
-    observed: RiseFall,
-    forced: Option<Forced>,
+    health: NodeHealth,
+    reason: Reason,
 }
 
-/// Health of every node. Writers (health checks, reports, the admin) take a per-node
-/// mutex; readers on the query path only load an atomic.
-pub struct HealthTable {
-    nodes: Vec<NodeSlot>,
-}
-
-/// A change of a node's effective state, for logs and metrics.
+/// A change of a node's effective state, logged once with its reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {
     pub node: NodeId,
     pub up: bool,
+    pub reason: Reason,
+}
+
+/// What `/status` shows of a node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeStatus {
+    pub up: bool,
+    pub reason: Reason,
+    pub report_age_ms: Option<u64>,
+    pub figures: ReportFigures,
+    pub forced: Option<(Forced, Option<u64>)>,
+}
+
+/// Health of every node. Writers (reports, probes, the admin, the ticker) take a
+/// per-node mutex; the query path only loads an atomic.
+pub struct HealthTable {
+    nodes: Vec<NodeSlot>,
+    settings: HealthSettings,
 }
 
 impl HealthTable {
-    /// `initial[i]` is node i's state before any observation.
-    pub fn new(initial: &[bool], rise: u32, fall: u32) -> Self {
-        let nodes = initial
+    /// `nodes[i]` = (initial state, probed) of node i. `now` starts the start-up grace
+    /// period: nodes that must report keep their initial state for `stale_after`.
+    pub fn new(nodes: &[(bool, bool)], settings: HealthSettings, now: u64) -> Self {
+        let nodes = nodes
             .iter()
-            .map(|&up| NodeSlot {
-                effective: AtomicBool::new(up),
-                state: Mutex::new(SlotState {
-                    observed: RiseFall::new(up, rise, fall),
-                    forced: None,
-                }),
+            .map(|&(initial, probed)| {
+                let mut health = NodeHealth::new(
+                    initial,
+                    settings.expects_reports,
+                    probed,
+                    settings.rise,
+                    settings.fall,
+                    now,
+                    settings.stale_after_ms,
+                );
+                let (up, reason) = health.evaluate(now, settings.stale_after_ms);
+                NodeSlot {
+                    effective: AtomicBool::new(up),
+                    state: Mutex::new(SlotState { health, reason }),
+                }
             })
             .collect();
-        Self { nodes }
+        Self { nodes, settings }
+    }
+
+    pub fn settings(&self) -> HealthSettings {
+        self.settings
     }
 
     pub fn len(&self) -> usize {
@@ -74,31 +107,70 @@ impl HealthTable {
             .is_some_and(|n| n.effective.load(Ordering::Relaxed))
     }
 
-    /// Feeds one check result; returns the transition if the effective state changed.
-    pub fn observe(&self, node: NodeId, ok: bool) -> Option<Transition> {
-        self.update(node, |s| {
-            s.observed.observe(ok);
+    pub fn record_report(
+        &self,
+        node: NodeId,
+        seq: u64,
+        can_serve: bool,
+        figures: ReportFigures,
+        now: u64,
+    ) -> Result<Option<Transition>, ReportError> {
+        let mut result = Ok(());
+        let t = self.update(node, now, |h| {
+            result = h.record_report(seq, can_serve, figures, now)
+        });
+        result.map(|()| t)
+    }
+
+    pub fn record_probe(&self, node: NodeId, ok: bool, now: u64) -> Option<Transition> {
+        self.update(node, now, |h| h.record_probe(ok))
+    }
+
+    /// Forces a node up or down until `until` (ms, `None` = until lifted); `None` lifts it.
+    pub fn force(
+        &self,
+        node: NodeId,
+        forced: Option<Forced>,
+        until: Option<u64>,
+        now: u64,
+    ) -> Option<Transition> {
+        self.update(node, now, |h| h.force(forced, until))
+    }
+
+    /// Re-evaluates every node (staleness and expiries need time to pass, not events).
+    pub fn tick(&self, now: u64) -> Vec<Transition> {
+        (0..self.nodes.len())
+            .filter_map(|n| self.update(n, now, |_| {}))
+            .collect()
+    }
+
+    pub fn status(&self, node: NodeId, now: u64) -> Option<NodeStatus> {
+        let slot = self.nodes.get(node)?;
+        let state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        Some(NodeStatus {
+            up: slot.effective.load(Ordering::Relaxed),
+            reason: state.reason,
+            report_age_ms: state.health.report_age(now),
+            figures: state.health.figures,
+            forced: state.health.forced(),
         })
     }
 
-    /// Forces a node up or down (`None` lifts the override).
-    pub fn force(&self, node: NodeId, forced: Option<Forced>) -> Option<Transition> {
-        self.update(node, |s| s.forced = forced)
-    }
-
-    fn update(&self, node: NodeId, change: impl FnOnce(&mut SlotState)) -> Option<Transition> {
+    fn update(
+        &self,
+        node: NodeId,
+        now: u64,
+        change: impl FnOnce(&mut NodeHealth),
+    ) -> Option<Transition> {
         let slot = self.nodes.get(node)?;
         // A poisoned lock only means a writer panicked mid-update; the state inside is
-        // still a valid RiseFall, so keep going with it.
+        // still valid, so keep going with it.
         let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-        change(&mut state);
-        let up = match state.forced {
-            Some(Forced::Up) => true,
-            Some(Forced::Down) => false,
-            None => state.observed.is_up(),
-        };
+        change(&mut state.health);
+        let (up, reason) = state.health.evaluate(now, self.settings.stale_after_ms);
+        state.reason = reason;
         let before = slot.effective.swap(up, Ordering::Relaxed);
-        (before != up).then_some(Transition { node, up })
+        (before != up).then_some(Transition { node, up, reason })
     }
 }
 
@@ -106,38 +178,64 @@ impl HealthTable {
 mod tests {
     use super::*;
 
-    #[test]
-    fn observations_flip_after_fall_and_rise_counts() {
-        let t = HealthTable::new(&[true, true], 2, 3);
-        assert_eq!(t.observe(0, false), None);
-        assert_eq!(t.observe(0, false), None);
-        assert_eq!(t.observe(0, false), Some(Transition { node: 0, up: false }));
-        assert!(!t.is_up(0));
-        assert!(t.is_up(1), "other nodes are untouched");
-        assert_eq!(t.observe(0, true), None);
-        assert_eq!(t.observe(0, true), Some(Transition { node: 0, up: true }));
+    fn settings(expects_reports: bool) -> HealthSettings {
+        HealthSettings {
+            rise: 2,
+            fall: 2,
+            expects_reports,
+            stale_after_ms: 750,
+        }
     }
 
     #[test]
-    fn forced_state_wins_until_lifted() {
-        let t = HealthTable::new(&[true], 1, 1);
+    fn configured_state_without_reports() {
+        let t = HealthTable::new(&[(true, false), (false, false)], settings(false), 0);
+        assert!(t.is_up(0));
+        assert!(!t.is_up(1));
+        assert!(t.tick(100_000).is_empty());
+    }
+
+    #[test]
+    fn stale_node_transitions_once_with_reason() {
+        let t = HealthTable::new(&[(true, false)], settings(true), 0);
+        let f = ReportFigures::default();
+        assert_eq!(t.record_report(0, 1, true, f, 100), Ok(None));
+        assert!(t.tick(800).is_empty());
+        let changes = t.tick(900);
         assert_eq!(
-            t.force(0, Some(Forced::Down)),
-            Some(Transition { node: 0, up: false })
+            changes,
+            vec![Transition {
+                node: 0,
+                up: false,
+                reason: Reason::ReportsStale
+            }]
         );
+        assert!(t.tick(1000).is_empty(), "logged once");
+        let back = t.record_report(0, 2, true, f, 1100).unwrap();
         assert_eq!(
-            t.observe(0, true),
-            None,
-            "checks cannot override the operator"
+            back,
+            Some(Transition {
+                node: 0,
+                up: true,
+                reason: Reason::Healthy
+            })
         );
+    }
+
+    #[test]
+    fn forced_down_then_lifted() {
+        let t = HealthTable::new(&[(true, false)], settings(false), 0);
+        assert!(t.force(0, Some(Forced::Down), None, 0).is_some());
         assert!(!t.is_up(0));
-        assert_eq!(t.force(0, None), Some(Transition { node: 0, up: true }));
+        assert_eq!(t.status(0, 0).unwrap().reason, Reason::Forced(Forced::Down));
+        assert!(t.force(0, None, None, 1).is_some());
+        assert!(t.is_up(0));
     }
 
     #[test]
     fn unknown_node_is_down_and_ignored() {
-        let t = HealthTable::new(&[true], 1, 1);
+        let t = HealthTable::new(&[(true, false)], settings(false), 0);
         assert!(!t.is_up(7));
-        assert_eq!(t.observe(7, true), None);
+        assert_eq!(t.record_probe(7, true, 0), None);
     }
 }

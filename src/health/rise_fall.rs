@@ -24,6 +24,14 @@ impl RiseFall {
         self.up
     }
 
+    pub fn rise(&self) -> u32 {
+        self.rise
+    }
+
+    pub fn fall(&self) -> u32 {
+        self.fall
+    }
+
     /// Records one check result; returns true when the state changed.
     pub fn observe(&mut self, ok: bool) -> bool {
         if ok == self.up {

@@ -6,6 +6,7 @@ pub mod checks;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod report;
 pub mod router;
 pub mod server;
 pub mod tls;

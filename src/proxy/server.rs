@@ -76,7 +76,7 @@ impl ProxyServer {
 
         for addr in &cfg.http {
             let listener = bind(*addr).await?;
-            println!("listening for HTTP on {}", listener.local_addr()?);
+            crate::listening::announce("HTTP", listener.local_addr()?);
             tasks.push(tokio::spawn(accept_loop(
                 listener,
                 None,
@@ -90,7 +90,7 @@ impl ProxyServer {
             let acceptor = TlsAcceptor::from(tls::server_config(store.clone())?);
             for addr in &cfg.https {
                 let listener = bind(*addr).await?;
-                println!("listening for HTTPS on {}", listener.local_addr()?);
+                crate::listening::announce("HTTPS", listener.local_addr()?);
                 tasks.push(tokio::spawn(accept_loop(
                     listener,
                     Some(acceptor.clone()),
@@ -107,15 +107,16 @@ impl ProxyServer {
         }
         if let Some(addr) = cfg.admin {
             let listener = bind(addr).await?;
-            println!("listening for HTTP (admin) on {}", listener.local_addr()?);
+            crate::listening::announce("HTTP (admin)", listener.local_addr()?);
             tasks.push(tokio::spawn(control::serve(
                 listener,
                 Arc::new(ProxyAdmin(self.shared.clone())),
             )));
         }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let checks = checks::spawn(&state.upstreams);
+        let mut checks = checks::spawn(&state.upstreams);
+        if let Some(reports) = cfg.reports.clone() {
+            checks.push(super::report::spawn(self.shared.clone(), reports)?);
+        }
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining open ones");

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::uri::Authority;
 use hyper::body::Incoming;
@@ -25,11 +25,7 @@ use crate::health::RiseFall;
 /// Idle connections kept per origin; more than this are closed when returned.
 const MAX_IDLE_PER_ORIGIN: usize = 256;
 
-/// Milliseconds since the process started: a cheap monotonic clock for cool-downs.
-pub fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
+pub use crate::clock::now_ms;
 
 /// State of one origin that must survive config reloads (looked up by name and address).
 pub struct OriginState {

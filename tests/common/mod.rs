@@ -39,11 +39,11 @@ impl Proc {
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // Keep draining after the test stops listening, so the child never writes
+            // into a closed pipe.
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let mut sockets: HashMap<String, Vec<SocketAddr>> = HashMap::new();

@@ -1,0 +1,450 @@
+//! The loop closed: a DNS server and three proxy nodes on 127.0.0.11-13 with their
+//! origins, all real processes; signed reports, failover and recovery, forged reports,
+//! and the demo.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::dns::{addresses, udp, Ask};
+use common::http::{self as h, runtime};
+use common::{build_geo, Proc};
+use geoedge::health::report::{Report, ReportKey, SIGNATURE_HEADER};
+use hickory_proto::rr::RecordType;
+
+const KEY: &str = "test-report-key-0123456789abcdef";
+const WWW: &str = "www.example.test.";
+const ZONE: &str = "$ORIGIN example.test.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n@ IN NS ns1\nns1 IN A 127.0.0.1\n";
+
+const REGIONS: [(&str, &str, f64, f64); 3] = [
+    ("eu", "127.0.0.11", 50.1109, 8.6821),
+    ("us", "127.0.0.12", 39.0438, -77.4874),
+    ("ap", "127.0.0.13", 1.3521, 103.8198),
+];
+
+struct World {
+    dir: tempfile::TempDir,
+    dns: Proc,
+    origins: Vec<Proc>,
+    proxies: Vec<Option<Proc>>,
+}
+
+fn dns_config(extra_health: &str) -> String {
+    let mut c = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\ncontrol = \"127.0.0.1:0\"\nworkers = 1\n\n[geoip]\ndatabase = \"geo.mmdb\"\n\n\
+         [health]\nreport_key_file = \"report.key\"\nadmin_token_file = \"admin.token\"\n{extra_health}\n\n\
+         [[zones]]\norigin = \"example.test.\"\nfile = \"zone.txt\"\n[[zones.steered]]\nname = \"www\"\n"
+    );
+    for (name, ip, lat, lon) in REGIONS {
+        c.push_str(&format!(
+            "\n[[regions]]\nname = \"{name}\"\nlatitude = {lat}\nlongitude = {lon}\n[[regions.nodes]]\nname = \"{name}-1\"\nipv4 = \"{ip}\"\n"
+        ));
+    }
+    c
+}
+
+fn proxy_config(region: &str, ip: &str, origin: SocketAddr, control: SocketAddr) -> String {
+    format!(
+        r#"[node]
+name = "{region}-1"
+region = "{region}"
+workers = 1
+[listen]
+http = ["{ip}:0"]
+admin = "{ip}:0"
+[reports]
+dns = ["http://{control}"]
+key_file = "report.key"
+[[routes]]
+hosts = ["*"]
+upstream = "web"
+[upstreams.web]
+connect_timeout = "300ms"
+[[upstreams.web.origins]]
+name = "{region}-web-1"
+addr = "{origin}"
+[upstreams.web.health_check]
+interval = "100ms"
+timeout = "80ms"
+rise = 2
+fall = 2
+"#
+    )
+}
+
+impl World {
+    fn start() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        build_geo(d, "");
+        std::fs::write(d.join("zone.txt"), ZONE).unwrap();
+        std::fs::write(d.join("report.key"), KEY).unwrap();
+        std::fs::write(d.join("admin.token"), "test-admin-token-0123456789").unwrap();
+        std::fs::write(d.join("dns.toml"), dns_config("")).unwrap();
+        let dns = Proc::start(&["dns", "--config", "dns.toml"], d, 3);
+        let mut world = World {
+            dir,
+            dns,
+            origins: Vec::new(),
+            proxies: Vec::new(),
+        };
+        for (i, (region, _, _, _)) in REGIONS.iter().enumerate() {
+            let name = format!("{region}-web-1");
+            let o = Proc::start(
+                &["origin", "--listen", "127.0.0.1:0", "--name", &name],
+                world.dir.path(),
+                1,
+            );
+            world.origins.push(o);
+            world.proxies.push(None);
+            world.start_proxy(i);
+        }
+        world
+    }
+
+    fn control(&self) -> SocketAddr {
+        self.dns.addr("HTTP (control)")
+    }
+
+    fn start_proxy(&mut self, i: usize) {
+        let (region, ip, _, _) = REGIONS[i];
+        let origin = self.origins[i].addr(&format!("HTTP (origin {region}-web-1)"));
+        let file = format!("proxy-{region}.toml");
+        std::fs::write(
+            self.dir.path().join(&file),
+            proxy_config(region, ip, origin, self.control()),
+        )
+        .unwrap();
+        self.proxies[i] = Some(Proc::start(
+            &["proxy", "--config", &file],
+            self.dir.path(),
+            2,
+        ));
+    }
+
+    fn kill_proxy(&mut self, i: usize) {
+        if let Some(mut p) = self.proxies[i].take() {
+            // SIGKILL: no goodbye, the reports just stop.
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    fn answer(&self, subnet: &str) -> Vec<String> {
+        let m = udp(
+            self.dns.addr("UDP"),
+            &Ask::new(WWW, RecordType::A).ecs(subnet, 24),
+        );
+        addresses(&m).iter().map(|a| a.to_string()).collect()
+    }
+
+    /// Polls until `subnet` is answered with `ip`; returns how long that took.
+    fn wait_answer(&self, subnet: &str, ip: &str, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.answer(subnet) == vec![ip.to_string()] {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{subnet} not answered with {ip} within {limit:?}: {:?}\n{}",
+                self.answer(subnet),
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn status(&self) -> String {
+        common::http_get(self.control(), "/status?format=text").1
+    }
+
+    fn metrics(&self) -> String {
+        common::http_get(self.control(), "/metrics").1
+    }
+}
+
+#[test]
+fn failover_and_recovery_follow_node_and_origin_health() {
+    let mut w = World::start();
+    // Every region's prefix gets its own region once reports flow.
+    w.wait_answer("192.0.2.0", "127.0.0.11", Duration::from_secs(5));
+    w.wait_answer("198.51.100.0", "127.0.0.12", Duration::from_secs(5));
+    w.wait_answer("203.0.113.0", "127.0.0.13", Duration::from_secs(5));
+
+    // Kill the eu node: eu clients go to the next nearest region (us).
+    w.kill_proxy(0);
+    let away = w.wait_answer("192.0.2.0", "127.0.0.12", Duration::from_secs(5));
+    // Bring it back: eu clients return.
+    w.start_proxy(0);
+    let back = w.wait_answer("192.0.2.0", "127.0.0.11", Duration::from_secs(5));
+    println!("failover: steered away {away:?} after SIGKILL, back {back:?} after restart");
+    assert!(
+        w.status().contains("eu       eu-1         up"),
+        "{}",
+        w.status()
+    );
+
+    // Kill the origin behind us: the us node stays up but reports it cannot serve, and
+    // DNS moves us clients away (Ashburn's next nearest is Frankfurt).
+    let _ = w.origins[1].child.kill();
+    let _ = w.origins[1].child.wait();
+    let moved = w.wait_answer("198.51.100.0", "127.0.0.11", Duration::from_secs(5));
+    println!("us origins dead: us clients moved after {moved:?}");
+    let status = w.status();
+    assert!(status.contains("node cannot serve"), "{status}");
+    let proxy = w.proxies[1].as_ref().unwrap();
+    let hz = common::http_get(proxy.addr("HTTP (admin)"), "/healthz");
+    assert_eq!(hz.0, 503, "the us proxy itself says it cannot serve");
+
+    let metrics = w.metrics();
+    assert!(metrics.contains("geoedge_dns_reports_total"), "{metrics}");
+    assert!(
+        metrics.contains(r#"geoedge_dns_region_up{region="us"} 0"#),
+        "{metrics}"
+    );
+}
+
+fn signed_post(w: &World, body: &[u8], signature: Option<String>) -> u16 {
+    let rt = runtime();
+    rt.block_on(async {
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if let Some(s) = signature {
+            headers.push((SIGNATURE_HEADER, s));
+        }
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut s = h::connect(w.control()).await;
+        h::send(&mut s, h::request("POST", "dns", "/report", &hs, body))
+            .await
+            .unwrap()
+            .status
+    })
+}
+
+fn report(node: &str, region: &str, can_serve: bool, seq: u64, ts: u64) -> Vec<u8> {
+    serde_json::to_vec(&Report {
+        node: node.into(),
+        region: region.into(),
+        addresses: vec![],
+        can_serve,
+        healthy_origins: 0,
+        total_origins: 1,
+        in_flight: 0,
+        load: 0.0,
+        seq,
+        timestamp_ms: ts,
+    })
+    .unwrap()
+}
+
+#[test]
+fn forged_replayed_stale_and_unknown_reports_change_nothing() {
+    let w = World::start();
+    w.wait_answer("192.0.2.0", "127.0.0.11", Duration::from_secs(5));
+    let key = ReportKey::from_secret(KEY.as_bytes());
+    let forger = ReportKey::from_secret(b"not-the-real-key-at-all");
+    let now = geoedge::clock::unix_ms();
+    // Far in the future, so no real report from the node can beat it.
+    let seq = u64::MAX / 2;
+
+    let body = report("eu-1", "eu", false, seq, now);
+    assert_eq!(signed_post(&w, &body, None), 401, "unsigned");
+    assert_eq!(
+        signed_post(&w, &body, Some(forger.sign(&body))),
+        401,
+        "forged"
+    );
+    let stale = report("eu-1", "eu", false, seq, now - 60_000);
+    assert_eq!(
+        signed_post(&w, &stale, Some(key.sign(&stale))),
+        401,
+        "stale"
+    );
+    let unknown = report("mars-1", "eu", false, seq, now);
+    assert_eq!(
+        signed_post(&w, &unknown, Some(key.sign(&unknown))),
+        401,
+        "unknown node"
+    );
+    let wrong_region = report("eu-1", "ap", false, seq, now);
+    assert_eq!(
+        signed_post(&w, &wrong_region, Some(key.sign(&wrong_region))),
+        401,
+        "node in another region"
+    );
+    let old_seq = report("eu-1", "eu", false, 1, now);
+    assert_eq!(
+        signed_post(&w, &old_seq, Some(key.sign(&old_seq))),
+        401,
+        "replayed sequence"
+    );
+    assert_eq!(
+        signed_post(&w, b"{}", Some(key.sign(b"{}"))),
+        401,
+        "malformed"
+    );
+
+    // None of that moved eu clients.
+    for _ in 0..5 {
+        assert_eq!(w.answer("192.0.2.0"), vec!["127.0.0.11".to_string()]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = w.metrics();
+    for reason in [
+        "unsigned",
+        "bad_signature",
+        "stale",
+        "unknown_node",
+        "replayed",
+        "malformed",
+    ] {
+        assert!(
+            m.contains(&format!(
+                "geoedge_dns_reports_rejected_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} not counted:\n{m}"
+        );
+    }
+
+    // A genuine, signed, fresh report is accepted; sent twice, the copy is a replay.
+    let genuine = report("eu-1", "eu", true, seq, now);
+    assert_eq!(signed_post(&w, &genuine, Some(key.sign(&genuine))), 204);
+    assert_eq!(signed_post(&w, &genuine, Some(key.sign(&genuine))), 401);
+}
+
+#[test]
+fn flapping_verdicts_do_not_flip_answers() {
+    let w = World::start();
+    w.wait_answer("192.0.2.0", "127.0.0.11", Duration::from_secs(5));
+    let key = ReportKey::from_secret(KEY.as_bytes());
+    let mut seq = u64::MAX / 2;
+    // Alternate "cannot serve" and "can serve" faster than fall (2): never two bad in a row.
+    for i in 0..20 {
+        seq += 1;
+        let body = report("eu-1", "eu", i % 2 == 1, seq, geoedge::clock::unix_ms());
+        assert_eq!(signed_post(&w, &body, Some(key.sign(&body))), 204);
+        assert_eq!(
+            w.answer("192.0.2.0"),
+            vec!["127.0.0.11".to_string()],
+            "flipped at report {i}"
+        );
+    }
+}
+
+#[test]
+fn operator_override_moves_a_region_and_expires() {
+    let w = World::start();
+    w.wait_answer("203.0.113.0", "127.0.0.13", Duration::from_secs(5));
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "force",
+            "--dns",
+            &w.control().to_string(),
+            "--token-file",
+            "admin.token",
+            "--region",
+            "ap",
+            "down",
+            "--for",
+            "1s",
+        ])
+        .current_dir(w.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Singapore's next nearest is Frankfurt.
+    w.wait_answer("203.0.113.0", "127.0.0.11", Duration::from_secs(2));
+    // The override expires and ap answers again.
+    w.wait_answer("203.0.113.0", "127.0.0.13", Duration::from_secs(5));
+    // A wrong token is refused.
+    std::fs::write(w.dir.path().join("bad.token"), "wrong-token-wrong-token").unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "force",
+            "--dns",
+            &w.control().to_string(),
+            "--token-file",
+            "bad.token",
+            "--node",
+            "ap-1",
+            "down",
+        ])
+        .current_dir(w.dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // `geoedge status` prints the table.
+    let out = std::process::Command::new(common::BIN)
+        .args(["status", "--dns", &w.control().to_string()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("ap-1") && table.contains("REASON"),
+        "{table}"
+    );
+}
+
+#[test]
+fn the_demo_answers_dns_and_proxies_https_end_to_end_then_stops_cleanly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = root.join("config");
+    let mut demo = Proc::start(
+        &["demo", "--config-dir", config_dir.to_str().unwrap()],
+        dir.path(),
+        12,
+    );
+    let dns = demo.addr("UDP");
+    assert_eq!(dns.to_string(), "127.0.0.1:5353");
+    // DNS: a Frankfurt client is sent to the eu node once its reports arrive.
+    let started = Instant::now();
+    let node = loop {
+        let m = udp(dns, &Ask::new(WWW, RecordType::A).ecs("192.0.2.0", 24));
+        let a = addresses(&m);
+        if a == vec!["127.0.0.11".parse::<std::net::IpAddr>().unwrap()] {
+            break a[0];
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "demo DNS answered {a:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // HTTPS to the node DNS gave, with SNI, through the proxy to an origin.
+    let rt = runtime();
+    rt.block_on(async {
+        let mut c = h::tls_connect(
+            SocketAddr::new(node, 8443),
+            "www.example.test",
+            &[b"h2", b"http/1.1"],
+        )
+        .await
+        .unwrap();
+        let r = c.get("www.example.test", "/hello").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.text().starts_with("served by eu-web-"), "{}", r.text());
+    });
+    // Ctrl-C: everything stops, exit 0.
+    let pid = demo.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = demo.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", demo.stderr());
+}
