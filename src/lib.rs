@@ -1,5 +1,6 @@
 //! geoedge: a global server load balancing edge. See DESIGN.md for the architecture.
 
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -297,6 +297,14 @@ pub const PROXY_CONNECTIONS_OPEN: &str = "geoedge_proxy_connections_open";
 pub const PROXY_CONNECTIONS: &str = "geoedge_proxy_connections_total";
 pub const PROXY_CERT_RELOADS: &str = "geoedge_proxy_certificate_reloads_total";
 pub const PROXY_REPORTS: &str = "geoedge_proxy_reports_sent_total";
+pub const CACHE_REQUESTS: &str = "geoedge_proxy_cache_requests_total";
+pub const CACHE_STALE_SERVED: &str = "geoedge_proxy_cache_stale_served_total";
+pub const CACHE_REVALIDATIONS: &str = "geoedge_proxy_cache_revalidations_total";
+pub const CACHE_COALESCED: &str = "geoedge_proxy_cache_coalesced_waiters_total";
+pub const CACHE_BYTES: &str = "geoedge_proxy_cache_bytes";
+pub const CACHE_OBJECTS: &str = "geoedge_proxy_cache_objects";
+pub const CACHE_EVICTIONS: &str = "geoedge_proxy_cache_evictions_total";
+pub const CACHE_PURGES: &str = "geoedge_proxy_cache_purges_total";
 
 pub const METHOD_CLASSES: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "DELETE", "other"];
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -342,6 +350,20 @@ pub struct ProxyMetrics {
     pub cert_reload_ok: IntCounter,
     pub cert_reload_failed: IntCounter,
     pub reports: IntCounterVec,
+    pub cache_hit: IntCounter,
+    pub cache_miss: IntCounter,
+    pub cache_uncacheable: IntCounter,
+    pub cache_stale_while_revalidate: IntCounter,
+    pub cache_stale_if_error: IntCounter,
+    pub cache_stale_max_stale: IntCounter,
+    pub cache_revalidated_not_modified: IntCounter,
+    pub cache_revalidated_modified: IntCounter,
+    pub cache_revalidation_failed: IntCounter,
+    pub cache_coalesced: IntCounter,
+    pub cache_bytes: IntGauge,
+    pub cache_objects: IntGauge,
+    pub cache_evictions: IntCounter,
+    pub cache_purges: IntCounter,
 }
 
 impl ProxyMetrics {
@@ -424,8 +446,48 @@ impl ProxyMetrics {
             "Health reports sent to DNS servers, by result",
             &["dns", "result"],
         );
+        let cache_requests = v(
+            CACHE_REQUESTS,
+            "Requests on caching routes, by cache result",
+            &["result"],
+        );
+        let stale = v(
+            CACHE_STALE_SERVED,
+            "Stale responses served, by reason",
+            &["reason"],
+        );
+        let revalidations = v(
+            CACHE_REVALIDATIONS,
+            "Revalidations with the origin, by result",
+            &["result"],
+        );
+        let gauge =
+            |name: &str, help: &str| register(registry, IntGauge::new(name, help).expect("valid"));
+        let counter = |name: &str, help: &str| {
+            register(registry, IntCounter::new(name, help).expect("valid"))
+        };
         register_build_info(registry, "proxy");
         Self {
+            cache_hit: cache_requests.with_label_values(&["hit"]),
+            cache_miss: cache_requests.with_label_values(&["miss"]),
+            cache_uncacheable: cache_requests.with_label_values(&["uncacheable"]),
+            cache_stale_while_revalidate: stale.with_label_values(&["while_revalidate"]),
+            cache_stale_if_error: stale.with_label_values(&["if_error"]),
+            cache_stale_max_stale: stale.with_label_values(&["max_stale"]),
+            cache_revalidated_not_modified: revalidations.with_label_values(&["not_modified"]),
+            cache_revalidated_modified: revalidations.with_label_values(&["modified"]),
+            cache_revalidation_failed: revalidations.with_label_values(&["error"]),
+            cache_coalesced: counter(
+                CACHE_COALESCED,
+                "Requests that waited for another's origin fetch",
+            ),
+            cache_bytes: gauge(CACHE_BYTES, "Bytes held by the cache"),
+            cache_objects: gauge(CACHE_OBJECTS, "URLs held by the cache"),
+            cache_evictions: counter(
+                CACHE_EVICTIONS,
+                "Objects evicted to stay within the byte bound",
+            ),
+            cache_purges: counter(CACHE_PURGES, "Objects dropped by purge requests"),
             requests,
             duration,
             in_flight,

@@ -2,8 +2,11 @@
 //! answered, counts what it serves, and can be made slow, failing or cacheable on demand.
 //!
 //! - `GET /anything?status=503&delay_ms=200&size=1024&cache=max-age%3D60` shapes one answer;
+//!   `h_NAME=VALUE` adds any response header (`h_etag=%22v1%22`, `h_vary=accept-language`);
+//!   with an ETag or Last-Modified set, a matching conditional request gets 304;
 //! - `GET /_origin/echo` returns the request head as it arrived (forwarding tests);
-//! - `GET /_origin/count` returns how many requests were served (cache tests);
+//! - `GET /_origin/count` returns how many requests were served (`?path=/x`: for one path);
+//! - `POST /_origin/status?code=500` makes every answer that status (0 to stop);
 //! - `POST /_origin/health?status=503` changes what `/healthz` answers;
 //! - `POST /_origin/delay?ms=300` adds latency to every answer.
 
@@ -21,10 +24,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::control::percent_decode;
+
 pub struct Origin {
     pub name: String,
     served: AtomicU64,
+    by_path: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     health_status: AtomicU16,
+    forced_status: AtomicU16,
     delay_ms: AtomicU64,
 }
 
@@ -33,7 +40,9 @@ impl Origin {
         Arc::new(Self {
             name: name.to_string(),
             served: AtomicU64::new(0),
+            by_path: std::sync::Mutex::new(std::collections::HashMap::new()),
             health_status: AtomicU16::new(200),
+            forced_status: AtomicU16::new(0),
             delay_ms: AtomicU64::new(0),
         })
     }
@@ -57,7 +66,22 @@ impl Origin {
                 let status = self.health_status.load(Ordering::Relaxed);
                 return reply(status, format!("{} health {status}\n", self.name));
             }
-            (&Method::GET, "/_origin/count") => return reply(200, format!("{}\n", self.served())),
+            (&Method::GET, "/_origin/count") => {
+                let n = match param("path") {
+                    Some(p) => self
+                        .by_path
+                        .lock()
+                        .map(|m| m.get(&p).copied().unwrap_or(0))
+                        .unwrap_or(0),
+                    None => self.served(),
+                };
+                return reply(200, format!("{n}\n"));
+            }
+            (&Method::POST, "/_origin/status") => {
+                let code = param("code").and_then(|s| s.parse().ok()).unwrap_or(0);
+                self.forced_status.store(code, Ordering::Relaxed);
+                return reply(200, format!("status now {code}\n"));
+            }
             (&Method::POST, "/_origin/health") => {
                 let status = param("status").and_then(|s| s.parse().ok()).unwrap_or(200);
                 self.health_status.store(status, Ordering::Relaxed);
@@ -70,7 +94,10 @@ impl Origin {
             }
             _ => {}
         }
-        self.served.fetch_add(1, Ordering::Relaxed);
+        let seq = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut m) = self.by_path.lock() {
+            *m.entry(path.clone()).or_insert(0) += 1;
+        }
         let delay = param("delay_ms")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
@@ -97,6 +124,7 @@ impl Origin {
             return with_identity(reply(200, head), &self.name);
         }
         let method = req.method().clone();
+        let req_headers = req.headers().clone();
         // Read (and count) any request body, so uploads complete.
         let received = req
             .into_body()
@@ -104,9 +132,47 @@ impl Origin {
             .await
             .map(|b| b.to_bytes().len())
             .unwrap_or(0);
-        let status = param("status").and_then(|s| s.parse().ok()).unwrap_or(200);
+        let forced = self.forced_status.load(Ordering::Relaxed);
+        let status = if forced != 0 {
+            forced
+        } else {
+            param("status").and_then(|s| s.parse().ok()).unwrap_or(200)
+        };
+        let extra: Vec<(http::HeaderName, http::HeaderValue)> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| {
+                let name = http::HeaderName::from_bytes(k.strip_prefix("h_")?.as_bytes()).ok()?;
+                let value = http::HeaderValue::from_str(&percent_decode(v)).ok()?;
+                Some((name, value))
+            })
+            .collect();
+        let etag = extra
+            .iter()
+            .find(|(k, _)| k == http::header::ETAG)
+            .map(|(_, v)| v.clone());
+        let inm = req_headers.get(http::header::IF_NONE_MATCH).cloned();
+        if let (Some(etag), Some(inm)) = (&etag, &inm) {
+            if status == 200 && inm.as_bytes() == etag.as_bytes() {
+                let mut resp = with_identity(reply(304, String::new()), &self.name);
+                if let Some(cc) = param("cache").and_then(|c| http::HeaderValue::from_str(&c).ok())
+                {
+                    resp.headers_mut().insert(http::header::CACHE_CONTROL, cc);
+                }
+                for (k, v) in &extra {
+                    resp.headers_mut().insert(k.clone(), v.clone());
+                }
+                resp.headers_mut()
+                    .insert("x-origin-seq", http::HeaderValue::from(seq));
+                return resp;
+            }
+        }
         let body = match param("size").and_then(|s| s.parse::<usize>().ok()) {
-            Some(n) => Bytes::from(vec![b'x'; n.min(64 * 1024 * 1024)]),
+            Some(n) => Bytes::from(
+                (0..n.min(64 * 1024 * 1024))
+                    .map(|i| b'0' + (i % 10) as u8)
+                    .collect::<Vec<u8>>(),
+            ),
             None => Bytes::from(format!(
                 "served by {} for {method} {path} ({received} bytes in)\n",
                 self.name
@@ -117,7 +183,13 @@ impl Origin {
         if let Some(cc) = param("cache").and_then(|c| http::HeaderValue::from_str(&c).ok()) {
             resp.headers_mut().insert(http::header::CACHE_CONTROL, cc);
         }
-        with_identity(resp, &self.name)
+        let mut resp = with_identity(resp, &self.name);
+        for (k, v) in extra {
+            resp.headers_mut().insert(k, v);
+        }
+        resp.headers_mut()
+            .insert("x-origin-seq", http::HeaderValue::from(seq));
+        resp
     }
 }
 
@@ -148,40 +220,6 @@ fn with_identity(mut resp: Response<Full<Bytes>>, name: &str) -> Response<Full<B
     resp
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                    }
-                    Err(_) => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Serves the origin on a bound listener until the task is dropped.
 pub async fn serve(listener: TcpListener, origin: Arc<Origin>) {
     loop {
@@ -206,17 +244,4 @@ pub async fn serve(listener: TcpListener, origin: Arc<Origin>) {
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("max-age%3D60"), "max-age=60");
-        assert_eq!(percent_decode("a+b"), "a b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-    }
 }

@@ -24,6 +24,8 @@ struct RawProxyConfig {
     #[serde(default)]
     forwarding: RawForwarding,
     #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
     routes: Vec<RawRoute>,
     #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
@@ -160,6 +162,49 @@ fn d_via() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default = "d_cache_bytes")]
+    max_bytes: u64,
+    #[serde(default = "d_cache_object")]
+    max_object_bytes: u64,
+    stale_while_revalidate: Option<ConfigDuration>,
+    stale_if_error: Option<ConfigDuration>,
+    #[serde(default = "d_coalesce")]
+    coalesce_timeout: ConfigDuration,
+    purge_token_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "d_compress_min")]
+    compress_min_bytes: usize,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            max_bytes: d_cache_bytes(),
+            max_object_bytes: d_cache_object(),
+            stale_while_revalidate: None,
+            stale_if_error: None,
+            coalesce_timeout: d_coalesce(),
+            purge_token_file: None,
+            compress_min_bytes: d_compress_min(),
+        }
+    }
+}
+
+fn d_cache_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn d_cache_object() -> u64 {
+    8 * 1024 * 1024
+}
+fn d_coalesce() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(5))
+}
+fn d_compress_min() -> usize {
+    1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRoute {
     hosts: Vec<String>,
     #[serde(default = "d_prefix")]
@@ -167,6 +212,12 @@ struct RawRoute {
     upstream: Spanned<String>,
     #[serde(default)]
     redirect_https: bool,
+    /// Serve GET/HEAD from the shared cache (see [cache]).
+    #[serde(default)]
+    cache: bool,
+    /// Compress cached text responses for clients that accept gzip or brotli.
+    #[serde(default)]
+    compress: bool,
 }
 
 fn d_prefix() -> String {
@@ -292,6 +343,20 @@ pub struct ProxyConfig {
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub reports: Option<ReportsConfig>,
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub max_bytes: u64,
+    pub max_object_bytes: u64,
+    /// Used when a response carries no stale-while-revalidate of its own.
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    pub coalesce_timeout: Duration,
+    /// Token for the purge endpoint on the admin listener; unset = purge disabled.
+    pub purge_token_file: Option<PathBuf>,
+    pub compress_min_bytes: usize,
 }
 
 /// Where and how often this node reports its health.
@@ -336,6 +401,8 @@ pub struct RouteConfig {
     pub path_prefix: String,
     pub upstream: String,
     pub redirect_https: bool,
+    pub cache: bool,
+    pub compress: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -566,6 +633,8 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
             path_prefix: r.path_prefix,
             upstream: r.upstream.into_inner(),
             redirect_https: r.redirect_https,
+            cache: r.cache,
+            compress: r.compress,
         });
     }
     if routes.is_empty() {
@@ -621,7 +690,40 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         }
     };
 
+    let c = raw.cache;
+    if c.max_object_bytes > c.max_bytes {
+        return Err(src.error(
+            "cache.max_object_bytes",
+            None,
+            "must not exceed cache.max_bytes",
+        ));
+    }
+    let purge_token_file = match c.purge_token_file {
+        None => None,
+        Some(p) => {
+            let resolved = src.resolve(p.get_ref());
+            if !resolved.is_file() {
+                return Err(src.error(
+                    "cache.purge_token_file",
+                    Some(p.span()),
+                    format!("{} does not exist", resolved.display()),
+                ));
+            }
+            Some(resolved)
+        }
+    };
+    let cache = CacheConfig {
+        max_bytes: c.max_bytes,
+        max_object_bytes: c.max_object_bytes,
+        stale_while_revalidate: c.stale_while_revalidate.map(|d| d.0).unwrap_or_default(),
+        stale_if_error: c.stale_if_error.map(|d| d.0).unwrap_or_default(),
+        coalesce_timeout: c.coalesce_timeout.0,
+        purge_token_file,
+        compress_min_bytes: c.compress_min_bytes,
+    };
+
     Ok(ProxyConfig {
+        cache,
         reports,
         path: src.path.clone(),
         node: raw.node.name,

@@ -62,6 +62,11 @@ impl ControlRequest {
             .map(|(_, v)| v)
     }
 
+    /// A query parameter, percent-decoded (for values that are themselves URLs).
+    pub fn param_decoded(&self, key: &str) -> Option<String> {
+        self.param(key).map(percent_decode)
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -160,6 +165,42 @@ pub async fn serve(listener: TcpListener, admin: Arc<dyn Admin>) {
     }
 }
 
+/// Decodes `%XX` escapes and `+` (as a space) in a query value; invalid escapes are kept
+/// as they are.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Compares a presented bearer token with the configured one in constant time.
 pub fn token_matches(presented: Option<&str>, expected: &[u8]) -> bool {
     let Some(presented) = presented.and_then(|h| h.strip_prefix("Bearer ")) else {
@@ -179,6 +220,15 @@ pub fn token_matches(presented: Option<&str>, expected: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("max-age%3D60"), "max-age=60");
+        assert_eq!(percent_decode("a+b"), "a b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%41"), "A");
+    }
 
     #[test]
     fn bearer_tokens_compare_exactly() {

@@ -79,3 +79,38 @@ impl Body for OriginBody {
         self.inner.size_hint()
     }
 }
+
+/// A body whose first bytes were already read (while deciding whether to cache it),
+/// followed by the rest of the original stream.
+pub struct PrefixedBody {
+    prefix: Option<Bytes>,
+    rest: ProxyBody,
+}
+
+impl PrefixedBody {
+    pub fn new(prefix: Bytes, rest: ProxyBody) -> Self {
+        Self {
+            prefix: Some(prefix),
+            rest,
+        }
+    }
+}
+
+impl Body for PrefixedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(p) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+}

@@ -9,6 +9,7 @@
 //! - nothing else is retried: a request whose body was sent may have had its effect.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -35,7 +36,7 @@ pub struct ClientConn {
 }
 
 pub async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: ClientConn,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
@@ -65,8 +66,8 @@ pub async fn handle(
 type Outcome = (Response<ProxyBody>, Option<usize>);
 
 async fn proxy(
-    shared: &Shared,
-    state: &ProxyState,
+    shared: &Arc<Shared>,
+    state: &Arc<ProxyState>,
     conn: ClientConn,
     req: Request<Incoming>,
 ) -> Result<Outcome, (ProxyError, Option<usize>)> {
@@ -126,7 +127,6 @@ async fn proxy(
     parts.version = Version::HTTP_11;
 
     let bodyless = body.is_end_stream();
-    let replayable = bodyless && is_idempotent(&parts.method);
     let body: ProxyBody = if bodyless {
         empty()
     } else {
@@ -134,104 +134,157 @@ async fn proxy(
             .map_err(|e| e as super::body::BoxError)
             .boxed_unsync()
     };
-    let retry_head = replayable.then(|| parts.clone());
-    let mut request = Some(Request::from_parts(parts, body));
-    let mut exclude = None;
+    let origin = Origin {
+        shared: shared.clone(),
+        state: state.clone(),
+        route: route_index,
+        upstream,
+        sticky,
+        client_version: version,
+    };
+    let scheme = if conn.tls { "https" } else { "http" };
+    let response = if route.cache && (parts.method == Method::GET || parts.method == Method::HEAD) {
+        super::cached::serve(&origin, scheme, host.as_deref().unwrap_or(""), parts).await
+    } else if route.cache {
+        super::cached::pass_unsafe(
+            &origin,
+            scheme,
+            host.as_deref().unwrap_or(""),
+            parts,
+            body,
+            bodyless,
+        )
+        .await
+    } else {
+        origin.fetch(parts, body, bodyless).await
+    };
+    response.map(|r| (r, Some(route_index))).map_err(fail)
+}
 
-    for attempt in 0..2 {
-        let Some(index) = upstream.choose(sticky.as_deref(), exclude) else {
-            return Err(fail(ProxyError::NoHealthyOrigin(upstream.name.clone())));
-        };
-        if attempt > 0 {
-            shared
-                .metrics
-                .retries
-                .with_label_values(&[&upstream.name])
-                .inc();
+/// Everything needed to send one request to a route's upstream; cheap to clone (a cache
+/// refresh in the background takes its own copy).
+#[derive(Clone)]
+pub struct Origin {
+    pub shared: Arc<Shared>,
+    pub state: Arc<ProxyState>,
+    pub route: usize,
+    pub upstream: Arc<Upstream>,
+    pub sticky: Option<String>,
+    pub client_version: Version,
+}
+
+impl Origin {
+    /// Sends a prepared request (origin-form, forwarding headers set) to an origin of the
+    /// upstream, retrying by the rule at the top of this file.
+    pub async fn fetch(
+        &self,
+        parts: http::request::Parts,
+        body: ProxyBody,
+        bodyless: bool,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (shared, state, upstream) = (&*self.shared, &*self.state, &self.upstream);
+        let route = &state.routes[self.route];
+        let limit = state.config.limits.max_body_bytes;
+        let replayable = bodyless && is_idempotent(&parts.method);
+        let retry_head = replayable.then(|| parts.clone());
+        let mut request = Some(Request::from_parts(parts, body));
+        let mut exclude = None;
+
+        for attempt in 0..2 {
+            let Some(index) = upstream.choose(self.sticky.as_deref(), exclude) else {
+                return Err(ProxyError::NoHealthyOrigin(upstream.name.clone()));
+            };
+            if attempt > 0 {
+                shared
+                    .metrics
+                    .retries
+                    .with_label_values(&[&upstream.name])
+                    .inc();
+            }
+            let origin = &upstream.origins[index];
+            let gauge = state
+                .in_flight_gauges
+                .get(route.upstream)
+                .and_then(|g| g.get(index))
+                .cloned();
+            let in_flight = InFlight::new(origin.state.clone(), gauge);
+            let (mut sender, reused) = match upstream.connection(index).await {
+                Ok(c) => c,
+                Err(e) => {
+                    count_failure(shared, upstream, index, "connect");
+                    exclude = Some(index);
+                    if attempt == 0 {
+                        continue;
+                    }
+                    return Err(ProxyError::Connect {
+                        origin: origin.name.clone(),
+                        message: e.to_string(),
+                    });
+                }
+            };
+            let Some(req) = request.take().or_else(|| {
+                retry_head
+                    .as_ref()
+                    .map(|head| Request::from_parts(head.clone(), empty()))
+            }) else {
+                return Err(ProxyError::Upstream {
+                    origin: origin.name.clone(),
+                    message: "request body already sent; not retried".into(),
+                });
+            };
+            let sent =
+                tokio::time::timeout(upstream.response_timeout, sender.send_request(req)).await;
+            match sent {
+                Ok(Ok(resp)) => {
+                    if resp.status().is_server_error() {
+                        count_failure(shared, upstream, index, "5xx");
+                    } else {
+                        origin.state.record_success();
+                    }
+                    let pool = PoolReturn {
+                        state: origin.state.clone(),
+                        sender: Some(sender),
+                    };
+                    return Ok(client_response(
+                        state,
+                        upstream,
+                        index,
+                        self.sticky.as_deref(),
+                        self.client_version,
+                        resp,
+                        pool,
+                        in_flight,
+                    ));
+                }
+                Ok(Err(e)) if body_over_limit(&e) => {
+                    return Err(ProxyError::BodyTooLarge { limit });
+                }
+                Ok(Err(e)) => {
+                    // A reused keep-alive connection the origin had just closed is not the
+                    // origin's fault; anything else counts against it.
+                    if !(reused && (e.is_canceled() || e.is_incomplete_message())) {
+                        count_failure(shared, upstream, index, "reset");
+                    }
+                    exclude = Some(index);
+                    if attempt == 0 && replayable {
+                        continue;
+                    }
+                    return Err(ProxyError::Upstream {
+                        origin: origin.name.clone(),
+                        message: e.to_string(),
+                    });
+                }
+                Err(_) => {
+                    count_failure(shared, upstream, index, "timeout");
+                    return Err(ProxyError::Timeout {
+                        origin: origin.name.clone(),
+                        seconds: upstream.response_timeout.as_secs_f64(),
+                    });
+                }
+            }
         }
-        let origin = &upstream.origins[index];
-        let gauge = state
-            .in_flight_gauges
-            .get(route.upstream)
-            .and_then(|g| g.get(index))
-            .cloned();
-        let in_flight = InFlight::new(origin.state.clone(), gauge);
-        let (mut sender, reused) = match upstream.connection(index).await {
-            Ok(c) => c,
-            Err(e) => {
-                count_failure(shared, &upstream, index, "connect");
-                exclude = Some(index);
-                if attempt == 0 {
-                    continue;
-                }
-                return Err(fail(ProxyError::Connect {
-                    origin: origin.name.clone(),
-                    message: e.to_string(),
-                }));
-            }
-        };
-        let Some(req) = request.take().or_else(|| {
-            retry_head
-                .as_ref()
-                .map(|head| Request::from_parts(head.clone(), empty()))
-        }) else {
-            return Err(fail(ProxyError::Upstream {
-                origin: origin.name.clone(),
-                message: "request body already sent; not retried".into(),
-            }));
-        };
-        let sent = tokio::time::timeout(upstream.response_timeout, sender.send_request(req)).await;
-        match sent {
-            Ok(Ok(resp)) => {
-                if resp.status().is_server_error() {
-                    count_failure(shared, &upstream, index, "5xx");
-                } else {
-                    origin.state.record_success();
-                }
-                let pool = PoolReturn {
-                    state: origin.state.clone(),
-                    sender: Some(sender),
-                };
-                let response = client_response(
-                    state,
-                    &upstream,
-                    index,
-                    sticky.as_deref(),
-                    version,
-                    resp,
-                    pool,
-                    in_flight,
-                );
-                return Ok((response, Some(route_index)));
-            }
-            Ok(Err(e)) if body_over_limit(&e) => {
-                return Err(fail(ProxyError::BodyTooLarge { limit }));
-            }
-            Ok(Err(e)) => {
-                // A reused keep-alive connection the origin had just closed is not the
-                // origin's fault; anything else counts against it.
-                if !(reused && (e.is_canceled() || e.is_incomplete_message())) {
-                    count_failure(shared, &upstream, index, "reset");
-                }
-                exclude = Some(index);
-                if attempt == 0 && replayable {
-                    continue;
-                }
-                return Err(fail(ProxyError::Upstream {
-                    origin: origin.name.clone(),
-                    message: e.to_string(),
-                }));
-            }
-            Err(_) => {
-                count_failure(shared, &upstream, index, "timeout");
-                return Err(fail(ProxyError::Timeout {
-                    origin: origin.name.clone(),
-                    seconds: upstream.response_timeout.as_secs_f64(),
-                }));
-            }
-        }
+        Err(ProxyError::NoHealthyOrigin(upstream.name.clone()))
     }
-    Err(fail(ProxyError::NoHealthyOrigin(upstream.name.clone())))
 }
 
 fn count_failure(shared: &Shared, upstream: &Upstream, index: usize, kind: &str) {

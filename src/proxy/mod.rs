@@ -2,6 +2,7 @@
 
 pub mod balance;
 pub mod body;
+pub mod cached;
 pub mod checks;
 pub mod error;
 pub mod forward;
@@ -27,6 +28,8 @@ pub struct RouteRuntime {
     pub label: String,
     pub upstream: usize,
     pub redirect_https: bool,
+    pub cache: bool,
+    pub compress: bool,
     pub metrics: RouteMetrics,
 }
 
@@ -64,6 +67,8 @@ impl ProxyState {
                         .position(|u| u.name == r.upstream)
                         .unwrap_or(0),
                     redirect_https: r.redirect_https,
+                    cache: r.cache,
+                    compress: r.compress,
                 }
             })
             .collect();
@@ -106,27 +111,44 @@ impl ProxyState {
 /// What every connection task shares.
 pub struct Shared {
     pub state: ArcSwap<ProxyState>,
+    /// Present when any route caches; outlives config reloads.
+    pub cache: Option<cached::CacheRuntime>,
     pub metrics: ProxyMetrics,
     pub registry: Registry,
     pub origins: OriginRegistry,
 }
 
 impl Shared {
-    pub fn new(config: ProxyConfig) -> Arc<Self> {
+    pub fn new(config: ProxyConfig) -> anyhow::Result<Arc<Self>> {
         let registry = Registry::new();
         let metrics = ProxyMetrics::new(&registry);
         let origins = OriginRegistry::default();
+        let cache = if config.routes.iter().any(|r| r.cache) {
+            Some(cached::CacheRuntime::new(&config.cache)?)
+        } else {
+            None
+        };
         let state = ProxyState::build(config, &origins, &metrics);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
+            cache,
             state: ArcSwap::from_pointee(state),
             metrics,
             registry,
             origins,
-        })
+        }))
     }
 
     /// Brings the health gauges up to date (called before each scrape).
     pub fn refresh_gauges(&self) {
+        if let Some(cache) = &self.cache {
+            self.metrics.cache_bytes.set(cache.store.bytes() as i64);
+            self.metrics.cache_objects.set(cache.store.objects() as i64);
+            let seen = self.metrics.cache_evictions.get();
+            let now = cache.store.evictions();
+            if now > seen {
+                self.metrics.cache_evictions.inc_by(now - seen);
+            }
+        }
         let state = self.state.load();
         for u in &state.upstreams {
             for o in &u.origins {

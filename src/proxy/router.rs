@@ -104,6 +104,8 @@ mod tests {
             path_prefix: prefix.into(),
             upstream: "u".into(),
             redirect_https: false,
+            cache: false,
+            compress: false,
         }
     }
 

@@ -34,6 +34,13 @@ impl Admin for ProxyAdmin {
         crate::metrics::render(&self.0.registry)
     }
 
+    fn route(&self, req: &control::ControlRequest) -> Option<hyper::Response<control::Body>> {
+        if req.path != "/cache/purge" {
+            return None;
+        }
+        Some(purge(&self.0, req))
+    }
+
     fn healthz(&self) -> (bool, String) {
         let (ok, problems) = self.0.state.load().can_serve();
         if ok {
@@ -42,6 +49,75 @@ impl Admin for ProxyAdmin {
             (false, problems.join("\n") + "\n")
         }
     }
+}
+
+/// `POST /cache/purge?url=https://host/path` drops a URL with all its variants;
+/// `?prefix=host/path/` drops everything under a prefix. Both schemes are purged: it is
+/// one resource behind either listener.
+fn purge(shared: &Shared, req: &control::ControlRequest) -> hyper::Response<control::Body> {
+    use hyper::StatusCode;
+    if req.method != hyper::Method::POST {
+        return control::text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+    }
+    let Some(cache) = &shared.cache else {
+        return control::text(StatusCode::NOT_FOUND, "no route caches\n");
+    };
+    let Some(token) = &cache.purge_token else {
+        return control::text(
+            StatusCode::FORBIDDEN,
+            "purge is disabled: set cache.purge_token_file\n",
+        );
+    };
+    if !control::token_matches(req.header("authorization"), token) {
+        return control::text(StatusCode::UNAUTHORIZED, "bad or missing bearer token\n");
+    }
+    let purged = match (req.param_decoded("url"), req.param_decoded("prefix")) {
+        (Some(url), None) => {
+            let Ok(uri) = url.parse::<http::Uri>() else {
+                return control::text(StatusCode::BAD_REQUEST, "url is not a URL\n");
+            };
+            let (Some(host), Some(pq)) = (uri.host(), uri.path_and_query()) else {
+                return control::text(StatusCode::BAD_REQUEST, "url needs a host and a path\n");
+            };
+            ["http", "https"]
+                .iter()
+                .filter(|s| cache.store.purge(&crate::cache::key(s, host, pq.as_str())))
+                .count() as u64
+        }
+        (None, Some(prefix)) => {
+            let prefix = prefix
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .to_string();
+            let prefix = prefix.as_str();
+            if prefix.is_empty() {
+                return control::text(StatusCode::BAD_REQUEST, "empty prefix\n");
+            }
+            let (host, path) = prefix
+                .split_once('/')
+                .map(|(h, p)| (h, format!("/{p}")))
+                .unwrap_or((prefix, String::new()));
+            let prefixes = vec![
+                crate::cache::key("http", host, &path),
+                crate::cache::key("https", host, &path),
+            ];
+            cache.store.purge_prefixes(prefixes)
+        }
+        _ => {
+            return control::text(
+                StatusCode::BAD_REQUEST,
+                "give url=URL or prefix=HOST/PATH\n",
+            )
+        }
+    };
+    shared.metrics.cache_purges.inc_by(purged);
+    tracing::info!(
+        purged,
+        url = req.param("url").unwrap_or(""),
+        prefix = req.param("prefix").unwrap_or(""),
+        "cache purge"
+    );
+    control::text(StatusCode::OK, format!("purged {purged}\n"))
 }
 
 pub struct ProxyServer {
@@ -59,7 +135,7 @@ impl ProxyServer {
             ))
         };
         Ok(Self {
-            shared: Shared::new(config),
+            shared: Shared::new(config)?,
             certs,
         })
     }
