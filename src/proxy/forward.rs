@@ -101,18 +101,6 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     let version = parts.version;
     headers::remove_hop_by_hop(&mut parts.headers);
-    let trusted = headers::is_trusted(conn.peer.ip(), &state.config.forwarding.trusted_proxies);
-    headers::set_forwarding(
-        &mut parts.headers,
-        &ForwardContext {
-            client: conn.peer.ip(),
-            proto: if conn.tls { "https" } else { "http" },
-            host: host.as_deref(),
-            version,
-            via: &state.config.forwarding.via,
-        },
-        trusted,
-    );
     if !parts.headers.contains_key(HOST) {
         // HTTP/2 clients send :authority, HTTP/1.1 origins need Host.
         if let Some(h) = parts
@@ -141,6 +129,9 @@ async fn proxy(
         upstream,
         sticky,
         client_version: version,
+        client: conn.peer.ip(),
+        tls: conn.tls,
+        host: host.clone(),
     };
     let scheme = if conn.tls { "https" } else { "http" };
     let response = if route.cache && (parts.method == Method::GET || parts.method == Method::HEAD) {
@@ -171,6 +162,9 @@ pub struct Origin {
     pub upstream: Arc<Upstream>,
     pub sticky: Option<String>,
     pub client_version: Version,
+    pub client: std::net::IpAddr,
+    pub tls: bool,
+    pub host: Option<String>,
 }
 
 impl Origin {
@@ -178,11 +172,24 @@ impl Origin {
     /// upstream, retrying by the rule at the top of this file.
     pub async fn fetch(
         &self,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: ProxyBody,
         bodyless: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (shared, state, upstream) = (&*self.shared, &*self.state, &self.upstream);
+        // Forwarding headers are set here, not on arrival: a cache hit never needs them.
+        let trusted = headers::is_trusted(self.client, &state.config.forwarding.trusted_proxies);
+        headers::set_forwarding(
+            &mut parts.headers,
+            &ForwardContext {
+                client: self.client,
+                proto: if self.tls { "https" } else { "http" },
+                host: self.host.as_deref(),
+                version: self.client_version,
+                via: &state.config.forwarding.via,
+            },
+            trusted,
+        );
         let route = &state.routes[self.route];
         let limit = state.config.limits.max_body_bytes;
         let replayable = bodyless && is_idempotent(&parts.method);
