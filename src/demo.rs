@@ -105,6 +105,7 @@ pub fn load_world(config_dir: &Path, files: &DemoFiles) -> anyhow::Result<DemoWo
         anyhow::bail!("no region-*.toml files in {}", config_dir.display());
     }
     let mut regions = Vec::new();
+    let mut admin_ports = std::collections::HashMap::new();
     for path in region_files {
         let mut cfg = ProxyConfig::load(&path)?;
         cfg.certificates = vec![CertificateSource::Files {
@@ -112,6 +113,9 @@ pub fn load_world(config_dir: &Path, files: &DemoFiles) -> anyhow::Result<DemoWo
             key: files.key.clone(),
         }];
         let addresses: Vec<IpAddr> = cfg.http.iter().chain(&cfg.https).map(|a| a.ip()).collect();
+        if let Some(admin) = cfg.admin {
+            admin_ports.insert(cfg.region.clone(), admin.port());
+        }
         cfg.reports = Some(ReportsConfig {
             dns: vec![format!("http://{control}")],
             key_file: files.report_key.clone(),
@@ -119,6 +123,19 @@ pub fn load_world(config_dir: &Path, files: &DemoFiles) -> anyhow::Result<DemoWo
             addresses,
         });
         regions.push(cfg);
+    }
+    // The DNS server also probes each node's /healthz, so both halves of the health
+    // loop run in the demo.
+    for region in &mut dns.regions {
+        if let Some(port) = admin_ports.get(&region.name) {
+            region.probe.get_or_insert(crate::config::dns::ProbeConfig {
+                port: *port,
+                path: "/healthz".into(),
+                interval: std::time::Duration::from_millis(250),
+                timeout: std::time::Duration::from_millis(200),
+                expect_status: 200,
+            });
+        }
     }
     Ok(DemoWorld { dns, regions })
 }

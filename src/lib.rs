@@ -9,6 +9,7 @@ pub mod dns;
 pub mod geo;
 pub mod health;
 pub mod listening;
+pub mod logfile;
 pub mod metrics;
 pub mod origin;
 pub mod probe;

@@ -104,14 +104,6 @@ enum GeoCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -121,10 +113,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Structured logs to stderr: RUST_LOG if set, else the config's level, else info.
+fn init_logging(config_level: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(config_level.unwrap_or("info")))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dns { config } => {
             let cfg = DnsConfig::load(&config)?;
+            init_logging(cfg.log_level.as_deref());
             let runtime = runtime(cfg.workers)?;
             runtime.block_on(async {
                 let stop = shutdown_signal();
@@ -134,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Proxy { config } => {
             let cfg = ProxyConfig::load(&config)?;
+            init_logging(cfg.log_level.as_deref());
             let runtime = runtime(cfg.workers)?;
             runtime.block_on(async {
                 let stop = shutdown_signal();
@@ -142,17 +148,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Origin { listen, name } => {
+            init_logging(None);
             let runtime = runtime(1)?;
             runtime.block_on(async {
                 let listener = geoedge::origin::bind(listen)
                     .await
                     .with_context(|| format!("binding {listen}"))?;
-                println!(
-                    "listening for HTTP (origin {name}) on {}",
-                    listener.local_addr()?
+                geoedge::listening::announce(
+                    &format!("HTTP (origin {name})"),
+                    listener.local_addr()?,
                 );
-                use std::io::Write;
-                let _ = std::io::stdout().flush();
                 let origin = geoedge::origin::Origin::new(&name);
                 let stop = shutdown_signal();
                 tokio::select! {
@@ -163,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Demo { config_dir } => {
+            init_logging(None);
             let runtime = runtime(2)?;
             runtime.block_on(async {
                 let stop = shutdown_signal();

@@ -54,6 +54,12 @@ pub fn register_build_info(registry: &Registry, role: &str) {
     );
     g.with_label_values(&[env!("CARGO_PKG_VERSION"), role])
         .set(1);
+    // CPU, resident memory, open file descriptors (process_* names, as every exporter).
+    #[cfg(target_os = "linux")]
+    {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        let _ = registry.register(Box::new(collector));
+    }
 }
 
 /// Query types counted by name; everything else is `other`, which keeps label
@@ -218,6 +224,14 @@ impl DnsMetrics {
             )
             .expect("valid"),
         );
+        // Every label value a dashboard or alert asks for exists from the start, at 0,
+        // so "no data" never hides "none happened".
+        for reason in crate::health::report::Rejection::ALL {
+            reports_rejected.with_label_values(&[reason.label()]);
+        }
+        for e in ["present", "absent"] {
+            ecs.with_label_values(&[e]);
+        }
         register_build_info(registry, "dns");
         Self {
             region_up,

@@ -620,3 +620,32 @@ fn config_errors_name_the_file_key_and_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn query_log_records_steering_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::default();
+    write_world(dir.path(), &setup);
+    let config =
+        config_text(&setup).replace("workers = 1", "workers = 1\nquery_log = \"queries.log\"");
+    std::fs::write(dir.path().join("dns.toml"), config).unwrap();
+    let proc = Proc::start(&["dns", "--config", "dns.toml"], dir.path(), 3);
+    udp(
+        proc.addr("UDP"),
+        &Ask::new(WWW, RecordType::A).ecs("203.0.113.0", 24),
+    );
+    let log = dir.path().join("queries.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            assert!(
+                line.contains("www.example.test. A NOERROR ecs=203.0.113.0/24/24 region=ap"),
+                "{line}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no query log line");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -715,3 +715,74 @@ fn shipped_region_configs_are_valid() {
         );
     }
 }
+
+#[test]
+fn access_log_lines_in_combined_and_json() {
+    let rt = runtime();
+    for (format, check) in [
+        ("combined", "\"GET /logged?x=1 HTTP/1.1\" 200"),
+        ("json", "\"path\":\"/logged?x=1\""),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let w = world(Opts {
+            extra: format!(
+                "[access_log]\npath = \"{}\"\nformat = \"{format}\"",
+                log.display()
+            ),
+            ..Opts::default()
+        });
+        rt.block_on(async {
+            let r = h::get_with(
+                w.http(),
+                "www.example.test",
+                "/logged?x=1",
+                &[("user-agent", "test-agent")],
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status, 200);
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let line = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains("logged")) {
+                break l.to_string();
+            }
+            assert!(Instant::now() < deadline, "no access log line in {format}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(line.contains(check), "{format}: {line}");
+        assert!(line.contains("test-agent"), "{line}");
+        assert!(line.contains("127.0.0.1"), "{line}");
+        assert!(
+            line.contains("o1") || line.contains("o2"),
+            "the origin that served: {line}"
+        );
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["status"], 200);
+        }
+        // Rotation: move the file away, SIGHUP, and new lines go to a new file.
+        std::fs::rename(&log, dir.path().join("access.log.1")).unwrap();
+        let pid = w.proxy.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            rt.block_on(async {
+                let _ = h::get(w.http(), "www.example.test", "/after-rotate").await;
+            });
+            if std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("after-rotate")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "log not reopened after SIGHUP");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

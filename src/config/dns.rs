@@ -37,6 +37,11 @@ struct RawServer {
     workers: usize,
     tcp_idle_timeout: Option<ConfigDuration>,
     max_udp_payload: Option<u16>,
+    log_level: Option<String>,
+    /// Log queries to a file ("-" = stdout), one line each, sampled.
+    query_log: Option<PathBuf>,
+    /// Fraction of queries logged, 0..1 (default 1 when query_log is set).
+    query_log_sample: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +205,8 @@ pub struct DnsConfig {
     pub max_clock_skew: Duration,
     /// Token for the control listener's admin endpoints (overrides); unset = disabled.
     pub admin_token_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub query_log: Option<(PathBuf, f64)>,
 }
 
 /// Active probe of every node of a region: GET http://NODE:port/path.
@@ -332,6 +339,19 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
         ));
     }
 
+    let sample = raw.server.query_log_sample.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample) {
+        return Err(src.error("server.query_log_sample", None, "must be between 0 and 1"));
+    }
+    let query_log = raw.server.query_log.map(|p| {
+        let path = if p.as_os_str() == "-" {
+            p
+        } else {
+            src.resolve(&p)
+        };
+        (path, sample)
+    });
+
     let geoip_database = src.resolve(raw.geoip.database.get_ref());
     if !geoip_database.is_file() {
         return Err(src.error(
@@ -453,6 +473,8 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(5)),
         admin_token_file,
+        log_level: raw.server.log_level,
+        query_log,
     })
 }
 

@@ -25,6 +25,7 @@ struct RawProxyConfig {
     forwarding: RawForwarding,
     #[serde(default)]
     cache: RawCache,
+    access_log: Option<RawAccessLog>,
     #[serde(default)]
     routes: Vec<RawRoute>,
     #[serde(default)]
@@ -49,6 +50,7 @@ struct RawNode {
     region: String,
     #[serde(default)]
     workers: usize,
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +160,24 @@ fn d_hide() -> Vec<String> {
 }
 fn d_via() -> String {
     "geoedge".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    /// A file (appended to, reopened on SIGHUP/SIGUSR1) or "-" for standard output.
+    path: PathBuf,
+    #[serde(default)]
+    format: AccessLogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// nginx/Apache combined, plus host, duration, origin and cache result.
+    #[default]
+    Combined,
+    Json,
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,6 +364,9 @@ pub struct ProxyConfig {
     pub upstreams: Vec<UpstreamConfig>,
     pub reports: Option<ReportsConfig>,
     pub cache: CacheConfig,
+    pub access_log: Option<(PathBuf, AccessLogFormat)>,
+    /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -722,7 +745,18 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         compress_min_bytes: c.compress_min_bytes,
     };
 
+    let access_log = raw.access_log.map(|a| {
+        let path = if a.path.as_os_str() == "-" {
+            a.path
+        } else {
+            src.resolve(&a.path)
+        };
+        (path, a.format)
+    });
+
     Ok(ProxyConfig {
+        access_log,
+        log_level: raw.node.log_level,
         cache,
         reports,
         path: src.path.clone(),

@@ -29,6 +29,9 @@ pub struct GeoDnsHandler {
     pub metrics: Arc<DnsMetrics>,
     /// Spreads answers over a region's nodes when it has more than `answers` of them.
     rotation: AtomicUsize,
+    /// Optional query log: the file, and "one query in `every`".
+    query_log: Option<(crate::logfile::LogFile, u64)>,
+    logged: std::sync::atomic::AtomicU64,
 }
 
 /// What to send back, borrowed from the state snapshot.
@@ -82,7 +85,20 @@ impl GeoDnsHandler {
             health,
             metrics,
             rotation: AtomicUsize::new(0),
+            query_log: None,
+            logged: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Logs one query in `1 / sample` (sample in 0..=1) to `log`.
+    pub fn with_query_log(mut self, log: crate::logfile::LogFile, sample: f64) -> Self {
+        let every = if sample <= 0.0 {
+            u64::MAX
+        } else {
+            (1.0 / sample).round().max(1.0) as u64
+        };
+        self.query_log = Some((log, every));
+        self
     }
 
     fn plan<'a>(&self, state: &'a DnsState, request: &Request) -> Plan<'a> {
@@ -301,7 +317,52 @@ impl GeoDnsHandler {
         self.metrics
             .duration
             .observe(started.elapsed().as_secs_f64());
+        if let Some((log, every)) = &self.query_log {
+            if self.logged.fetch_add(1, Ordering::Relaxed).is_multiple_of(*every) {
+                log.write(query_line(state, request, plan));
+            }
+        }
     }
+}
+
+/// `time client proto qname qtype rcode ecs=ADDR/SOURCE/SCOPE region=NAME`.
+fn query_line(state: &DnsState, request: &Request, plan: &Plan<'_>) -> String {
+    let q = request.queries.queries().first();
+    let ecs = request
+        .edns
+        .as_ref()
+        .and_then(|e| match e.option(EdnsCode::Subnet) {
+            Some(EdnsOption::Subnet(s)) => Some(format!(
+                "{}/{}/{}",
+                s.addr(),
+                s.source_prefix(),
+                plan.ecs_scope.unwrap_or(0)
+            )),
+            _ => None,
+        })
+        .unwrap_or_else(|| "-".into());
+    let region = plan
+        .steered
+        .and_then(|(r, _)| state.table.regions.get(r))
+        .map(|r| r.name.as_str())
+        .unwrap_or("-");
+    format!(
+        "{} {} {} {} {} {} ecs={} region={}",
+        crate::logfile::rfc3339(crate::clock::unix_ms()),
+        request.src().ip(),
+        if request.protocol() == Protocol::Tcp {
+            "tcp"
+        } else {
+            "udp"
+        },
+        q.map(|q| q.name().to_string())
+            .unwrap_or_else(|| "-".into()),
+        q.map(|q| q.query_type().to_string())
+            .unwrap_or_else(|| "-".into()),
+        crate::metrics::RCODES[rcode_index(plan.rcode)],
+        ecs,
+        region
+    )
 }
 
 /// A header-only error answer (FORMERR for packets we cannot parse, SERVFAIL when an

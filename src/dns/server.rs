@@ -89,6 +89,7 @@ impl DnsServer {
             max_clock_skew_ms: cfg.max_clock_skew.as_millis() as u64,
             region_up: Mutex::new(region_up),
         };
+        server.init_series();
         server.refresh_gauges();
         Ok(server)
     }
@@ -138,6 +139,24 @@ impl DnsServer {
         }
     }
 
+    /// Creates every per-node and per-region series at its current value, so dashboards
+    /// and alerts see them before anything changes.
+    fn init_series(&self) {
+        let state = self.state.load();
+        for node in &state.table.nodes {
+            let region = &state.table.regions[node.region].name;
+            self.metrics
+                .state_changes
+                .with_label_values(&[region, &node.name]);
+        }
+        for r in &state.table.regions {
+            for result in ["ok", "failed"] {
+                self.metrics.probes.with_label_values(&[&r.name, result]);
+            }
+            self.metrics.steered_for(std::slice::from_ref(&r.name));
+        }
+    }
+
     /// Brings gauges that depend on time (report ages) or state up to date.
     pub fn refresh_gauges(&self) {
         let state = self.state.load();
@@ -170,11 +189,17 @@ impl DnsServer {
         cfg: &DnsConfig,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let handler = Arc::new(GeoDnsHandler::new(
+        let mut handler = GeoDnsHandler::new(
             self.state.clone(),
             self.health.clone(),
             self.metrics.clone(),
-        ));
+        );
+        if let Some((path, sample)) = &cfg.query_log {
+            let log = crate::logfile::open(path.clone())
+                .with_context(|| format!("opening query log {}", path.display()))?;
+            handler = handler.with_query_log(log, *sample);
+        }
+        let handler = Arc::new(handler);
         let mut server = Server::new(SharedHandler(handler.clone()));
         let mut tasks = Vec::new();
         let loops = if cfg.workers == 0 {

@@ -1,5 +1,6 @@
 //! `geoedge proxy`: the regional reverse proxy.
 
+pub mod access_log;
 pub mod balance;
 pub mod body;
 pub mod cached;
@@ -72,6 +73,22 @@ impl ProxyState {
                 }
             })
             .collect();
+        for u in &upstreams {
+            metrics.retries.with_label_values(&[&u.name]);
+            for kind in ["connect", "reset", "timeout", "5xx"] {
+                metrics.upstream_errors.with_label_values(&[&u.name, kind]);
+            }
+            if let Some(r) = &config.reports {
+                for dns in &r.dns {
+                    for result in ["ok", "failed"] {
+                        metrics.reports.with_label_values(&[dns, result]);
+                    }
+                }
+            }
+        }
+        for listener in ["http", "https"] {
+            metrics.connections.with_label_values(&[listener]);
+        }
         let in_flight_gauges = upstreams
             .iter()
             .map(|u| {
@@ -113,6 +130,10 @@ pub struct Shared {
     pub state: ArcSwap<ProxyState>,
     /// Present when any route caches; outlives config reloads.
     pub cache: Option<cached::CacheRuntime>,
+    pub access_log: Option<(
+        crate::logfile::LogFile,
+        crate::config::proxy::AccessLogFormat,
+    )>,
     pub metrics: ProxyMetrics,
     pub registry: Registry,
     pub origins: OriginRegistry,
@@ -128,8 +149,17 @@ impl Shared {
         } else {
             None
         };
+        let access_log = match &config.access_log {
+            Some((path, format)) => Some((
+                crate::logfile::open(path.clone())
+                    .map_err(|e| anyhow::anyhow!("opening access log {}: {e}", path.display()))?,
+                *format,
+            )),
+            None => None,
+        };
         let state = ProxyState::build(config, &origins, &metrics);
         Ok(Arc::new(Self {
+            access_log,
             cache,
             state: ArcSwap::from_pointee(state),
             metrics,

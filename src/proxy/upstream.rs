@@ -143,6 +143,8 @@ impl OriginRegistry {
 
 pub struct Origin {
     pub name: String,
+    /// The name again, shared cheaply with access-log entries.
+    pub name_arc: Arc<str>,
     pub addr: SocketAddr,
     pub weight: u32,
     pub authority: Authority,
@@ -189,6 +191,7 @@ impl Upstream {
             .iter()
             .map(|o| Origin {
                 name: o.name.clone(),
+                name_arc: Arc::from(o.name.as_str()),
                 addr: o.addr,
                 weight: o.weight,
                 authority: Authority::try_from(o.addr.to_string().as_str())
