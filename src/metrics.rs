@@ -19,6 +19,8 @@ pub const DNS_PROBES: &str = "geoedge_dns_probes_total";
 pub const DNS_PROBE_DURATION: &str = "geoedge_dns_probe_duration_seconds";
 pub const DNS_STATE_CHANGES: &str = "geoedge_dns_node_state_changes_total";
 pub const DNS_REPORT_AGE: &str = "geoedge_dns_node_report_age_seconds";
+pub const DNS_RELOADS: &str = "geoedge_dns_config_reloads_total";
+pub const DNS_RRL: &str = "geoedge_dns_rate_limited_total";
 pub const BUILD_INFO: &str = "geoedge_build_info";
 
 /// Renders a registry in the Prometheus text format.
@@ -89,6 +91,9 @@ pub struct DnsMetrics {
     pub probe_duration: Histogram,
     pub state_changes: IntCounterVec,
     pub report_age: prometheus::GaugeVec,
+    pub reloads: IntCounterVec,
+    pub rrl_dropped: IntCounter,
+    pub rrl_slipped: IntCounter,
 }
 
 impl DnsMetrics {
@@ -232,8 +237,30 @@ impl DnsMetrics {
         for e in ["present", "absent"] {
             ecs.with_label_values(&[e]);
         }
+        let reloads = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(DNS_RELOADS, "Config reloads, by result"),
+                &["result"],
+            )
+            .expect("valid"),
+        );
+        for r in ["ok", "error"] {
+            reloads.with_label_values(&[r]);
+        }
+        let rrl = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(DNS_RRL, "Responses held back by response rate limiting: dropped, or sent truncated (slip)"),
+                &["action"],
+            )
+            .expect("valid"),
+        );
         register_build_info(registry, "dns");
         Self {
+            reloads,
+            rrl_dropped: rrl.with_label_values(&["dropped"]),
+            rrl_slipped: rrl.with_label_values(&["slipped"]),
             region_up,
             reports_accepted,
             reports_rejected,
@@ -311,6 +338,12 @@ pub const PROXY_CONNECTIONS_OPEN: &str = "geoedge_proxy_connections_open";
 pub const PROXY_CONNECTIONS: &str = "geoedge_proxy_connections_total";
 pub const PROXY_CERT_RELOADS: &str = "geoedge_proxy_certificate_reloads_total";
 pub const PROXY_REPORTS: &str = "geoedge_proxy_reports_sent_total";
+pub const PROXY_RULE_MATCHES: &str = "geoedge_proxy_rule_matches_total";
+pub const PROXY_RATE_LIMITED: &str = "geoedge_proxy_rate_limited_total";
+pub const PROXY_RATE_LIMIT_CLIENTS: &str = "geoedge_proxy_rate_limit_clients";
+pub const PROXY_AUTH_FAILURES: &str = "geoedge_proxy_auth_failures_total";
+pub const PROXY_ACCESS_DENIED: &str = "geoedge_proxy_access_denied_total";
+pub const PROXY_RELOADS: &str = "geoedge_proxy_config_reloads_total";
 pub const CACHE_REQUESTS: &str = "geoedge_proxy_cache_requests_total";
 pub const CACHE_STALE_SERVED: &str = "geoedge_proxy_cache_stale_served_total";
 pub const CACHE_REVALIDATIONS: &str = "geoedge_proxy_cache_revalidations_total";
@@ -378,6 +411,12 @@ pub struct ProxyMetrics {
     pub cache_objects: IntGauge,
     pub cache_evictions: IntCounter,
     pub cache_purges: IntCounter,
+    pub rule_matches: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_clients: IntGauge,
+    pub auth_failures: IntCounterVec,
+    pub access_denied: IntCounter,
+    pub reloads: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -502,6 +541,48 @@ impl ProxyMetrics {
                 "Objects evicted to stay within the byte bound",
             ),
             cache_purges: counter(CACHE_PURGES, "Objects dropped by purge requests"),
+            rule_matches: v(
+                PROXY_RULE_MATCHES,
+                "Requests matched by each request rule",
+                &["rule", "action"],
+            ),
+            rate_limited: {
+                let c = v(
+                    PROXY_RATE_LIMITED,
+                    "Requests refused with 429, by limit",
+                    &["scope"],
+                );
+                for s in ["client", "route", "global"] {
+                    c.with_label_values(&[s]);
+                }
+                c
+            },
+            rate_limit_clients: gauge(
+                PROXY_RATE_LIMIT_CLIENTS,
+                "Clients the per-client rate limiter remembers",
+            ),
+            auth_failures: {
+                let c = v(
+                    PROXY_AUTH_FAILURES,
+                    "Requests refused with 401, by reason",
+                    &["reason"],
+                );
+                for r in ["missing", "malformed", "bad_credentials"] {
+                    c.with_label_values(&[r]);
+                }
+                c
+            },
+            access_denied: counter(
+                PROXY_ACCESS_DENIED,
+                "Requests refused by a route's address lists",
+            ),
+            reloads: {
+                let c = v(PROXY_RELOADS, "Config reloads, by result", &["result"]);
+                for r in ["ok", "error"] {
+                    c.with_label_values(&[r]);
+                }
+                c
+            },
             requests,
             duration,
             in_flight,

@@ -27,6 +27,10 @@ struct RawProxyConfig {
     cache: RawCache,
     access_log: Option<RawAccessLog>,
     #[serde(default)]
+    rate_limit: RawRateLimit,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default)]
     routes: Vec<RawRoute>,
     #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
@@ -51,6 +55,8 @@ struct RawNode {
     #[serde(default)]
     workers: usize,
     log_level: Option<String>,
+    /// Token for POST /admin/reload on the admin listener; unset = disabled.
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +102,17 @@ struct RawLimits {
     max_connections: usize,
     #[serde(default = "d_drain_timeout")]
     drain_timeout: ConfigDuration,
+    #[serde(default = "d_max_url")]
+    max_url_bytes: usize,
+    #[serde(default = "d_max_query_params")]
+    max_query_params: usize,
+}
+
+fn d_max_url() -> usize {
+    8192
+}
+fn d_max_query_params() -> usize {
+    256
 }
 
 impl Default for RawLimits {
@@ -108,6 +125,8 @@ impl Default for RawLimits {
             max_body_bytes: d_max_body_bytes(),
             max_connections: d_max_connections(),
             drain_timeout: d_drain_timeout(),
+            max_url_bytes: d_max_url(),
+            max_query_params: d_max_query_params(),
         }
     }
 }
@@ -160,6 +179,91 @@ fn d_hide() -> Vec<String> {
 }
 fn d_via() -> String {
     "geoedge".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// Sustained requests per second.
+    pub rps: u32,
+    /// Requests allowed at once above the sustained rate (at least rps).
+    #[serde(default)]
+    pub burst: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_client: Option<RateConfig>,
+    global: Option<RateConfig>,
+    max_tracked_clients: Option<usize>,
+    max_connections_per_client: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub per_client: Option<RateConfig>,
+    pub global: Option<RateConfig>,
+    /// Distinct clients remembered at once (memory bound of the per-client limiter).
+    pub max_tracked_clients: usize,
+    pub max_connections_per_client: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    action: RuleAction,
+    /// Status for `deny` (default 403).
+    status: Option<u16>,
+    #[serde(default)]
+    methods: Vec<String>,
+    path_prefix: Option<String>,
+    path_exact: Option<String>,
+    path_regex: Option<String>,
+    header: Option<String>,
+    header_regex: Option<String>,
+    query_regex: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Deny,
+    Allow,
+    Tag,
+}
+
+/// A request rule as written; compiled by `proxy::rules`.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    pub name: String,
+    pub action: RuleAction,
+    pub status: u16,
+    pub methods: Vec<String>,
+    pub path_prefix: Option<String>,
+    pub path_exact: Option<String>,
+    pub path_regex: Option<String>,
+    pub header: Option<String>,
+    pub header_regex: Option<String>,
+    pub query_regex: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    realm: String,
+    users_file: Spanned<PathBuf>,
+    #[serde(default)]
+    forward_authorization: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub realm: String,
+    pub users_file: PathBuf,
+    /// Pass the client's Authorization header on to the origin (default: removed).
+    pub forward_authorization: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +342,12 @@ struct RawRoute {
     /// Compress cached text responses for clients that accept gzip or brotli.
     #[serde(default)]
     compress: bool,
+    rate: Option<RateConfig>,
+    #[serde(default)]
+    allow: Vec<IpNet>,
+    #[serde(default)]
+    deny: Vec<IpNet>,
+    auth: Option<RawAuth>,
 }
 
 fn d_prefix() -> String {
@@ -365,8 +475,11 @@ pub struct ProxyConfig {
     pub reports: Option<ReportsConfig>,
     pub cache: CacheConfig,
     pub access_log: Option<(PathBuf, AccessLogFormat)>,
+    pub rate_limit: RateLimitConfig,
+    pub rules: Vec<RuleConfig>,
     /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
     pub log_level: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -407,6 +520,10 @@ pub struct Limits {
     pub max_body_bytes: u64,
     pub max_connections: usize,
     pub drain_timeout: Duration,
+    /// Longer request targets get 414.
+    pub max_url_bytes: usize,
+    /// More query parameters get 400.
+    pub max_query_params: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -426,6 +543,11 @@ pub struct RouteConfig {
     pub redirect_https: bool,
     pub cache: bool,
     pub compress: bool,
+    pub rate: Option<RateConfig>,
+    /// When non-empty, only these networks may use the route.
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub auth: Option<AuthConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -536,6 +658,8 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         max_body_bytes: l.max_body_bytes,
         max_connections: l.max_connections,
         drain_timeout: l.drain_timeout.0,
+        max_url_bytes: l.max_url_bytes,
+        max_query_params: l.max_query_params,
     };
 
     let mut upstreams = Vec::new();
@@ -651,6 +775,34 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         if !r.path_prefix.starts_with('/') {
             return Err(src.error(format!("{key}.path_prefix"), None, "must start with /"));
         }
+        if r.rate.is_some_and(|q| q.rps == 0) {
+            return Err(src.error(format!("{key}.rate.rps"), None, "must be at least 1"));
+        }
+        let auth = match r.auth {
+            None => None,
+            Some(a) => {
+                let users_file = src.resolve(a.users_file.get_ref());
+                if !users_file.is_file() {
+                    return Err(src.error(
+                        format!("{key}.auth.users_file"),
+                        Some(a.users_file.span()),
+                        format!("{} does not exist", users_file.display()),
+                    ));
+                }
+                if a.realm.contains('"') || a.realm.is_empty() {
+                    return Err(src.error(
+                        format!("{key}.auth.realm"),
+                        None,
+                        "a non-empty realm without quotes",
+                    ));
+                }
+                Some(AuthConfig {
+                    realm: a.realm,
+                    users_file,
+                    forward_authorization: a.forward_authorization,
+                })
+            }
+        };
         routes.push(RouteConfig {
             hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             path_prefix: r.path_prefix,
@@ -658,6 +810,10 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
             redirect_https: r.redirect_https,
             cache: r.cache,
             compress: r.compress,
+            rate: r.rate,
+            allow: r.allow,
+            deny: r.deny,
+            auth,
         });
     }
     if routes.is_empty() {
@@ -754,9 +910,70 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         (path, a.format)
     });
 
+    let rl = raw.rate_limit;
+    for (k, q) in [
+        ("rate_limit.per_client", &rl.per_client),
+        ("rate_limit.global", &rl.global),
+    ] {
+        if q.is_some_and(|q| q.rps == 0) {
+            return Err(src.error(format!("{k}.rps"), None, "must be at least 1"));
+        }
+    }
+    let rate_limit = RateLimitConfig {
+        per_client: rl.per_client,
+        global: rl.global,
+        max_tracked_clients: rl.max_tracked_clients.unwrap_or(100_000).max(1),
+        max_connections_per_client: rl.max_connections_per_client,
+    };
+    let mut rules = Vec::new();
+    for (i, r) in raw.rules.into_iter().enumerate() {
+        let key = format!("rules[{i}]");
+        for (what, pattern) in [
+            ("path_regex", &r.path_regex),
+            ("header_regex", &r.header_regex),
+            ("query_regex", &r.query_regex),
+        ] {
+            if let Some(p) = pattern {
+                if let Err(e) = regex::Regex::new(p) {
+                    return Err(src.error(
+                        format!("{key}.{what}"),
+                        None,
+                        format!("bad regular expression: {e}"),
+                    ));
+                }
+            }
+        }
+        if r.header_regex.is_some() && r.header.is_none() {
+            return Err(src.error(
+                format!("{key}.header_regex"),
+                None,
+                "needs `header` (the name)",
+            ));
+        }
+        let status = r.status.unwrap_or(403);
+        if !(400..=599).contains(&status) {
+            return Err(src.error(format!("{key}.status"), None, "a deny status is 4xx or 5xx"));
+        }
+        rules.push(RuleConfig {
+            name: r.name,
+            action: r.action,
+            status,
+            methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            path_prefix: r.path_prefix,
+            path_exact: r.path_exact,
+            path_regex: r.path_regex,
+            header: r.header.map(|h| h.to_ascii_lowercase()),
+            header_regex: r.header_regex,
+            query_regex: r.query_regex,
+        });
+    }
+
     Ok(ProxyConfig {
+        rate_limit,
+        rules,
         access_log,
         log_level: raw.node.log_level,
+        admin_token_file: raw.node.admin_token_file.map(|p| src.resolve(&p)),
         cache,
         reports,
         path: src.path.clone(),

@@ -43,7 +43,8 @@ pub struct NodeStatusView {
 impl DnsAdmin {
     fn report(&self, req: &ControlRequest) -> Response<Body> {
         let server = &self.0;
-        let Some(key) = &server.report_key else {
+        let key_guard = server.report_key.load();
+        let Some(key) = key_guard.as_deref() else {
             return text(
                 StatusCode::FORBIDDEN,
                 "reports are not enabled: set health.report_key_file\n",
@@ -63,7 +64,9 @@ impl DnsAdmin {
             &req.body,
             req.header(SIGNATURE_HEADER),
             unix_ms(),
-            server.max_clock_skew_ms,
+            server
+                .max_clock_skew_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
         let report = match opened {
             Ok(r) => r,
@@ -82,7 +85,7 @@ impl DnsAdmin {
             in_flight: report.in_flight,
             load: report.load,
         };
-        match server
+        match state
             .health
             .record_report(node, report.seq, report.can_serve, figures, now_ms())
         {
@@ -111,7 +114,7 @@ impl DnsAdmin {
                     .nodes
                     .clone()
                     .filter_map(|id| {
-                        let s = server.health.status(id, now)?;
+                        let s = state.health.status(id, now)?;
                         Some(NodeStatusView {
                             name: state.table.nodes[id].name.clone(),
                             up: s.up,
@@ -146,7 +149,8 @@ impl DnsAdmin {
 
     fn force(&self, req: &ControlRequest) -> Response<Body> {
         let server = &self.0;
-        let Some(token) = &server.admin_token else {
+        let token_guard = server.admin_token.load();
+        let Some(token) = token_guard.as_deref() else {
             return text(
                 StatusCode::FORBIDDEN,
                 "admin endpoints are disabled: set health.admin_token_file\n",
@@ -183,7 +187,7 @@ impl DnsAdmin {
         };
         let mut changes = Vec::new();
         for id in &nodes {
-            changes.extend(server.health.force(*id, forced, until, now));
+            changes.extend(state.health.force(*id, forced, until, now));
         }
         tracing::info!(nodes = ?nodes.iter().map(|n| &state.table.nodes[*n].name).collect::<Vec<_>>(), state = req.param("state").unwrap_or(""), "operator override");
         server.apply(changes);
@@ -248,7 +252,29 @@ impl Admin for DnsAdmin {
                 }
             }
             (&Method::POST, "/admin/force") => self.force(req),
-            (_, REPORT_PATH | "/status" | "/admin/force") => {
+            (&Method::POST, "/admin/reload") => {
+                let token_guard = self.0.admin_token.load();
+                let Some(token) = token_guard.as_deref() else {
+                    return Some(text(
+                        StatusCode::FORBIDDEN,
+                        "admin endpoints are disabled: set health.admin_token_file\n",
+                    ));
+                };
+                if !token_matches(req.header("authorization"), token) {
+                    return Some(text(
+                        StatusCode::UNAUTHORIZED,
+                        "bad or missing bearer token\n",
+                    ));
+                }
+                match self.0.reload_and_report() {
+                    Ok(()) => text(StatusCode::OK, "reloaded\n"),
+                    Err(e) => text(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("reload refused, previous configuration kept: {e}\n"),
+                    ),
+                }
+            }
+            (_, REPORT_PATH | "/status" | "/admin/force" | "/admin/reload") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n")
             }
             _ => return None,

@@ -20,12 +20,10 @@ use ipnet::IpNet;
 use super::ecs::{answer_scope, client_network, deciding_address};
 use super::state::DnsState;
 use super::zone::Lookup;
-use crate::health::HealthTable;
 use crate::metrics::{qtype_index, rcode_index, DnsMetrics};
 
 pub struct GeoDnsHandler {
     pub state: Arc<ArcSwap<DnsState>>,
-    pub health: Arc<HealthTable>,
     pub metrics: Arc<DnsMetrics>,
     /// Spreads answers over a region's nodes when it has more than `answers` of them.
     rotation: AtomicUsize,
@@ -75,14 +73,9 @@ impl<'a> Plan<'a> {
 }
 
 impl GeoDnsHandler {
-    pub fn new(
-        state: Arc<ArcSwap<DnsState>>,
-        health: Arc<HealthTable>,
-        metrics: Arc<DnsMetrics>,
-    ) -> Self {
+    pub fn new(state: Arc<ArcSwap<DnsState>>, metrics: Arc<DnsMetrics>) -> Self {
         Self {
             state,
-            health,
             metrics,
             rotation: AtomicUsize::new(0),
             query_log: None,
@@ -202,7 +195,7 @@ impl GeoDnsHandler {
                 (None, None)
             }
         };
-        let health = &self.health;
+        let health = &*state.health;
         let table = &state.table;
         let region_up = |r: usize| table.regions[r].nodes.clone().any(|n| health.is_up(n));
         let Some(choice) = table.choose(address, location.as_ref(), region_up) else {
@@ -318,7 +311,11 @@ impl GeoDnsHandler {
             .duration
             .observe(started.elapsed().as_secs_f64());
         if let Some((log, every)) = &self.query_log {
-            if self.logged.fetch_add(1, Ordering::Relaxed).is_multiple_of(*every) {
+            if self
+                .logged
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(*every)
+            {
                 log.write(query_line(state, request, plan));
             }
         }

@@ -3,10 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hickory_server::Server;
 use prometheus::Registry;
 use tokio::net::{TcpListener, UdpSocket};
@@ -17,21 +17,62 @@ use crate::config::dns::ProbeConfig;
 use crate::config::DnsConfig;
 use crate::control::{self, dns::DnsAdmin};
 use crate::health::report::ReportKey;
-use crate::health::{HealthSettings, HealthTable, Transition};
+use crate::health::{HealthTable, Transition};
 use crate::metrics::DnsMetrics;
 
 /// A DNS server's shared parts: what the query path, the control side and the health
 /// loops all see.
 pub struct DnsServer {
     pub state: Arc<ArcSwap<DnsState>>,
-    pub health: Arc<HealthTable>,
     pub metrics: Arc<DnsMetrics>,
     pub registry: Registry,
-    pub report_key: Option<ReportKey>,
-    pub admin_token: Option<Vec<u8>>,
-    pub max_clock_skew_ms: u64,
+    pub report_key: ArcSwapOption<ReportKey>,
+    pub admin_token: ArcSwapOption<Vec<u8>>,
+    pub max_clock_skew_ms: std::sync::atomic::AtomicU64,
+    /// The config in force, for reloads.
+    config: Mutex<DnsConfig>,
+    /// The GeoIP file's modification time when it was loaded.
+    geo_stamp: Mutex<Option<SystemTime>>,
     /// Last logged state of each region, to log region changes once.
     region_up: Mutex<Vec<bool>>,
+    /// Probe loops of the config in force, restarted on reload.
+    probes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    State(#[from] super::state::StateError),
+    #[error("{0}")]
+    Key(String),
+}
+
+fn file_stamp(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn read_keys(cfg: &DnsConfig) -> Result<(Option<ReportKey>, Option<Vec<u8>>), String> {
+    let report_key = cfg
+        .report_key_file
+        .as_deref()
+        .map(ReportKey::from_file)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let admin_token = cfg
+        .admin_token_file
+        .as_deref()
+        .map(|p| {
+            std::fs::read(p)
+                .map(|t| t.trim_ascii().to_vec())
+                .map_err(|e| format!("reading {}: {e}", p.display()))
+        })
+        .transpose()?;
+    if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+        return Err("health.admin_token_file: the token must be at least 16 bytes".into());
+    }
+    Ok((report_key, admin_token))
 }
 
 impl DnsServer {
@@ -41,57 +82,142 @@ impl DnsServer {
         let mut state =
             DnsState::build(cfg).with_context(|| format!("loading {}", cfg.path.display()))?;
         state.attach_metrics(&metrics);
-        let report_key = cfg
-            .report_key_file
-            .as_deref()
-            .map(ReportKey::from_file)
-            .transpose()?;
-        let admin_token = cfg
-            .admin_token_file
-            .as_deref()
-            .map(|p| {
-                std::fs::read(p)
-                    .map(|t| t.trim_ascii().to_vec())
-                    .with_context(|| format!("reading {}", p.display()))
-            })
-            .transpose()?;
-        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
-            anyhow::bail!("health.admin_token_file: the token must be at least 16 bytes");
-        }
-        let settings = HealthSettings {
-            rise: cfg.rise,
-            fall: cfg.fall,
-            expects_reports: report_key.is_some(),
-            stale_after_ms: cfg.stale_after.as_millis() as u64,
-        };
-        let nodes: Vec<(bool, bool)> = state
-            .table
-            .nodes
-            .iter()
-            .map(|n| (n.initially_up, cfg.regions[n.region].probe.is_some()))
-            .collect();
-        let health = Arc::new(HealthTable::new(&nodes, settings, now_ms()));
+        let (report_key, admin_token) = read_keys(cfg).map_err(anyhow::Error::msg)?;
         let region_up = (0..state.table.regions.len())
             .map(|r| {
                 state.table.regions[r]
                     .nodes
                     .clone()
-                    .any(|n| health.is_up(n))
+                    .any(|n| state.health.is_up(n))
             })
             .collect();
         let server = Self {
             state: Arc::new(ArcSwap::from_pointee(state)),
-            health,
             metrics,
             registry,
-            report_key,
-            admin_token,
-            max_clock_skew_ms: cfg.max_clock_skew.as_millis() as u64,
+            report_key: ArcSwapOption::from(report_key.map(Arc::new)),
+            admin_token: ArcSwapOption::from(admin_token.map(Arc::new)),
+            max_clock_skew_ms: std::sync::atomic::AtomicU64::new(
+                cfg.max_clock_skew.as_millis() as u64
+            ),
+            config: Mutex::new(cfg.clone()),
+            geo_stamp: Mutex::new(file_stamp(&cfg.geoip_database)),
             region_up: Mutex::new(region_up),
+            probes: Mutex::new(Vec::new()),
         };
         server.init_series();
         server.refresh_gauges();
         Ok(server)
+    }
+
+    /// The health table of the state in force.
+    pub fn health(&self) -> Arc<HealthTable> {
+        self.state.load().health.clone()
+    }
+
+    /// Reloads the config from its file: validated whole first; if anything is wrong the
+    /// running config stays and the error is returned (and logged and counted by the
+    /// caller). Listener addresses are bound once: changing them needs a restart.
+    pub fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
+        let path = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .path
+            .clone();
+        let cfg = DnsConfig::load(&path)?;
+        let (report_key, admin_token) = read_keys(&cfg).map_err(ReloadError::Key)?;
+        let previous = self.state.load_full();
+        let geo = if cfg.geoip_database == previous.geo.path()
+            && file_stamp(&cfg.geoip_database)
+                == *self.geo_stamp.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            previous.geo.clone()
+        } else {
+            Arc::new(
+                crate::geo::GeoDb::open(&cfg.geoip_database)
+                    .map_err(super::state::StateError::from)?,
+            )
+        };
+        let mut state = DnsState::build_with_geo(&cfg, geo)?;
+        state.attach_metrics(&self.metrics);
+        if !state.adopt_health(&previous) {
+            tracing::warn!("the nodes or health settings changed: node health starts afresh");
+        }
+        {
+            let old = self.config.lock().unwrap_or_else(|p| p.into_inner());
+            if old.listen != cfg.listen || old.control != cfg.control || old.workers != cfg.workers
+            {
+                tracing::warn!("listen, control and workers changes take effect on restart only");
+            }
+        }
+        *self.geo_stamp.lock().unwrap_or_else(|p| p.into_inner()) = file_stamp(&cfg.geoip_database);
+        self.state.store(Arc::new(state));
+        self.report_key.store(report_key.map(Arc::new));
+        self.admin_token.store(admin_token.map(Arc::new));
+        self.max_clock_skew_ms.store(
+            cfg.max_clock_skew.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        *self.region_up.lock().unwrap_or_else(|p| p.into_inner()) = vec![true; cfg.regions.len()];
+        self.init_series();
+        self.restart_probes(&cfg);
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = cfg;
+        self.refresh_gauges();
+        Ok(())
+    }
+
+    /// Reload, logged and counted; what SIGHUP and the admin endpoint call.
+    pub fn reload_and_report(self: &Arc<Self>) -> Result<(), String> {
+        match self.reload() {
+            Ok(()) => {
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!("configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["error"]).inc();
+                tracing::error!(error = %e, "configuration reload failed; the previous configuration stays in force");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Reloads the GeoIP database alone when its file changed on disk (an updater
+    /// replaced it). Queries keep being answered from the old one until the swap.
+    fn reload_geo_if_changed(self: &Arc<Self>) {
+        let cfg = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let stamp = file_stamp(&cfg.geoip_database);
+        if stamp == *self.geo_stamp.lock().unwrap_or_else(|p| p.into_inner()) {
+            return;
+        }
+        match crate::geo::GeoDb::open(&cfg.geoip_database) {
+            Ok(geo) => {
+                let previous = self.state.load_full();
+                match DnsState::build_with_geo(&cfg, Arc::new(geo)) {
+                    Ok(mut state) => {
+                        state.attach_metrics(&self.metrics);
+                        state.adopt_health(&previous);
+                        self.state.store(Arc::new(state));
+                        *self.geo_stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+                        tracing::info!(path = %cfg.geoip_database.display(), "GeoIP database reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "GeoIP reload failed; keeping the previous database")
+                    }
+                }
+            }
+            Err(e) => {
+                // A half-written file is the usual cause: try again on the next tick, but
+                // say it once per change.
+                *self.geo_stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+                tracing::error!(error = %e, "GeoIP database changed but cannot be opened; keeping the previous one");
+            }
+        }
     }
 
     /// Logs and counts node changes (once each, with the reason), and region changes.
@@ -121,7 +247,7 @@ impl DnsServer {
         }
         let mut logged = self.region_up.lock().unwrap_or_else(|p| p.into_inner());
         for (rid, r) in table.regions.iter().enumerate() {
-            let up = r.nodes.clone().any(|n| self.health.is_up(n));
+            let up = r.nodes.clone().any(|n| state.health.is_up(n));
             if logged.get(rid).copied() != Some(up) {
                 if up {
                     tracing::info!(region = %r.name, "region is up");
@@ -165,8 +291,8 @@ impl DnsServer {
             let region = &state.table.regions[node.region].name;
             self.metrics
                 .node_gauge(region, &node.name)
-                .set(i64::from(self.health.is_up(id)));
-            if let Some(age) = self.health.status(id, now).and_then(|s| s.report_age_ms) {
+                .set(i64::from(state.health.is_up(id)));
+            if let Some(age) = state.health.status(id, now).and_then(|s| s.report_age_ms) {
                 self.metrics
                     .report_age
                     .with_label_values(&[region, &node.name])
@@ -174,7 +300,7 @@ impl DnsServer {
             }
         }
         for r in &state.table.regions {
-            let up = r.nodes.clone().any(|n| self.health.is_up(n));
+            let up = r.nodes.clone().any(|n| state.health.is_up(n));
             self.metrics
                 .region_up
                 .with_label_values(&[&r.name])
@@ -189,11 +315,7 @@ impl DnsServer {
         cfg: &DnsConfig,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let mut handler = GeoDnsHandler::new(
-            self.state.clone(),
-            self.health.clone(),
-            self.metrics.clone(),
-        );
+        let mut handler = GeoDnsHandler::new(self.state.clone(), self.metrics.clone());
         if let Some((path, sample)) = &cfg.query_log {
             let log = crate::logfile::open(path.clone())
                 .with_context(|| format!("opening query log {}", path.display()))?;
@@ -236,11 +358,20 @@ impl DnsServer {
         let tick =
             (cfg.report_interval / 2).clamp(Duration::from_millis(10), Duration::from_millis(100));
         tasks.push(tokio::spawn(tick_loop(self.clone(), tick)));
-        tasks.extend(self.clone().spawn_probes(cfg));
+        self.restart_probes(cfg);
+        tasks.push(tokio::spawn(reload_on_hangup(self.clone())));
 
         shutdown.await;
         tracing::info!("shutting down");
         for task in &tasks {
+            task.abort();
+        }
+        for task in self
+            .probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             task.abort();
         }
         server
@@ -248,6 +379,17 @@ impl DnsServer {
             .await
             .map_err(|e| anyhow::anyhow!("DNS server shutdown: {e}"))?;
         Ok(())
+    }
+
+    fn restart_probes(self: &Arc<Self>, cfg: &DnsConfig) {
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        for t in probes.drain(..) {
+            t.abort();
+        }
+        // Probes spawn tasks: only inside a runtime (a reload outside one has none).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            *probes = self.clone().spawn_probes(cfg);
+        }
     }
 
     fn spawn_probes(self: Arc<Self>, cfg: &DnsConfig) -> Vec<tokio::task::JoinHandle<()>> {
@@ -277,10 +419,34 @@ impl DnsServer {
 async fn tick_loop(server: Arc<DnsServer>, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_geo_check = std::time::Instant::now();
     loop {
         ticker.tick().await;
-        let changes = server.health.tick(now_ms());
+        let changes = server.health().tick(now_ms());
         server.apply(changes);
+        if last_geo_check.elapsed() >= Duration::from_secs(1) {
+            last_geo_check = std::time::Instant::now();
+            server.reload_geo_if_changed();
+        }
+    }
+}
+
+/// SIGHUP reloads the configuration, as nginx and HAProxy do.
+async fn reload_on_hangup(server: Arc<DnsServer>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = server.reload_and_report();
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = server;
+        std::future::pending::<()>().await;
     }
 }
 
@@ -316,7 +482,7 @@ async fn probe_loop(
                 tracing::debug!(node = node, %addr, reason = %why, "probe failed");
             }
         }
-        let change = server.health.record_probe(node, result.is_ok(), now_ms());
+        let change = server.health().record_probe(node, result.is_ok(), now_ms());
         server.apply(change.into_iter().collect());
     }
 }

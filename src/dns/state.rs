@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use super::zone::{Zone, ZoneError};
 use crate::config::dns::DnsConfig;
 use crate::geo::{GeoDb, GeoError};
-use crate::health::NodeId;
+use crate::health::{HealthSettings, HealthTable, NodeId};
 use crate::steer::{RegionTable, Rule};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub struct DnsState {
     pub override_cidrs: Vec<IpNet>,
     /// Steered-answer counters per region, resolved once so queries only bump atomics.
     pub region_counters: Vec<prometheus::IntCounter>,
+    /// Node health, numbered like `table.nodes`; kept across reloads that keep the nodes.
+    pub health: Arc<HealthTable>,
+    pub health_settings: HealthSettings,
 }
 
 impl DnsState {
@@ -74,6 +77,22 @@ impl DnsState {
                 _ => None,
             })
             .collect();
+        let health_settings = HealthSettings {
+            rise: cfg.rise,
+            fall: cfg.fall,
+            expects_reports: cfg.report_key_file.is_some(),
+            stale_after_ms: cfg.stale_after.as_millis() as u64,
+        };
+        let nodes: Vec<(bool, bool)> = table
+            .nodes
+            .iter()
+            .map(|n| (n.initially_up, cfg.regions[n.region].probe.is_some()))
+            .collect();
+        let health = Arc::new(HealthTable::new(
+            &nodes,
+            health_settings,
+            crate::clock::now_ms(),
+        ));
         Ok(Self {
             zones,
             steered,
@@ -82,7 +101,35 @@ impl DnsState {
             max_udp_payload: cfg.max_udp_payload,
             override_cidrs,
             region_counters: Vec::new(),
+            health,
+            health_settings,
         })
+    }
+
+    /// Keeps the previous state's health when this config has the same nodes (names,
+    /// regions, order) and health settings: a reload must not forget what reports said.
+    pub fn adopt_health(&mut self, previous: &DnsState) -> bool {
+        let same_nodes = previous.table.nodes.len() == self.table.nodes.len()
+            && previous
+                .table
+                .nodes
+                .iter()
+                .zip(&self.table.nodes)
+                .all(|(a, b)| {
+                    a.name == b.name
+                        && previous.table.regions[a.region].name
+                            == self.table.regions[b.region].name
+                });
+        let s = (&previous.health_settings, &self.health_settings);
+        let same_settings = s.0.rise == s.1.rise
+            && s.0.fall == s.1.fall
+            && s.0.expects_reports == s.1.expects_reports
+            && s.0.stale_after_ms == s.1.stale_after_ms;
+        if same_nodes && same_settings {
+            self.health = previous.health.clone();
+            return true;
+        }
+        false
     }
 
     pub fn attach_metrics(&mut self, metrics: &crate::metrics::DnsMetrics) {
@@ -93,11 +140,6 @@ impl DnsState {
     /// The zone a name belongs to, if we are authoritative for it.
     pub fn zone_for(&self, name: &LowerName) -> Option<&Zone> {
         self.zones.iter().find(|z| z.origin.zone_of(name))
-    }
-
-    /// Node ids in config order, with their initial state, for building a health table.
-    pub fn initial_health(&self) -> Vec<bool> {
-        self.table.nodes.iter().map(|n| n.initially_up).collect()
     }
 
     pub fn deciding_network(&self, ip: IpAddr) -> Result<crate::geo::GeoMatch, GeoError> {

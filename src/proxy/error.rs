@@ -22,6 +22,21 @@ pub enum ProxyError {
     Upstream { origin: String, message: String },
     #[error("origin {origin} sent no response headers within {seconds}s")]
     Timeout { origin: String, seconds: f64 },
+    #[error("request target longer than allowed")]
+    UriTooLong,
+    #[error("too many query parameters")]
+    TooManyParams,
+    #[error("client address not allowed on this route")]
+    AddressDenied,
+    #[error("denied by rule {rule}")]
+    RuleDenied { rule: String, status: u16 },
+    #[error("over the {scope} rate limit")]
+    RateLimited {
+        scope: &'static str,
+        retry_after_secs: u64,
+    },
+    #[error("authentication required for realm {realm}")]
+    Unauthorized { realm: String },
 }
 
 /// Who failed: the metric label and log field.
@@ -41,6 +56,14 @@ impl ProxyError {
             ProxyError::NoHealthyOrigin(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::TooManyParams => StatusCode::BAD_REQUEST,
+            ProxyError::AddressDenied => StatusCode::FORBIDDEN,
+            ProxyError::RuleDenied { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN)
+            }
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -49,7 +72,13 @@ impl ProxyError {
             ProxyError::UnknownHost(_)
             | ProxyError::NoRoute
             | ProxyError::BadFraming(_)
-            | ProxyError::BodyTooLarge { .. } => Blame::Client,
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::UriTooLong
+            | ProxyError::TooManyParams
+            | ProxyError::AddressDenied
+            | ProxyError::RuleDenied { .. }
+            | ProxyError::RateLimited { .. }
+            | ProxyError::Unauthorized { .. } => Blame::Client,
             _ => Blame::Upstream,
         }
     }
@@ -66,6 +95,12 @@ impl ProxyError {
             ProxyError::NoHealthyOrigin(_) => "503 Service Unavailable: no healthy origin\n",
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "502 Bad Gateway\n",
             ProxyError::Timeout { .. } => "504 Gateway Timeout\n",
+            ProxyError::UriTooLong => "414 URI Too Long\n",
+            ProxyError::TooManyParams => "400 Bad Request: too many query parameters\n",
+            ProxyError::AddressDenied => "403 Forbidden\n",
+            ProxyError::RuleDenied { .. } => "Request denied\n",
+            ProxyError::RateLimited { .. } => "429 Too Many Requests\n",
+            ProxyError::Unauthorized { .. } => "401 Unauthorized\n",
         }
     }
 }

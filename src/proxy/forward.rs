@@ -136,7 +136,7 @@ async fn proxy(
     shared: &Arc<Shared>,
     state: &Arc<ProxyState>,
     conn: ClientConn,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Outcome, (ProxyError, Option<usize>)> {
     check_framing(&req).map_err(|e| (e, None))?;
     let host = headers::request_host(req.uri(), req.headers()).map(str::to_ascii_lowercase);
@@ -147,6 +147,12 @@ async fn proxy(
     };
     let fail = |e| (e, Some(route_index));
     let route = &state.routes[route_index];
+    let client = headers::effective_client(
+        conn.peer.ip(),
+        req.headers(),
+        &state.config.forwarding.trusted_proxies,
+    );
+    super::guard::admit(shared, state, route_index, client, &mut req).map_err(fail)?;
     if route.redirect_https && !conn.tls {
         return Ok((
             redirect_to_https(host.as_deref().unwrap_or(""), req.uri()),
@@ -508,6 +514,22 @@ pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    match e {
+        ProxyError::RateLimited {
+            retry_after_secs, ..
+        } => {
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(*retry_after_secs),
+            );
+        }
+        ProxyError::Unauthorized { realm } => {
+            if let Ok(v) = HeaderValue::from_str(&super::auth::challenge(realm)) {
+                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+            }
+        }
+        _ => {}
+    }
     resp
 }
 

@@ -42,6 +42,30 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The client a request is for: the peer, or, when the peer is a trusted proxy, the
+/// right-most address in X-Forwarded-For that is not itself a trusted proxy (addresses
+/// further left were written by parties we cannot vouch for).
+pub fn effective_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if !is_trusted(peer, trusted) {
+        return canonical(peer);
+    }
+    let mut chain: Vec<IpAddr> = Vec::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        let Ok(text) = v.to_str() else { continue };
+        for part in text.split(',') {
+            if let Ok(ip) = part.trim().parse::<IpAddr>() {
+                chain.push(ip);
+            }
+        }
+    }
+    chain
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(*ip, trusted))
+        .map(canonical)
+        .unwrap_or(canonical(peer))
+}
+
 pub fn is_trusted(client: IpAddr, trusted: &[IpNet]) -> bool {
     let client = canonical(client);
     trusted.iter().any(|net| net.contains(&client))
@@ -290,6 +314,25 @@ mod tests {
         let mut h = HeaderMap::new();
         set_forwarding(&mut h, &ctx("::ffff:192.0.2.1"), false);
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+    }
+
+    #[test]
+    fn effective_client_walks_forwarded_for_from_the_right() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = map(&[("x-forwarded-for", "6.6.6.6, 198.51.100.9, 10.0.0.3")]);
+        assert_eq!(
+            effective_client("10.0.0.2".parse().unwrap(), &h, &trusted),
+            "198.51.100.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            effective_client("192.0.2.1".parse().unwrap(), &h, &trusted),
+            "192.0.2.1".parse::<IpAddr>().unwrap(),
+            "untrusted peer: its own address"
+        );
+        assert_eq!(
+            effective_client("10.0.0.2".parse().unwrap(), &HeaderMap::new(), &trusted),
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! `geoedge proxy`: the regional reverse proxy.
 
 pub mod access_log;
+pub mod auth;
 pub mod balance;
 pub mod body;
 pub mod cached;
 pub mod checks;
 pub mod error;
 pub mod forward;
+pub mod guard;
 pub mod headers;
+pub mod ratelimit;
 pub mod report;
 pub mod router;
+pub mod rules;
 pub mod server;
 pub mod tls;
 pub mod upstream;
@@ -31,7 +35,16 @@ pub struct RouteRuntime {
     pub redirect_https: bool,
     pub cache: bool,
     pub compress: bool,
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
+    pub auth: Option<RouteAuth>,
     pub metrics: RouteMetrics,
+}
+
+pub struct RouteAuth {
+    pub realm: String,
+    pub users: auth::Users,
+    pub forward_authorization: bool,
 }
 
 /// Everything a request reads, swapped whole on reload.
@@ -42,37 +55,67 @@ pub struct ProxyState {
     pub upstreams: Vec<Arc<Upstream>>,
     /// In-flight gauges per upstream, per origin.
     pub in_flight_gauges: Vec<Vec<IntGauge>>,
+    pub rules: Vec<rules::Rule>,
+    /// Match counters, one per rule.
+    pub rule_counters: Vec<prometheus::IntCounter>,
+    pub rate: ratelimit::RateLimits,
 }
 
 impl ProxyState {
-    pub fn build(config: ProxyConfig, registry: &OriginRegistry, metrics: &ProxyMetrics) -> Self {
+    pub fn build(
+        config: ProxyConfig,
+        registry: &OriginRegistry,
+        metrics: &ProxyMetrics,
+    ) -> anyhow::Result<Self> {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|u| Arc::new(Upstream::new(u, registry)))
             .collect();
-        let routes = config
-            .routes
+        let mut routes = Vec::new();
+        for r in &config.routes {
+            let label = format!(
+                "{}{}",
+                r.hosts.first().map(String::as_str).unwrap_or("*"),
+                r.path_prefix
+            );
+            let auth = match &r.auth {
+                Some(a) => Some(RouteAuth {
+                    realm: a.realm.clone(),
+                    users: auth::Users::load(&a.users_file)?,
+                    forward_authorization: a.forward_authorization,
+                }),
+                None => None,
+            };
+            routes.push(RouteRuntime {
+                metrics: metrics.route(&label),
+                label,
+                upstream: upstreams
+                    .iter()
+                    .position(|u| u.name == r.upstream)
+                    .unwrap_or(0),
+                redirect_https: r.redirect_https,
+                cache: r.cache,
+                compress: r.compress,
+                allow: r.allow.clone(),
+                deny: r.deny.clone(),
+                auth,
+            });
+        }
+        let rules = rules::compile(&config.rules);
+        let rule_counters = rules
             .iter()
             .map(|r| {
-                let label = format!(
-                    "{}{}",
-                    r.hosts.first().map(String::as_str).unwrap_or("*"),
-                    r.path_prefix
-                );
-                RouteRuntime {
-                    metrics: metrics.route(&label),
-                    label,
-                    upstream: upstreams
-                        .iter()
-                        .position(|u| u.name == r.upstream)
-                        .unwrap_or(0),
-                    redirect_https: r.redirect_https,
-                    cache: r.cache,
-                    compress: r.compress,
-                }
+                let action = match r.action {
+                    crate::config::proxy::RuleAction::Deny => "deny",
+                    crate::config::proxy::RuleAction::Allow => "allow",
+                    crate::config::proxy::RuleAction::Tag => "tag",
+                };
+                metrics.rule_matches.with_label_values(&[&r.name, action])
             })
             .collect();
+        let route_rates: Vec<_> = config.routes.iter().map(|r| r.rate).collect();
+        let rate = ratelimit::RateLimits::new(&config.rate_limit, &route_rates);
         for u in &upstreams {
             metrics.retries.with_label_values(&[&u.name]);
             for kind in ["connect", "reset", "timeout", "5xx"] {
@@ -98,13 +141,16 @@ impl ProxyState {
                     .collect()
             })
             .collect();
-        Self {
+        Ok(Self {
             router: Router::new(&config.routes),
             config,
             routes,
             upstreams,
             in_flight_gauges,
-        }
+            rules,
+            rule_counters,
+            rate,
+        })
     }
 
     /// Whether every route has at least one healthy origin: what `/healthz` reports and
@@ -157,7 +203,7 @@ impl Shared {
             )),
             None => None,
         };
-        let state = ProxyState::build(config, &origins, &metrics);
+        let state = ProxyState::build(config, &origins, &metrics)?;
         Ok(Arc::new(Self {
             access_log,
             cache,
@@ -170,6 +216,9 @@ impl Shared {
 
     /// Brings the health gauges up to date (called before each scrape).
     pub fn refresh_gauges(&self) {
+        self.metrics
+            .rate_limit_clients
+            .set(self.state.load().rate.tracked_clients() as i64);
         if let Some(cache) = &self.cache {
             self.metrics.cache_bytes.set(cache.store.bytes() as i64);
             self.metrics.cache_objects.set(cache.store.objects() as i64);

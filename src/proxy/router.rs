@@ -106,6 +106,10 @@ mod tests {
             redirect_https: false,
             cache: false,
             compress: false,
+            rate: None,
+            allow: vec![],
+            deny: vec![],
+            auth: None,
         }
     }
 

@@ -26,23 +26,130 @@ use super::{checks, Shared};
 use crate::config::proxy::{Limits, ProxyConfig};
 use crate::control::{self, Admin};
 
-struct ProxyAdmin(Arc<Shared>);
+struct ProxyAdmin {
+    shared: Arc<Shared>,
+    reloader: Arc<Reloader>,
+}
+
+/// Reloads the proxy's configuration: validated whole first; on any error the running
+/// configuration stays. Open connections and in-flight requests finish on the state they
+/// started with (each request holds its own snapshot); origins that still exist keep
+/// their in-flight counts and health. Listener addresses, workers, the cache's size and
+/// the access log file are set at start and need a restart to change.
+pub struct Reloader {
+    shared: Arc<Shared>,
+    certs: Option<Arc<CertStore>>,
+    path: std::path::PathBuf,
+    background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Reloader {
+    pub fn reload(&self) -> Result<(), String> {
+        let cfg = ProxyConfig::load(&self.path).map_err(|e| e.to_string())?;
+        let old = self.shared.state.load_full();
+        if let Some(store) = &self.certs {
+            store
+                .set_sources(cfg.certificates.clone())
+                .map_err(|e| e.to_string())?;
+        } else if !cfg.https.is_empty() {
+            return Err("HTTPS listeners were added: that needs a restart".into());
+        }
+        let state = super::ProxyState::build(cfg, &self.shared.origins, &self.shared.metrics)
+            .map_err(|e| format!("{e:#}"))?;
+        let o = &old.config;
+        let n = &state.config;
+        if o.http != n.http || o.https != n.https || o.admin != n.admin || o.workers != n.workers {
+            tracing::warn!("listener and worker changes take effect on restart only");
+        }
+        let state = Arc::new(state);
+        self.shared.state.store(state.clone());
+        self.restart_background(&state);
+        Ok(())
+    }
+
+    fn restart_background(&self, state: &super::ProxyState) {
+        let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        for t in tasks.drain(..) {
+            t.abort();
+        }
+        *tasks = checks::spawn(&state.upstreams);
+        if let Some(reports) = state.config.reports.clone() {
+            match super::report::spawn(self.shared.clone(), reports) {
+                Ok(t) => tasks.push(t),
+                Err(e) => tracing::error!(error = %e, "health reports not started"),
+            }
+        }
+    }
+
+    pub fn reload_and_report(&self) -> Result<(), String> {
+        match self.reload() {
+            Ok(()) => {
+                self.shared.metrics.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!("configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(error = %e, "configuration reload failed; the previous configuration stays in force");
+                Err(e)
+            }
+        }
+    }
+}
 
 impl Admin for ProxyAdmin {
     fn metrics(&self) -> String {
-        self.0.refresh_gauges();
-        crate::metrics::render(&self.0.registry)
+        self.shared.refresh_gauges();
+        crate::metrics::render(&self.shared.registry)
     }
 
     fn route(&self, req: &control::ControlRequest) -> Option<hyper::Response<control::Body>> {
-        if req.path != "/cache/purge" {
-            return None;
+        use hyper::StatusCode;
+        match req.path.as_str() {
+            "/cache/purge" => Some(purge(&self.shared, req)),
+            "/admin/reload" => {
+                if req.method != hyper::Method::POST {
+                    return Some(control::text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"));
+                }
+                let token = self
+                    .shared
+                    .state
+                    .load()
+                    .config
+                    .admin_token_file
+                    .as_deref()
+                    .and_then(|p| std::fs::read(p).ok())
+                    .map(|t| t.trim_ascii().to_vec());
+                let Some(token) = token else {
+                    return Some(control::text(
+                        StatusCode::FORBIDDEN,
+                        "admin endpoints are disabled: set node.admin_token_file\n",
+                    ));
+                };
+                if !control::token_matches(req.header("authorization"), &token) {
+                    return Some(control::text(
+                        StatusCode::UNAUTHORIZED,
+                        "bad or missing bearer token\n",
+                    ));
+                }
+                Some(match self.reloader.reload_and_report() {
+                    Ok(()) => control::text(StatusCode::OK, "reloaded\n"),
+                    Err(e) => control::text(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("reload refused, previous configuration kept: {e}\n"),
+                    ),
+                })
+            }
+            _ => None,
         }
-        Some(purge(&self.0, req))
     }
 
     fn healthz(&self) -> (bool, String) {
-        let (ok, problems) = self.0.state.load().can_serve();
+        let (ok, problems) = self.shared.state.load().can_serve();
         if ok {
             (true, "ok\n".into())
         } else {
@@ -149,6 +256,12 @@ impl ProxyServer {
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        let reloader = Arc::new(Reloader {
+            shared: self.shared.clone(),
+            certs: self.certs.clone(),
+            path: cfg.path.clone(),
+            background: std::sync::Mutex::new(Vec::new()),
+        });
 
         for addr in &cfg.http {
             let listener = bind(*addr).await?;
@@ -186,13 +299,18 @@ impl ProxyServer {
             crate::listening::announce("HTTP (admin)", listener.local_addr()?);
             tasks.push(tokio::spawn(control::serve(
                 listener,
-                Arc::new(ProxyAdmin(self.shared.clone())),
+                Arc::new(ProxyAdmin {
+                    shared: self.shared.clone(),
+                    reloader: reloader.clone(),
+                }),
             )));
         }
-        let mut checks = checks::spawn(&state.upstreams);
         if let Some(reports) = cfg.reports.clone() {
-            checks.push(super::report::spawn(self.shared.clone(), reports)?);
+            // Fail at start on a bad key file rather than run without reports.
+            crate::health::report::ReportKey::from_file(&reports.key_file)?;
         }
+        reloader.restart_background(&state);
+        tasks.push(tokio::spawn(reload_on_hangup(reloader.clone())));
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining open ones");
@@ -213,7 +331,12 @@ impl ProxyServer {
                 limits.drain_timeout
             );
         }
-        for t in checks {
+        for t in reloader
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
         Ok(())
@@ -226,34 +349,13 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
-/// Polls certificate files once a second and on SIGHUP; a broken file keeps the old set.
+/// Polls certificate files once a second; a broken file keeps the old set. (SIGHUP
+/// reloads everything, certificates included: see `reload_on_hangup`.)
 async fn watch_certificates(store: Arc<CertStore>, shared: Arc<Shared>) {
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        #[cfg(unix)]
-        let forced = match hup.as_mut() {
-            Some(h) => tokio::select! {
-                _ = tick.tick() => false,
-                _ = h.recv() => true,
-            },
-            None => {
-                tick.tick().await;
-                false
-            }
-        };
-        #[cfg(not(unix))]
-        let forced = {
-            tick.tick().await;
-            false
-        };
-        let result = if forced {
-            Some(store.reload())
-        } else {
-            store.reload_if_changed()
-        };
-        match result {
+        tick.tick().await;
+        match store.reload_if_changed() {
             Some(Ok(())) => {
                 shared.metrics.cert_reload_ok.inc();
                 tracing::info!("TLS certificates reloaded");
@@ -264,6 +366,25 @@ async fn watch_certificates(store: Arc<CertStore>, shared: Arc<Shared>) {
             }
             None => {}
         }
+    }
+}
+
+/// SIGHUP reloads the configuration, as nginx and HAProxy do.
+async fn reload_on_hangup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = reloader.reload_and_report();
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        std::future::pending::<()>().await;
     }
 }
 

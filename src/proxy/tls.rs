@@ -127,7 +127,7 @@ fn load_one(source: &CertificateSource) -> Result<LoadedCert, TlsError> {
 /// Resolves certificates by SNI from the current set; reloads swap the set whole.
 pub struct CertStore {
     current: ArcSwap<CertSet>,
-    sources: Vec<CertificateSource>,
+    sources: std::sync::Mutex<Vec<CertificateSource>>,
     stamps: std::sync::Mutex<Vec<Option<SystemTime>>>,
 }
 
@@ -145,7 +145,7 @@ impl CertStore {
         let stamps = std::sync::Mutex::new(file_stamps(&sources));
         Ok(Self {
             current: ArcSwap::from_pointee(set),
-            sources,
+            sources: std::sync::Mutex::new(sources),
             stamps,
         })
     }
@@ -156,15 +156,56 @@ impl CertStore {
 
     /// Reloads every certificate from disk. On error the old set stays in force.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let set = CertSet::load(&self.sources)?;
+        let sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let set = CertSet::load(&sources)?;
         self.current.store(Arc::new(set));
         Ok(())
+    }
+
+    /// Switches to another list of certificates (a config reload); on error nothing
+    /// changes. Unchanged self-signed entries would be generated anew, so they are kept.
+    pub fn set_sources(&self, sources: Vec<CertificateSource>) -> Result<(), TlsError> {
+        let mut current = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if *current == sources {
+            drop(current);
+            return self.reload_files_only();
+        }
+        let set = CertSet::load(&sources)?;
+        self.current.store(Arc::new(set));
+        *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) = file_stamps(&sources);
+        *current = sources;
+        Ok(())
+    }
+
+    /// Reloads from files, keeping generated self-signed certificates as they are.
+    fn reload_files_only(&self) -> Result<(), TlsError> {
+        let sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if sources
+            .iter()
+            .all(|s| matches!(s, CertificateSource::SelfSigned(_)))
+        {
+            return Ok(());
+        }
+        self.reload()
     }
 
     /// Reloads if any certificate or key file changed since the last look. Returns
     /// Some(result) when it tried.
     pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
-        let now = file_stamps(&self.sources);
+        let sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let now = file_stamps(&sources);
         let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
         if *stamps == now {
             return None;
