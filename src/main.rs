@@ -78,6 +78,8 @@ enum Command {
         #[arg(long = "for")]
         duration: Option<String>,
     },
+    /// Hash a password (read from standard input) for a users file: argon2id, PHC format.
+    HashPassword,
     /// Validate a config file (and the files it names); exit 0 when it is good.
     Check { file: PathBuf },
     /// GeoIP tools.
@@ -230,6 +232,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{text}");
                 Ok(())
             })
+        }
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                anyhow::bail!("empty password");
+            }
+            println!(
+                "{}",
+                geoedge::proxy::auth::hash_password(password).map_err(anyhow::Error::msg)?
+            );
+            Ok(())
         }
         Command::Check { file } => {
             check(&file)?;

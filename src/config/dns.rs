@@ -26,6 +26,34 @@ struct RawDnsConfig {
     zones: Vec<RawZone>,
     #[serde(default)]
     regions: Vec<RawRegion>,
+    rrl: Option<RawRrl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRrl {
+    responses_per_second: u32,
+    #[serde(default = "default_slip")]
+    slip: u32,
+    #[serde(default = "default_v4_prefix")]
+    ipv4_prefix: u8,
+    #[serde(default = "default_v6_prefix")]
+    ipv6_prefix: u8,
+    #[serde(default = "default_rrl_networks")]
+    max_tracked_networks: u64,
+}
+
+fn default_slip() -> u32 {
+    2
+}
+fn default_v4_prefix() -> u8 {
+    24
+}
+fn default_v6_prefix() -> u8 {
+    56
+}
+fn default_rrl_networks() -> u64 {
+    100_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +235,7 @@ pub struct DnsConfig {
     pub admin_token_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub query_log: Option<(PathBuf, f64)>,
+    pub rrl: Option<crate::dns::rrl::RrlConfig>,
 }
 
 /// Active probe of every node of a region: GET http://NODE:port/path.
@@ -361,6 +390,25 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
         ));
     }
 
+    let rrl = match raw.rrl {
+        None => None,
+        Some(r) => {
+            if r.responses_per_second == 0 || r.ipv4_prefix > 32 || r.ipv6_prefix > 128 {
+                return Err(src.error(
+                    "rrl",
+                    None,
+                    "responses_per_second >= 1, ipv4_prefix <= 32, ipv6_prefix <= 128",
+                ));
+            }
+            Some(crate::dns::rrl::RrlConfig {
+                responses_per_second: r.responses_per_second,
+                slip: r.slip,
+                ipv4_prefix: r.ipv4_prefix,
+                ipv6_prefix: r.ipv6_prefix,
+                max_tracked_networks: r.max_tracked_networks,
+            })
+        }
+    };
     let regions = validate_regions(src, raw.regions)?;
     let region_names: HashSet<&str> = regions.iter().map(|r| r.name.as_str()).collect();
     let known_region = |key: String, name: &Spanned<String>| -> Result<String, ConfigError> {
@@ -475,6 +523,7 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
         admin_token_file,
         log_level: raw.server.log_level,
         query_log,
+        rrl,
     })
 }
 

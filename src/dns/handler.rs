@@ -27,6 +27,8 @@ pub struct GeoDnsHandler {
     pub metrics: Arc<DnsMetrics>,
     /// Spreads answers over a region's nodes when it has more than `answers` of them.
     rotation: AtomicUsize,
+    /// Response rate limiting for UDP, when configured.
+    rrl: Option<super::rrl::Rrl>,
     /// Optional query log: the file, and "one query in `every`".
     query_log: Option<(crate::logfile::LogFile, u64)>,
     logged: std::sync::atomic::AtomicU64,
@@ -78,9 +80,15 @@ impl GeoDnsHandler {
             state,
             metrics,
             rotation: AtomicUsize::new(0),
+            rrl: None,
             query_log: None,
             logged: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    pub fn with_rrl(mut self, config: super::rrl::RrlConfig) -> Self {
+        self.rrl = Some(super::rrl::Rrl::new(config));
+        self
     }
 
     /// Logs one query in `1 / sample` (sample in 0..=1) to `log`.
@@ -250,6 +258,19 @@ impl GeoDnsHandler {
         if header.metadata.message_type == MessageType::Response {
             return false;
         }
+        if let Some(rrl) = &self.rrl {
+            match rrl.check(src.ip()) {
+                super::rrl::Action::Send => {}
+                super::rrl::Action::Drop => {
+                    self.metrics.rrl_dropped.inc();
+                    return false;
+                }
+                super::rrl::Action::Slip => {
+                    self.metrics.rrl_slipped.inc();
+                    return encode_truncated(packet, &header, out);
+                }
+            }
+        }
         let state = self.state.load();
         let request = match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
             Ok(r) => r,
@@ -376,6 +397,28 @@ fn encode_error(query: &Metadata, rcode: ResponseCode, out: &mut Vec<u8>) {
     if response.emit(&mut encoder).is_err() {
         out.clear();
     }
+}
+
+/// The RRL "slip": the header and question only, with TC set, so a real client retries
+/// over TCP; nothing worth reflecting.
+fn encode_truncated(packet: &[u8], header: &Header, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let mut metadata = Metadata::response_from_request(&header.metadata);
+    metadata.truncation = true;
+    let mut decoder = BinDecoder::new(packet);
+    if Header::read(&mut decoder).is_err() {
+        return false;
+    }
+    let Ok(queries) = hickory_server::zone_handler::Queries::read(
+        &mut decoder,
+        usize::from(header.counts.queries.min(1)),
+    ) else {
+        return false;
+    };
+    let response = MessageResponseBuilder::new(&queries, None).build_no_records(metadata);
+    let mut encoder = BinEncoder::new(out);
+    encoder.set_max_size(512);
+    response.destructive_emit(&mut encoder).is_ok() && !out.is_empty()
 }
 
 fn response_metadata(request: &Request, plan: &Plan<'_>) -> Metadata {

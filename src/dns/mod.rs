@@ -2,6 +2,7 @@
 
 pub mod ecs;
 pub mod handler;
+pub mod rrl;
 pub mod server;
 pub mod state;
 pub mod zone;

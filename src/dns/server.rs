@@ -316,6 +316,9 @@ impl DnsServer {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let mut handler = GeoDnsHandler::new(self.state.clone(), self.metrics.clone());
+        if let Some(rrl) = &cfg.rrl {
+            handler = handler.with_rrl(rrl.clone());
+        }
         if let Some((path, sample)) = &cfg.query_log {
             let log = crate::logfile::open(path.clone())
                 .with_context(|| format!("opening query log {}", path.display()))?;

@@ -114,6 +114,26 @@ pub async fn get_with(
     send(&mut sender, request("GET", host, path, headers, b"")).await
 }
 
+/// One GET from a chosen local address (to look like another client).
+pub async fn get_from(
+    local: std::net::IpAddr,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(local, 0))
+        .map_err(|e| e.to_string())?;
+    let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    send(&mut sender, request("GET", host, path, headers, b"")).await
+}
+
 #[derive(Debug)]
 struct AcceptAny;
 
