@@ -552,7 +552,7 @@ impl ProxyMetrics {
                     "Requests refused with 429, by limit",
                     &["scope"],
                 );
-                for s in ["client", "route", "global"] {
+                for s in ["client", "route", "global", "connections"] {
                     c.with_label_values(&[s]);
                 }
                 c

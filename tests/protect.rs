@@ -529,3 +529,46 @@ fn dns_reload_and_geoip_replacement_under_load_lose_no_query() {
         "{m}"
     );
 }
+
+#[test]
+fn connections_per_client_are_capped() {
+    let rt = runtime();
+    let w = world("[rate_limit]\nmax_connections_per_client = 2", "");
+    let http = w.proxy.addr("HTTP");
+    rt.block_on(async {
+        let mut a = h::connect(http).await;
+        let mut b = h::connect(http).await;
+        assert_eq!(
+            h::send(&mut a, h::request("GET", HOST, "/", &[], b""))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        assert_eq!(
+            h::send(&mut b, h::request("GET", HOST, "/", &[], b""))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        // The third connection from the same address is closed at once.
+        let third = h::get(http, HOST, "/").await;
+        assert!(third.is_err(), "{third:?}");
+        // Another address still gets in, and the first client again once one closes.
+        let other = h::get_from("127.0.0.2".parse().unwrap(), http, HOST, "/", &[])
+            .await
+            .unwrap();
+        assert_eq!(other.status, 200);
+        drop(a);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if h::get(http, HOST, "/").await.is_ok_and(|r| r.status == 200) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "slot never freed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(b);
+    });
+}

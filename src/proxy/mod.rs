@@ -180,6 +180,8 @@ pub struct Shared {
         crate::logfile::LogFile,
         crate::config::proxy::AccessLogFormat,
     )>,
+    /// Open connections per client, for `max_connections_per_client`.
+    pub connection_counts: ratelimit::ConnectionCounts,
     pub metrics: ProxyMetrics,
     pub registry: Registry,
     pub origins: OriginRegistry,
@@ -205,6 +207,7 @@ impl Shared {
         };
         let state = ProxyState::build(config, &origins, &metrics)?;
         Ok(Arc::new(Self {
+            connection_counts: ratelimit::ConnectionCounts::default(),
             access_log,
             cache,
             state: ArcSwap::from_pointee(state),

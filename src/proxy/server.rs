@@ -413,6 +413,24 @@ async fn accept_loop(
             }
         };
         accepted.inc();
+        // Per-client connection cap: the peer address (forwarded headers come later).
+        let cap = shared
+            .state
+            .load()
+            .config
+            .rate_limit
+            .max_connections_per_client;
+        if let Some(cap) = cap {
+            if !shared.connection_counts.open(peer.ip(), cap) {
+                shared
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["connections"])
+                    .inc();
+                drop(stream);
+                continue;
+            }
+        }
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let limits = limits.clone();
@@ -422,6 +440,9 @@ async fn accept_loop(
             shared.metrics.connections_open.inc();
             serve_connection(stream, peer, tls, &shared, &limits, stop).await;
             shared.metrics.connections_open.dec();
+            if cap.is_some() {
+                shared.connection_counts.close(peer.ip());
+            }
             drop(permit);
         });
     }
