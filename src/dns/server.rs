@@ -543,6 +543,10 @@ async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)>
         let udp = UdpSocket::bind(addr)
             .await
             .with_context(|| format!("binding UDP {addr}"))?;
+        // Bursts of queries arrive faster than one loop drains them; a larger receive
+        // buffer absorbs them instead of the kernel dropping queries. The kernel may cap
+        // it (net.core.rmem_max); that is not an error.
+        let _ = socket2::SockRef::from(&udp).set_recv_buffer_size(4 << 20);
         let bound = udp.local_addr()?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => return Ok((udp, tcp)),
