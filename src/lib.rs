@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod origin;
 pub mod probe;
 pub mod proxy;
+pub mod signals;
 pub mod steer;

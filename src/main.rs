@@ -134,7 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(cfg.log_level.as_deref());
             let runtime = runtime(cfg.workers)?;
             runtime.block_on(async {
-                let stop = shutdown_signal();
+                let stop = geoedge::signals::shutdown();
                 let server = std::sync::Arc::new(DnsServer::new(&cfg)?);
                 server.run(&cfg, stop).await
             })
@@ -144,7 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(cfg.log_level.as_deref());
             let runtime = runtime(cfg.workers)?;
             runtime.block_on(async {
-                let stop = shutdown_signal();
+                let stop = geoedge::signals::shutdown();
                 let server = ProxyServer::new(cfg)?;
                 server.run(stop).await
             })
@@ -161,7 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     listener.local_addr()?,
                 );
                 let origin = geoedge::origin::Origin::new(&name);
-                let stop = shutdown_signal();
+                let stop = geoedge::signals::shutdown();
                 tokio::select! {
                     _ = geoedge::origin::serve(listener, origin) => {},
                     _ = stop => {},
@@ -173,7 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(None);
             let runtime = runtime(2)?;
             runtime.block_on(async {
-                let stop = shutdown_signal();
+                let stop = geoedge::signals::shutdown();
                 geoedge::demo::run(&config_dir, stop).await
             })
         }
@@ -343,35 +343,4 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
-}
-
-/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called (not
-/// when first polled), so a signal during start-up is not lost to the default action.
-/// Must be called inside the runtime.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let interrupt = signal(SignalKind::interrupt());
-        let terminate = signal(SignalKind::terminate());
-        async move {
-            match (interrupt, terminate) {
-                (Ok(mut i), Ok(mut t)) => {
-                    tokio::select! {
-                        _ = i.recv() => {},
-                        _ = t.recv() => {},
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

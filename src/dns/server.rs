@@ -436,21 +436,10 @@ async fn tick_loop(server: Arc<DnsServer>, every: Duration) {
 
 /// SIGHUP reloads the configuration, as nginx and HAProxy do.
 async fn reload_on_hangup(server: Arc<DnsServer>) {
-    #[cfg(unix)]
-    {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let _ = server.reload_and_report();
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = server;
-        std::future::pending::<()>().await;
-    }
+    crate::signals::on_hangup(|| {
+        let _ = server.reload_and_report();
+    })
+    .await;
 }
 
 async fn probe_loop(

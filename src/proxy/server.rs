@@ -371,21 +371,10 @@ async fn watch_certificates(store: Arc<CertStore>, shared: Arc<Shared>) {
 
 /// SIGHUP reloads the configuration, as nginx and HAProxy do.
 async fn reload_on_hangup(reloader: Arc<Reloader>) {
-    #[cfg(unix)]
-    {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let _ = reloader.reload_and_report();
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = reloader;
-        std::future::pending::<()>().await;
-    }
+    crate::signals::on_hangup(|| {
+        let _ = reloader.reload_and_report();
+    })
+    .await;
 }
 
 async fn accept_loop(
