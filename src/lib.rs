@@ -16,3 +16,5 @@ pub mod probe;
 pub mod proxy;
 pub mod signals;
 pub mod steer;
+#[cfg(test)]
+pub mod test_support;

@@ -356,17 +356,9 @@ fn last_is_empty(set: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
+        crate::test_support::header_map(pairs)
     }
 
     fn fresh(pairs: &[(&str, &str)], at: u64) -> Freshness {

@@ -255,7 +255,6 @@ pub fn preferred_coding(request: &HeaderMap) -> Coding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn variant(vary_values: Vec<String>, coding: Coding, size: usize) -> Variant {
         Variant {
@@ -269,14 +268,7 @@ mod tests {
     }
 
     fn req(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
+        crate::test_support::header_map(pairs)
     }
 
     #[test]

@@ -229,14 +229,7 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
+        crate::test_support::header_map(pairs)
     }
 
     fn ctx(client: &str) -> ForwardContext<'static> {
