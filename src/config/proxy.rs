@@ -10,6 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::protect::{self, RawAuth, RawRateLimit, RawRule};
+pub use super::protect::{AuthConfig, RateConfig, RateLimitConfig, RuleAction, RuleConfig};
 use super::{ConfigDuration, ConfigError, Source};
 
 #[derive(Debug, Deserialize)]
@@ -179,91 +181,6 @@ fn d_hide() -> Vec<String> {
 }
 fn d_via() -> String {
     "geoedge".into()
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RateConfig {
-    /// Sustained requests per second.
-    pub rps: u32,
-    /// Requests allowed at once above the sustained rate (at least rps).
-    #[serde(default)]
-    pub burst: u32,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRateLimit {
-    per_client: Option<RateConfig>,
-    global: Option<RateConfig>,
-    max_tracked_clients: Option<usize>,
-    max_connections_per_client: Option<u32>,
-}
-
-#[derive(Debug, Clone)]
-pub struct RateLimitConfig {
-    pub per_client: Option<RateConfig>,
-    pub global: Option<RateConfig>,
-    /// Distinct clients remembered at once (memory bound of the per-client limiter).
-    pub max_tracked_clients: usize,
-    pub max_connections_per_client: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    name: String,
-    action: RuleAction,
-    /// Status for `deny` (default 403).
-    status: Option<u16>,
-    #[serde(default)]
-    methods: Vec<String>,
-    path_prefix: Option<String>,
-    path_exact: Option<String>,
-    path_regex: Option<String>,
-    header: Option<String>,
-    header_regex: Option<String>,
-    query_regex: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuleAction {
-    Deny,
-    Allow,
-    Tag,
-}
-
-/// A request rule as written; compiled by `proxy::rules`.
-#[derive(Debug, Clone)]
-pub struct RuleConfig {
-    pub name: String,
-    pub action: RuleAction,
-    pub status: u16,
-    pub methods: Vec<String>,
-    pub path_prefix: Option<String>,
-    pub path_exact: Option<String>,
-    pub path_regex: Option<String>,
-    pub header: Option<String>,
-    pub header_regex: Option<String>,
-    pub query_regex: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    realm: String,
-    users_file: Spanned<PathBuf>,
-    #[serde(default)]
-    forward_authorization: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    pub realm: String,
-    pub users_file: PathBuf,
-    /// Pass the client's Authorization header on to the origin (default: removed).
-    pub forward_authorization: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -778,31 +695,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         if r.rate.is_some_and(|q| q.rps == 0) {
             return Err(src.error(format!("{key}.rate.rps"), None, "must be at least 1"));
         }
-        let auth = match r.auth {
-            None => None,
-            Some(a) => {
-                let users_file = src.resolve(a.users_file.get_ref());
-                if !users_file.is_file() {
-                    return Err(src.error(
-                        format!("{key}.auth.users_file"),
-                        Some(a.users_file.span()),
-                        format!("{} does not exist", users_file.display()),
-                    ));
-                }
-                if a.realm.contains('"') || a.realm.is_empty() {
-                    return Err(src.error(
-                        format!("{key}.auth.realm"),
-                        None,
-                        "a non-empty realm without quotes",
-                    ));
-                }
-                Some(AuthConfig {
-                    realm: a.realm,
-                    users_file,
-                    forward_authorization: a.forward_authorization,
-                })
-            }
-        };
+        let auth = r.auth.map(|a| protect::auth(src, &key, a)).transpose()?;
         routes.push(RouteConfig {
             hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             path_prefix: r.path_prefix,
@@ -910,63 +803,8 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         (path, a.format)
     });
 
-    let rl = raw.rate_limit;
-    for (k, q) in [
-        ("rate_limit.per_client", &rl.per_client),
-        ("rate_limit.global", &rl.global),
-    ] {
-        if q.is_some_and(|q| q.rps == 0) {
-            return Err(src.error(format!("{k}.rps"), None, "must be at least 1"));
-        }
-    }
-    let rate_limit = RateLimitConfig {
-        per_client: rl.per_client,
-        global: rl.global,
-        max_tracked_clients: rl.max_tracked_clients.unwrap_or(100_000).max(1),
-        max_connections_per_client: rl.max_connections_per_client,
-    };
-    let mut rules = Vec::new();
-    for (i, r) in raw.rules.into_iter().enumerate() {
-        let key = format!("rules[{i}]");
-        for (what, pattern) in [
-            ("path_regex", &r.path_regex),
-            ("header_regex", &r.header_regex),
-            ("query_regex", &r.query_regex),
-        ] {
-            if let Some(p) = pattern {
-                if let Err(e) = regex::Regex::new(p) {
-                    return Err(src.error(
-                        format!("{key}.{what}"),
-                        None,
-                        format!("bad regular expression: {e}"),
-                    ));
-                }
-            }
-        }
-        if r.header_regex.is_some() && r.header.is_none() {
-            return Err(src.error(
-                format!("{key}.header_regex"),
-                None,
-                "needs `header` (the name)",
-            ));
-        }
-        let status = r.status.unwrap_or(403);
-        if !(400..=599).contains(&status) {
-            return Err(src.error(format!("{key}.status"), None, "a deny status is 4xx or 5xx"));
-        }
-        rules.push(RuleConfig {
-            name: r.name,
-            action: r.action,
-            status,
-            methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
-            path_prefix: r.path_prefix,
-            path_exact: r.path_exact,
-            path_regex: r.path_regex,
-            header: r.header.map(|h| h.to_ascii_lowercase()),
-            header_regex: r.header_regex,
-            query_regex: r.query_regex,
-        });
-    }
+    let rate_limit = protect::rate_limit(src, raw.rate_limit)?;
+    let rules = protect::rules(src, raw.rules)?;
 
     Ok(ProxyConfig {
         rate_limit,
