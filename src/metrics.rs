@@ -21,6 +21,7 @@ pub const DNS_STATE_CHANGES: &str = "geoedge_dns_node_state_changes_total";
 pub const DNS_REPORT_AGE: &str = "geoedge_dns_node_report_age_seconds";
 pub const DNS_RELOADS: &str = "geoedge_dns_config_reloads_total";
 pub const DNS_RRL: &str = "geoedge_dns_rate_limited_total";
+pub const DNS_TCP_REFUSED: &str = "geoedge_dns_tcp_connections_refused_total";
 pub const BUILD_INFO: &str = "geoedge_build_info";
 
 /// Renders a registry in the Prometheus text format.
@@ -94,6 +95,7 @@ pub struct DnsMetrics {
     pub reloads: IntCounterVec,
     pub rrl_dropped: IntCounter,
     pub rrl_slipped: IntCounter,
+    pub tcp_refused: IntCounter,
 }
 
 impl DnsMetrics {
@@ -256,8 +258,17 @@ impl DnsMetrics {
             )
             .expect("valid"),
         );
+        let tcp_refused = register(
+            registry,
+            IntCounter::new(
+                DNS_TCP_REFUSED,
+                "TCP connections closed at once: max_tcp_connections reached",
+            )
+            .expect("valid"),
+        );
         register_build_info(registry, "dns");
         Self {
+            tcp_refused,
             reloads,
             rrl_dropped: rrl.with_label_values(&["dropped"]),
             rrl_slipped: rrl.with_label_values(&["slipped"]),

@@ -572,3 +572,60 @@ fn connections_per_client_are_capped() {
         drop(b);
     });
 }
+
+#[test]
+fn dns_tcp_connections_are_capped_and_idle_ones_closed() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    build_geo(dir.path(), "");
+    std::fs::write(dir.path().join("zone.txt"), ZONE).unwrap();
+    let config = dns_config("", "[\"us\", \"eu\", \"ap\"]").replace(
+        "workers = 1",
+        "workers = 1\nmax_tcp_connections = 2\ntcp_idle_timeout = \"500ms\"",
+    );
+    std::fs::write(dir.path().join("dns.toml"), config).unwrap();
+    let dns = Proc::start(&["dns", "--config", "dns.toml"], dir.path(), 3);
+    let tcp = dns.addr("TCP");
+    // Two idle connections fill the slots; a third is closed at once.
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(tcp).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut third = std::net::TcpStream::connect(tcp).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let query = Ask::new("www.example.test.", RecordType::A)
+        .message()
+        .to_vec()
+        .unwrap();
+    let _ = third.write_all(&(query.len() as u16).to_be_bytes());
+    let _ = third.write_all(&query);
+    let mut buf = [0u8; 2];
+    assert!(
+        matches!(third.read(&mut buf), Ok(0) | Err(_)),
+        "third connection is closed, not answered"
+    );
+    // The idle ones are closed after the idle timeout, freeing the slots.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if std::panic::catch_unwind(|| {
+            common::dns::tcp(tcp, &Ask::new("www.example.test.", RecordType::A))
+        })
+        .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slots never freed by the idle timeout"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(held);
+    let m = http_get(dns.addr("HTTP (control)"), "/metrics").1;
+    assert!(
+        !m.contains("geoedge_dns_tcp_connections_refused_total 0"),
+        "{m}"
+    );
+}

@@ -64,6 +64,7 @@ struct RawServer {
     #[serde(default)]
     workers: usize,
     tcp_idle_timeout: Option<ConfigDuration>,
+    max_tcp_connections: Option<usize>,
     max_udp_payload: Option<u16>,
     log_level: Option<String>,
     /// Log queries to a file ("-" = stdout), one line each, sampled.
@@ -216,6 +217,8 @@ pub struct DnsConfig {
     /// Runtime threads; 0 means one per core.
     pub workers: usize,
     pub tcp_idle_timeout: Duration,
+    /// Concurrent TCP connections; more are closed at once.
+    pub max_tcp_connections: usize,
     /// The largest UDP answer we send, whatever the client advertises (RFC 6891 §6.2.5;
     /// 1232 is the DNS flag day 2020 figure that avoids IP fragmentation).
     pub max_udp_payload: u16,
@@ -505,6 +508,7 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(10)),
         max_udp_payload,
+        max_tcp_connections: raw.server.max_tcp_connections.unwrap_or(1000).max(1),
         geoip_database,
         zones,
         regions,

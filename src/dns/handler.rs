@@ -11,9 +11,8 @@ use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCod
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
-use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::Request;
 use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 
@@ -244,12 +243,22 @@ impl GeoDnsHandler {
 
 impl GeoDnsHandler {
     /// Answers one UDP datagram synchronously into `out` (cleared first). Returns false
-    /// when nothing should be sent: a header too short to answer, or a response packet
-    /// (answering those would let anyone bounce traffic off us).
+    /// when nothing should be sent: a header too short to answer, a response packet
+    /// (answering those would let anyone bounce traffic off us), or a rate-limited client.
     ///
-    /// This is the UDP fast path: no task per packet, no channel to a writer, and the
-    /// output buffer is reused by the caller. TCP goes through hickory-server's `Server`.
+    /// No task per packet, no channel to a writer, and the output buffer is reused by the
+    /// caller.
     pub fn answer_datagram(&self, packet: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> bool {
+        self.answer(packet, src, false, out)
+    }
+
+    /// Answers one message received over TCP (no size limit but the protocol's, and no
+    /// rate limiting: the handshake proved the address).
+    pub fn answer_stream(&self, packet: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> bool {
+        self.answer(packet, src, true, out)
+    }
+
+    fn answer(&self, packet: &[u8], src: SocketAddr, tcp: bool, out: &mut Vec<u8>) -> bool {
         out.clear();
         let started = Instant::now();
         let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
@@ -258,7 +267,7 @@ impl GeoDnsHandler {
         if header.metadata.message_type == MessageType::Response {
             return false;
         }
-        if let Some(rrl) = &self.rrl {
+        if let Some(rrl) = self.rrl.as_ref().filter(|_| !tcp) {
             match rrl.check(src.ip()) {
                 super::rrl::Action::Send => {}
                 super::rrl::Action::Drop => {
@@ -272,12 +281,13 @@ impl GeoDnsHandler {
             }
         }
         let state = self.state.load();
-        let request = match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
+        let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
+        let request = match Request::from_bytes(packet.to_vec(), src, protocol) {
             Ok(r) => r,
             Err(_) => {
                 encode_error(&header.metadata, ResponseCode::FormErr, out);
                 self.metrics
-                    .query(false, usize::MAX, rcode_index(ResponseCode::FormErr))
+                    .query(tcp, usize::MAX, rcode_index(ResponseCode::FormErr))
                     .inc();
                 return !out.is_empty();
             }
@@ -296,9 +306,10 @@ impl GeoDnsHandler {
             [],
             [],
         );
-        let max = match &edns {
-            Some(e) => e.max_payload(),
-            None => 512,
+        let max = match (&edns, tcp) {
+            (_, true) => u16::MAX,
+            (Some(e), false) => e.max_payload(),
+            (None, false) => 512,
         };
         let mut encoder = BinEncoder::new(out);
         encoder.set_max_size(max);
@@ -448,43 +459,4 @@ fn response_edns(state: &DnsState, request: &Request, plan: &Plan<'_>) -> Option
             )));
     }
     Some(edns)
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for GeoDnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let started = Instant::now();
-        let state = self.state.load_full();
-        let plan = self.plan(&state, request);
-        let edns = response_edns(&state, request, &plan);
-        let mut builder = MessageResponseBuilder::new(&request.queries, None);
-        if let Some(edns) = &edns {
-            builder.edns(edns);
-        }
-        let response = builder.build(
-            response_metadata(request, &plan),
-            plan.answers.iter().copied(),
-            plan.authority.iter(),
-            [],
-            [],
-        );
-        let info = match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(e) => {
-                tracing::debug!(error = %e, src = %request.src(), "could not send a DNS response");
-                let mut failed = Metadata::response_from_request(&request.metadata);
-                failed.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header {
-                    metadata: failed,
-                    counts: HeaderCounts::default(),
-                })
-            }
-        };
-        self.account(&state, request, &plan, started);
-        info
-    }
 }

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
-use hickory_server::Server;
 use prometheus::Registry;
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -325,7 +324,6 @@ impl DnsServer {
             handler = handler.with_query_log(log, *sample);
         }
         let handler = Arc::new(handler);
-        let mut server = Server::new(SharedHandler(handler.clone()));
         let mut tasks = Vec::new();
         let loops = if cfg.workers == 0 {
             std::thread::available_parallelism()
@@ -342,8 +340,13 @@ impl DnsServer {
             for _ in 0..loops {
                 tasks.push(tokio::spawn(udp_loop(udp.clone(), handler.clone())));
             }
-            // 64 KiB: the largest DNS message, so a TCP answer is never cut.
-            server.register_listener(tcp, cfg.tcp_idle_timeout, 65_535);
+            tasks.push(tokio::spawn(tcp_loop(
+                tcp,
+                handler.clone(),
+                cfg.max_tcp_connections,
+                cfg.tcp_idle_timeout,
+                self.metrics.tcp_refused.clone(),
+            )));
         }
         if let Some(addr) = cfg.control {
             let listener = TcpListener::bind(addr)
@@ -377,10 +380,6 @@ impl DnsServer {
         {
             task.abort();
         }
-        server
-            .shutdown_gracefully()
-            .await
-            .map_err(|e| anyhow::anyhow!("DNS server shutdown: {e}"))?;
         Ok(())
     }
 
@@ -479,22 +478,78 @@ async fn probe_loop(
     }
 }
 
-/// Lets hickory's `Server` (TCP) and our UDP loops share one handler.
-struct SharedHandler(Arc<GeoDnsHandler>);
+/// Serves DNS over TCP (RFC 7766): at most `max_connections` at once (more are closed
+/// at once and counted), each closed after `idle` without a complete query; queries on a
+/// connection are answered in order.
+async fn tcp_loop(
+    listener: TcpListener,
+    handler: Arc<GeoDnsHandler>,
+    max_connections: usize,
+    idle: Duration,
+    refused: prometheus::IntCounter,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refused.inc();
+            drop(stream);
+            continue;
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tcp_connection(stream, peer, &handler, idle).await {
+                tracing::debug!(client = %peer, error = %e, "DNS TCP connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
 
-#[async_trait::async_trait]
-impl hickory_server::server::RequestHandler for SharedHandler {
-    async fn handle_request<
-        R: hickory_server::server::ResponseHandler,
-        T: hickory_server::net::runtime::Time,
-    >(
-        &self,
-        request: &hickory_server::server::Request,
-        response_handle: R,
-    ) -> hickory_server::server::ResponseInfo {
-        self.0
-            .handle_request::<R, T>(request, response_handle)
-            .await
+async fn tcp_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    handler: &GeoDnsHandler,
+    idle: Duration,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(reader);
+    let mut packet = Vec::new();
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        // The whole message, length and body, must arrive within the idle timeout.
+        let read = async {
+            let len = reader.read_u16().await? as usize;
+            packet.resize(len, 0);
+            reader.read_exact(&mut packet).await?;
+            Ok::<_, std::io::Error>(len)
+        };
+        let len = match tokio::time::timeout(idle, read).await {
+            Err(_) => return Ok(()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(len)) => len,
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        if handler.answer_stream(&packet, peer, &mut out) {
+            let Ok(n) = u16::try_from(out.len()) else {
+                continue;
+            };
+            let mut frame = Vec::with_capacity(out.len() + 2);
+            frame.extend_from_slice(&n.to_be_bytes());
+            frame.extend_from_slice(&out);
+            writer.write_all(&frame).await?;
+        }
     }
 }
 
