@@ -448,3 +448,73 @@ fn the_demo_answers_dns_and_proxies_https_end_to_end_then_stops_cleanly() {
     };
     assert!(status.success(), "{status:?}\n{}", demo.stderr());
 }
+
+#[test]
+fn dynamic_nodes_join_by_signed_report_where_the_region_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    build_geo(d, "");
+    std::fs::write(d.join("zone.txt"), ZONE).unwrap();
+    std::fs::write(d.join("report.key"), KEY).unwrap();
+    std::fs::write(d.join("admin.token"), "test-admin-token-0123456789").unwrap();
+    let config = dns_config("").replacen(
+        "name = \"eu\"\n",
+        "name = \"eu\"\ndynamic_nodes = true\n",
+        1,
+    );
+    std::fs::write(d.join("dns.toml"), config).unwrap();
+    let dns = Proc::start(&["dns", "--config", "dns.toml"], d, 3);
+    let w = World {
+        dir,
+        dns,
+        origins: Vec::new(),
+        proxies: Vec::new(),
+    };
+    let key = ReportKey::from_secret(KEY.as_bytes());
+    let now = geoedge::clock::unix_ms();
+    let mut joined = serde_json::from_slice::<Report>(&report("eu-9", "eu", true, 1, now)).unwrap();
+    joined.addresses = vec!["127.0.0.19".parse().unwrap()];
+    let body = serde_json::to_vec(&joined).unwrap();
+    assert_eq!(
+        signed_post(&w, &body, Some(key.sign(&body))),
+        204,
+        "a new node in a dynamic region"
+    );
+    // Frankfurt clients now get the eu nodes, the new one among them, while it reports.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seq = 1;
+    loop {
+        seq += 1;
+        let mut again = joined.clone();
+        again.seq = seq;
+        again.timestamp_ms = geoedge::clock::unix_ms();
+        let body = serde_json::to_vec(&again).unwrap();
+        assert_eq!(signed_post(&w, &body, Some(key.sign(&body))), 204);
+        let m = udp(
+            w.dns.addr("UDP"),
+            &Ask::new(WWW, RecordType::A).ecs("192.0.2.0", 24),
+        );
+        if addresses(&m).contains(&"127.0.0.19".parse().unwrap()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dynamic node never answered: {:?}",
+            addresses(&m)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(w.status().contains("eu-9"), "{}", w.status());
+    // A region without dynamic_nodes refuses strangers.
+    let mut stranger = joined.clone();
+    stranger.node = "us-9".into();
+    stranger.region = "us".into();
+    let body = serde_json::to_vec(&stranger).unwrap();
+    assert_eq!(signed_post(&w, &body, Some(key.sign(&body))), 401);
+    // A report without an address cannot join.
+    let mut nowhere = joined.clone();
+    nowhere.node = "eu-10".into();
+    nowhere.addresses.clear();
+    let body = serde_json::to_vec(&nowhere).unwrap();
+    assert_eq!(signed_post(&w, &body, Some(key.sign(&body))), 401);
+}

@@ -164,8 +164,12 @@ struct RawRegion {
     name: Spanned<String>,
     latitude: f64,
     longitude: f64,
+    #[serde(default)]
     nodes: Vec<RawNode>,
     probe: Option<RawProbe>,
+    /// Accept signed reports from nodes not listed here, and answer with them.
+    #[serde(default)]
+    dynamic_nodes: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,6 +277,7 @@ pub struct RegionConfig {
     pub longitude: f64,
     pub nodes: Vec<NodeConfig>,
     pub probe: Option<ProbeConfig>,
+    pub dynamic_nodes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -565,7 +570,7 @@ fn validate_regions(src: &Source, raw: Vec<RawRegion>) -> Result<Vec<RegionConfi
                 format!("{} is outside -180..180", r.longitude),
             ));
         }
-        if r.nodes.is_empty() {
+        if r.nodes.is_empty() && !r.dynamic_nodes {
             return Err(src.error(
                 format!("{key}.nodes"),
                 Some(r.name.span()),
@@ -637,6 +642,7 @@ fn validate_regions(src: &Source, raw: Vec<RawRegion>) -> Result<Vec<RegionConfi
             longitude: r.longitude,
             nodes,
             probe,
+            dynamic_nodes: r.dynamic_nodes,
         });
     }
     Ok(regions)

@@ -72,9 +72,18 @@ impl DnsAdmin {
             Ok(r) => r,
             Err(r) => return reject(r),
         };
-        let state = server.state.load();
-        let Some(node) = state.table.node_by_name(&report.node) else {
-            return reject(Rejection::UnknownNode);
+        let mut state = server.state.load_full();
+        let node = match state.table.node_by_name(&report.node) {
+            Some(n) => n,
+            None => {
+                match server.add_dynamic_node(&report.region, &report.node, &report.addresses) {
+                    Some(n) => {
+                        state = server.state.load_full();
+                        n
+                    }
+                    None => return reject(Rejection::UnknownNode),
+                }
+            }
         };
         if state.table.regions[state.table.nodes[node].region].name != report.region {
             return reject(Rejection::UnknownNode);

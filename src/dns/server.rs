@@ -36,7 +36,13 @@ pub struct DnsServer {
     region_up: Mutex<Vec<bool>>,
     /// Probe loops of the config in force, restarted on reload.
     probes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Nodes that announced themselves by signed report in regions that allow it:
+    /// (region, node).
+    dynamic: Mutex<Vec<(String, crate::config::dns::NodeConfig)>>,
 }
+
+/// Dynamic nodes at most, so a leaked key cannot grow the table without bound.
+const MAX_DYNAMIC_NODES: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -103,10 +109,99 @@ impl DnsServer {
             geo_stamp: Mutex::new(file_stamp(&cfg.geoip_database)),
             region_up: Mutex::new(region_up),
             probes: Mutex::new(Vec::new()),
+            dynamic: Mutex::new(Vec::new()),
         };
         server.init_series();
         server.refresh_gauges();
         Ok(server)
+    }
+
+    /// The config plus the dynamic nodes that are still allowed by it.
+    fn with_dynamic(&self, cfg: &DnsConfig) -> DnsConfig {
+        let mut cfg = cfg.clone();
+        for (region, node) in self
+            .dynamic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if let Some(r) = cfg
+                .regions
+                .iter_mut()
+                .find(|r| &r.name == region && r.dynamic_nodes)
+            {
+                if !r.nodes.iter().any(|n| n.name == node.name) {
+                    r.nodes.push(node.clone());
+                }
+            }
+        }
+        cfg
+    }
+
+    /// Adds a node that reported itself in a region with `dynamic_nodes = true`, and
+    /// returns its id in the new state. None when the region does not allow it, the
+    /// report has no address, or the limit is reached.
+    pub fn add_dynamic_node(
+        self: &Arc<Self>,
+        region: &str,
+        name: &str,
+        addresses: &[IpAddr],
+    ) -> Option<usize> {
+        let cfg = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !cfg
+            .regions
+            .iter()
+            .any(|r| r.name == region && r.dynamic_nodes)
+        {
+            return None;
+        }
+        let ipv4 = addresses.iter().find_map(|a| match a {
+            IpAddr::V4(v4) => Some(*v4),
+            _ => None,
+        });
+        let ipv6 = addresses.iter().find_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            _ => None,
+        });
+        if ipv4.is_none() && ipv6.is_none() {
+            return None;
+        }
+        {
+            let mut dynamic = self.dynamic.lock().unwrap_or_else(|p| p.into_inner());
+            if dynamic.len() >= MAX_DYNAMIC_NODES || dynamic.iter().any(|(_, n)| n.name == name) {
+                return None;
+            }
+            dynamic.push((
+                region.to_string(),
+                crate::config::dns::NodeConfig {
+                    name: name.to_string(),
+                    ipv4,
+                    ipv6,
+                    // Up as soon as its first report says it can serve.
+                    initial: crate::config::dns::InitialState::Down,
+                },
+            ));
+        }
+        let previous = self.state.load_full();
+        let mut state =
+            match DnsState::build_with_geo(&self.with_dynamic(&cfg), previous.geo.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot add dynamic node");
+                    return None;
+                }
+            };
+        state.attach_metrics(&self.metrics);
+        state.adopt_health(&previous);
+        let id = state.table.node_by_name(name);
+        self.state.store(Arc::new(state));
+        tracing::info!(node = name, region, "dynamic node joined");
+        self.init_series();
+        id
     }
 
     /// The health table of the state in force.
@@ -138,7 +233,7 @@ impl DnsServer {
                     .map_err(super::state::StateError::from)?,
             )
         };
-        let mut state = DnsState::build_with_geo(&cfg, geo)?;
+        let mut state = DnsState::build_with_geo(&self.with_dynamic(&cfg), geo)?;
         state.attach_metrics(&self.metrics);
         if !state.adopt_health(&previous) {
             tracing::warn!("the nodes or health settings changed: node health starts afresh");
@@ -197,7 +292,7 @@ impl DnsServer {
         match crate::geo::GeoDb::open(&cfg.geoip_database) {
             Ok(geo) => {
                 let previous = self.state.load_full();
-                match DnsState::build_with_geo(&cfg, Arc::new(geo)) {
+                match DnsState::build_with_geo(&self.with_dynamic(&cfg), Arc::new(geo)) {
                     Ok(mut state) => {
                         state.attach_metrics(&self.metrics);
                         state.adopt_health(&previous);

@@ -129,6 +129,29 @@ impl DnsState {
             self.health = previous.health.clone();
             return true;
         }
+        if same_settings {
+            // Renumbered (nodes added or removed): keep what we knew of each node that
+            // is still there, found by region and name.
+            let mapping: Vec<(NodeId, NodeId)> = self
+                .table
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(new_id, n)| {
+                    let region = &self.table.regions[n.region].name;
+                    previous
+                        .table
+                        .nodes
+                        .iter()
+                        .position(|p| {
+                            p.name == n.name && &previous.table.regions[p.region].name == region
+                        })
+                        .map(|old_id| (new_id, old_id))
+                })
+                .collect();
+            self.health.carry_over(&previous.health, &mapping);
+            return true;
+        }
         false
     }
 

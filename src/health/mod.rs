@@ -87,6 +87,27 @@ impl HealthTable {
         Self { nodes, settings }
     }
 
+    /// Copies what `old` knows of nodes into this table: `mapping` pairs a node id here
+    /// with its id there (same node, renumbered by a config change).
+    pub fn carry_over(&self, old: &HealthTable, mapping: &[(NodeId, NodeId)]) {
+        for &(new_id, old_id) in mapping {
+            let (Some(new), Some(prev)) = (self.nodes.get(new_id), old.nodes.get(old_id)) else {
+                continue;
+            };
+            let copied = {
+                let prev_state = prev.state.lock().unwrap_or_else(|p| p.into_inner());
+                SlotState {
+                    health: prev_state.health.clone(),
+                    reason: prev_state.reason,
+                }
+            };
+            let mut state = new.state.lock().unwrap_or_else(|p| p.into_inner());
+            *state = copied;
+            new.effective
+                .store(prev.effective.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
     pub fn settings(&self) -> HealthSettings {
         self.settings
     }
@@ -230,6 +251,31 @@ mod tests {
         assert_eq!(t.status(0, 0).unwrap().reason, Reason::Forced(Forced::Down));
         assert!(t.force(0, None, None, 1).is_some());
         assert!(t.is_up(0));
+    }
+
+    #[test]
+    fn carry_over_copies_state_to_renumbered_nodes() {
+        let old = HealthTable::new(&[(true, false), (true, false)], settings(true), 0);
+        old.record_report(1, 5, true, ReportFigures::default(), 100)
+            .unwrap();
+        let _ = old.tick(5000); // node 0 never reported: stale; node 1 too by now
+        old.record_report(1, 6, true, ReportFigures::default(), 5000)
+            .unwrap();
+        assert!(!old.is_up(0));
+        assert!(old.is_up(1));
+        let new = HealthTable::new(
+            &[(true, false), (true, false), (true, false)],
+            settings(true),
+            5000,
+        );
+        new.carry_over(&old, &[(2, 1), (0, 0)]);
+        assert!(new.is_up(2), "node 1 moved to 2 with its state");
+        assert!(!new.is_up(0));
+        assert_eq!(
+            new.record_report(2, 6, true, ReportFigures::default(), 5001),
+            Err(ReportError::Replayed),
+            "sequence numbers came along"
+        );
     }
 
     #[test]
