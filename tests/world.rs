@@ -518,3 +518,79 @@ fn dynamic_nodes_join_by_signed_report_where_the_region_allows_it() {
     let body = serde_json::to_vec(&nowhere).unwrap();
     assert_eq!(signed_post(&w, &body, Some(key.sign(&body))), 401);
 }
+
+fn free_port() -> u16 {
+    // Bind both protocols on one port the kernel picks, then let it go for the server.
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[test]
+fn a_restarted_dns_server_rebuilds_health_from_reports_within_a_second() {
+    // Fixed ports, so the proxies' reports reach the restarted server.
+    let (dns_port, control_port) = (free_port(), free_port());
+    let mut w = World::start();
+    let config = dns_config("")
+        .replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:{dns_port}\"]"),
+        )
+        .replace(
+            "control = \"127.0.0.1:0\"",
+            &format!("control = \"127.0.0.1:{control_port}\""),
+        );
+    std::fs::write(w.dir.path().join("dns-fixed.toml"), &config).unwrap();
+    let fixed = Proc::start(&["dns", "--config", "dns-fixed.toml"], w.dir.path(), 3);
+    // Point every proxy at the fixed-port server.
+    let old_dns = std::mem::replace(&mut w.dns, fixed);
+    drop(old_dns);
+    for i in 0..3 {
+        w.kill_proxy(i);
+        w.start_proxy(i);
+    }
+    let answer = |subnet: &str| {
+        let m = udp(
+            format!("127.0.0.1:{dns_port}").parse().unwrap(),
+            &Ask::new(WWW, RecordType::A).ecs(subnet, 24),
+        );
+        addresses(&m)
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+    };
+    // Take us down through its origin, so its state is something reports must rebuild.
+    let _ = w.origins[1].child.kill();
+    let _ = w.origins[1].child.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while answer("198.51.100.0") != vec!["127.0.0.11".to_string()] {
+        assert!(Instant::now() < deadline, "us never went down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Restart the DNS server: its health is rebuilt from the next reports.
+    let _ = w.dns.child.kill();
+    let _ = w.dns.child.wait();
+    let restarted = Instant::now();
+    w.dns = Proc::start(&["dns", "--config", "dns-fixed.toml"], w.dir.path(), 3);
+    loop {
+        let status = w.status();
+        let rebuilt = status.contains("us       us-1         DOWN  node cannot serve")
+            && status.contains("eu       eu-1         up    healthy");
+        if rebuilt && answer("198.51.100.0") == vec!["127.0.0.11".to_string()] {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "health not rebuilt:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "DNS restart: health rebuilt from reports after {:?}",
+        restarted.elapsed()
+    );
+}
