@@ -232,24 +232,36 @@ impl Upstream {
                 }
             }
         }
-        // Small fixed-size stack buffer: upstreams rarely have more than a handful of
-        // origins, and the request path should not allocate for this.
-        let mut buf = [Candidate {
-            in_flight: 0,
-            weight: 1,
-            eligible: false,
-        }; 32];
-        let n = self.origins.len().min(buf.len());
-        for (i, o) in self.origins.iter().take(n).enumerate() {
-            buf[i] = Candidate {
-                in_flight: o.state.in_flight.load(Ordering::Relaxed),
-                weight: o.weight,
-                eligible: Some(i) != exclude && o.state.is_healthy(),
-            };
-        }
+        let candidate = |(i, o): (usize, &Origin)| Candidate {
+            in_flight: o.state.in_flight.load(Ordering::Relaxed),
+            weight: o.weight,
+            eligible: Some(i) != exclude && o.state.is_healthy(),
+        };
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let random = self.next_random();
-        balance::pick(self.balance, &buf[..n], &self.schedule, turn, random)
+        // A stack buffer for the usual handful of origins, so the request path does not
+        // allocate; larger upstreams pay for a Vec.
+        const STACK: usize = 32;
+        if self.origins.len() <= STACK {
+            let mut buf = [Candidate {
+                in_flight: 0,
+                weight: 1,
+                eligible: false,
+            }; STACK];
+            for (i, o) in self.origins.iter().enumerate() {
+                buf[i] = candidate((i, o));
+            }
+            balance::pick(
+                self.balance,
+                &buf[..self.origins.len()],
+                &self.schedule,
+                turn,
+                random,
+            )
+        } else {
+            let all: Vec<Candidate> = self.origins.iter().enumerate().map(candidate).collect();
+            balance::pick(self.balance, &all, &self.schedule, turn, random)
+        }
     }
 
     fn next_random(&self) -> u64 {
@@ -406,6 +418,14 @@ mod tests {
             .state
             .record_failure(1, Duration::from_secs(60));
         assert_ne!(u.choose(Some(&pinned), None), Some(2));
+    }
+
+    #[test]
+    fn upstreams_larger_than_the_stack_buffer_use_every_origin() {
+        let u = upstream(Balance::RoundRobin, 40);
+        let picks: std::collections::HashSet<usize> =
+            (0..40).filter_map(|_| u.choose(None, None)).collect();
+        assert_eq!(picks.len(), 40);
     }
 
     #[test]
