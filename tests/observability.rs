@@ -178,21 +178,7 @@ fn every_dashboard_query_and_alert_works_against_the_demo() {
         assert_eq!(status, 200, "{ep}");
         exported.push_str(&body);
         if full {
-            let mut child = Command::new("promtool")
-                .args(["check", "metrics"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(body.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
+            let out = common::run_with_stdin("promtool", &["check", "metrics"], body.as_bytes());
             assert!(
                 out.status.success(),
                 "promtool check metrics {ep}:\n{}{}",

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::dns::{addresses, udp, Ask};
@@ -153,20 +153,7 @@ fn rate_limit_memory_stays_bounded_under_a_flood_of_addresses() {
 }
 
 fn hash(password: &str) -> String {
-    let mut child = Command::new(BIN)
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_with_stdin(BIN, &["hash-password"], format!("{password}\n").as_bytes());
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

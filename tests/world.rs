@@ -74,15 +74,21 @@ fall = 2
     )
 }
 
+/// The DNS server's files for a world: GeoIP database, zone, report key, admin token and
+/// the given config.
+fn write_dns_files(d: &Path, config: &str) {
+    build_geo(d, "");
+    std::fs::write(d.join("zone.txt"), ZONE).unwrap();
+    std::fs::write(d.join("report.key"), KEY).unwrap();
+    std::fs::write(d.join("admin.token"), "test-admin-token-0123456789").unwrap();
+    std::fs::write(d.join("dns.toml"), config).unwrap();
+}
+
 impl World {
     fn start() -> World {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        build_geo(d, "");
-        std::fs::write(d.join("zone.txt"), ZONE).unwrap();
-        std::fs::write(d.join("report.key"), KEY).unwrap();
-        std::fs::write(d.join("admin.token"), "test-admin-token-0123456789").unwrap();
-        std::fs::write(d.join("dns.toml"), dns_config("")).unwrap();
+        write_dns_files(d, &dns_config(""));
         let dns = Proc::start(&["dns", "--config", "dns.toml"], d, 3);
         let mut world = World {
             dir,
@@ -453,16 +459,12 @@ fn the_demo_answers_dns_and_proxies_https_end_to_end_then_stops_cleanly() {
 fn dynamic_nodes_join_by_signed_report_where_the_region_allows_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    build_geo(d, "");
-    std::fs::write(d.join("zone.txt"), ZONE).unwrap();
-    std::fs::write(d.join("report.key"), KEY).unwrap();
-    std::fs::write(d.join("admin.token"), "test-admin-token-0123456789").unwrap();
     let config = dns_config("").replacen(
         "name = \"eu\"\n",
         "name = \"eu\"\ndynamic_nodes = true\n",
         1,
     );
-    std::fs::write(d.join("dns.toml"), config).unwrap();
+    write_dns_files(d, &config);
     let dns = Proc::start(&["dns", "--config", "dns.toml"], d, 3);
     let w = World {
         dir,
