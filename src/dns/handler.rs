@@ -17,8 +17,10 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 
 use super::ecs::{answer_scope, client_network, deciding_address};
+use super::fast::{self, Decision, DecisionCache, LocationCache};
 use super::state::DnsState;
 use super::zone::Lookup;
+use crate::health::NodeId;
 use crate::metrics::{qtype_index, rcode_index, DnsMetrics};
 
 pub struct GeoDnsHandler {
@@ -31,6 +33,8 @@ pub struct GeoDnsHandler {
     /// Optional query log: the file, and "one query in `every`".
     query_log: Option<(crate::logfile::LogFile, u64)>,
     logged: std::sync::atomic::AtomicU64,
+    /// Answer common queries from precomputed records (off only to compare the paths).
+    fast: bool,
 }
 
 /// What to send back, borrowed from the state snapshot.
@@ -82,7 +86,14 @@ impl GeoDnsHandler {
             rrl: None,
             query_log: None,
             logged: std::sync::atomic::AtomicU64::new(0),
+            fast: true,
         }
+    }
+
+    /// Answers everything with the general path (tests compare the two).
+    pub fn without_fast_path(mut self) -> Self {
+        self.fast = false;
+        self
     }
 
     pub fn with_rrl(mut self, config: super::rrl::RrlConfig) -> Self {
@@ -194,51 +205,158 @@ impl GeoDnsHandler {
             // the client is, so scope 0.
             _ => return Plan::authoritative(Vec::new(), negative_soa, ResponseCode::NoError),
         };
-        let address = deciding_address(ecs, source);
-        let (location, network) = match state.geo.lookup(address) {
-            Ok(m) => (m.location, Some(m.network)),
-            Err(e) => {
-                tracing::debug!(error = %e, "GeoIP lookup failed; using the default order");
-                (None, None)
-            }
-        };
-        let health = &*state.health;
-        let table = &state.table;
-        let region_up = |r: usize| table.regions[r].nodes.clone().any(|n| health.is_up(n));
-        let Some(choice) = table.choose(address, location.as_ref(), region_up) else {
+        let Some(decision) = decide(state, ecs, source, None) else {
             return Plan::rcode(ResponseCode::ServFail);
         };
-        let candidates = &by_region[choice.region];
-        let mut up: Vec<&Record> = candidates
-            .iter()
-            .filter(|(node, _)| choice.fail_open || health.is_up(*node))
-            .map(|(_, r)| r)
+        let candidates = &by_region[decision.region];
+        let up: Vec<&Record> = self
+            .pick(candidates, state, decision.fail_open, steered.answers)
             .collect();
-        if up.is_empty() {
-            // The region is up through nodes of the other family only: give this
-            // family's addresses rather than an empty answer.
-            up = candidates.iter().map(|(_, r)| r).collect();
-        }
-        if up.len() > steered.answers {
-            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % up.len();
-            up.rotate_left(start);
-            up.truncate(steered.answers);
-        }
-        let source_prefix = ecs.map(|n| n.prefix_len()).unwrap_or(0);
-        let scope = match network {
-            Some(net) => answer_scope(net, source_prefix, state.override_cidrs.iter().copied()),
-            None => 0,
-        };
         let authority: &[Record] = if up.is_empty() { negative_soa } else { &[] };
         Plan {
             rcode: ResponseCode::NoError,
             authoritative: true,
             answers: up,
             authority,
-            ecs_scope: Some(scope),
-            steered: Some((choice.region, choice.fail_open)),
+            ecs_scope: Some(decision.scope),
+            steered: Some((decision.region, decision.fail_open)),
         }
     }
+
+    /// The nodes of the chosen region to answer with: the up ones (all of them when
+    /// failing open, or when the region is up through nodes of the other family only,
+    /// rather than an empty answer), at most `answers`, rotated so that successive
+    /// queries spread over them. Allocates nothing.
+    fn pick<'c, T>(
+        &self,
+        candidates: &'c [(NodeId, T)],
+        state: &DnsState,
+        fail_open: bool,
+        answers: usize,
+    ) -> impl Iterator<Item = &'c T> + 'c {
+        let health = state.health.clone();
+        let usable = move |node: NodeId| fail_open || health.is_up(node);
+        let mut count = candidates.iter().filter(|(n, _)| usable(*n)).count();
+        let every = count == 0;
+        if every {
+            count = candidates.len();
+        }
+        let (start, take) = if count > answers {
+            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % count;
+            (start, answers)
+        } else {
+            (0, count)
+        };
+        candidates
+            .iter()
+            .filter(move |(n, _)| every || usable(*n))
+            .cycle()
+            .skip(start)
+            .take(take)
+            .map(|(_, r)| r)
+    }
+
+    /// Answers a query the fast path recognised from precomputed records. `None` when this
+    /// query needs the general path after all (no precomputed answer, an empty region, an
+    /// answer too big for the client's buffer); nothing has been counted then.
+    fn answer_fast(
+        &self,
+        state: &Arc<DnsState>,
+        query: &fast::Query<'_>,
+        source: IpAddr,
+        tcp: bool,
+        cache: Option<&mut DecisionCache>,
+        out: &mut Vec<u8>,
+    ) -> Option<Option<(usize, bool)>> {
+        let entry = state.fast.get(query.name_key())?;
+        let payload = query
+            .edns
+            .map(|e| e.payload.clamp(512, state.max_udp_payload.max(512)))
+            .unwrap_or(512);
+        let max_len = if tcp {
+            usize::from(u16::MAX)
+        } else {
+            usize::from(payload)
+        };
+        let ecs = query.edns.and_then(|e| e.ecs);
+        let Some(index) = entry.steered else {
+            let records = match query.qtype {
+                RecordType::A => entry.a.as_deref(),
+                _ => entry.aaaa.as_deref(),
+            }?;
+            let answers = records.iter().map(|r| &**r);
+            return fast::write_answer(query, answers, payload, 0, max_len, out).then_some(None);
+        };
+        let (steered, wire) = (state.steered.get(index)?, state.fast.steered.get(index)?);
+        let network = ecs.and_then(|e| e.network);
+        let source_prefix = ecs.map(|e| e.source_prefix).unwrap_or(0);
+        let address = deciding_address(network, source);
+        let decision = match cache {
+            Some(cache) => {
+                cache.prepare(state, state.health.generation());
+                cache.get_or(address, source_prefix, |locations| {
+                    decide(state, network, source, Some(locations))
+                })
+            }
+            None => decide(state, network, source, None),
+        }?;
+        let by_region = match query.qtype {
+            RecordType::A => &wire.v4,
+            _ => &wire.v6,
+        };
+        let candidates = by_region.get(decision.region)?;
+        if candidates.is_empty() {
+            return None;
+        }
+        let answers = self
+            .pick(candidates, state, decision.fail_open, steered.answers)
+            .map(|r| &**r);
+        if !fast::write_answer(query, answers, payload, decision.scope, max_len, out) {
+            return None;
+        }
+        if ecs.is_some() {
+            self.metrics.ecs_present.inc();
+        } else {
+            self.metrics.ecs_absent.inc();
+        }
+        Some(Some((decision.region, decision.fail_open)))
+    }
+}
+
+/// Where a steered query goes: pure, given the state (zones, regions, GeoIP, health).
+/// `locations` remembers decoded GeoIP records between calls.
+fn decide(
+    state: &DnsState,
+    ecs: Option<IpNet>,
+    source: IpAddr,
+    locations: Option<&mut LocationCache>,
+) -> Option<Decision> {
+    let address = deciding_address(ecs, source);
+    let found = match locations {
+        Some(cache) => cache.lookup(&state.geo, address),
+        None => state.geo.lookup(address).map(|m| (m.location, m.network)),
+    };
+    let (location, network) = match found {
+        Ok((location, network)) => (location, Some(network)),
+        Err(e) => {
+            tracing::debug!(error = %e, "GeoIP lookup failed; using the default order");
+            (None, None)
+        }
+    };
+    let health = &*state.health;
+    let table = &state.table;
+    let region_up = |r: usize| table.regions[r].nodes.clone().any(|n| health.is_up(n));
+    let choice = table.choose(address, location.as_ref(), region_up)?;
+    let source_prefix = ecs.map(|n| n.prefix_len()).unwrap_or(0);
+    let scope = match network {
+        Some(net) => answer_scope(net, source_prefix, state.override_cidrs.iter().copied()),
+        None => 0,
+    };
+    Some(Decision {
+        region: choice.region,
+        fail_open: choice.fail_open,
+        scope,
+    })
 }
 
 impl GeoDnsHandler {
@@ -248,17 +366,31 @@ impl GeoDnsHandler {
     ///
     /// No task per packet, no channel to a writer, and the output buffer is reused by the
     /// caller.
-    pub fn answer_datagram(&self, packet: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> bool {
-        self.answer(packet, src, false, out)
+    /// `cache` remembers steering decisions across the datagrams of one receive loop.
+    pub fn answer_datagram(
+        &self,
+        packet: &[u8],
+        src: SocketAddr,
+        out: &mut Vec<u8>,
+        cache: &mut DecisionCache,
+    ) -> bool {
+        self.answer(packet, src, false, out, Some(cache))
     }
 
     /// Answers one message received over TCP (no size limit but the protocol's, and no
     /// rate limiting: the handshake proved the address).
     pub fn answer_stream(&self, packet: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> bool {
-        self.answer(packet, src, true, out)
+        self.answer(packet, src, true, out, None)
     }
 
-    fn answer(&self, packet: &[u8], src: SocketAddr, tcp: bool, out: &mut Vec<u8>) -> bool {
+    fn answer(
+        &self,
+        packet: &[u8],
+        src: SocketAddr,
+        tcp: bool,
+        out: &mut Vec<u8>,
+        cache: Option<&mut DecisionCache>,
+    ) -> bool {
         out.clear();
         let started = Instant::now();
         let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
@@ -281,10 +413,43 @@ impl GeoDnsHandler {
             }
         }
         let state = self.state.load();
+        // The query log wants the parsed request, so logging servers take the general path.
+        if self.fast && self.query_log.is_none() {
+            if let Some(query) = fast::parse(packet) {
+                if let Some(steered) = self.answer_fast(&state, &query, src.ip(), tcp, cache, out) {
+                    let rcode = rcode_index(ResponseCode::NoError);
+                    self.count(
+                        &state,
+                        tcp,
+                        qtype_index(query.qtype),
+                        rcode,
+                        steered,
+                        started,
+                    );
+                    return true;
+                }
+            }
+        }
+        self.answer_general(&state, packet, src, tcp, out, started)
+    }
+
+    /// Answers anything, with hickory's parser and encoder.
+    fn answer_general(
+        &self,
+        state: &DnsState,
+        packet: &[u8],
+        src: SocketAddr,
+        tcp: bool,
+        out: &mut Vec<u8>,
+        started: Instant,
+    ) -> bool {
         let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
         let request = match Request::from_bytes(packet.to_vec(), src, protocol) {
             Ok(r) => r,
             Err(_) => {
+                let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
+                    return false;
+                };
                 encode_error(&header.metadata, ResponseCode::FormErr, out);
                 self.metrics
                     .query(tcp, usize::MAX, rcode_index(ResponseCode::FormErr))
@@ -292,8 +457,8 @@ impl GeoDnsHandler {
                 return !out.is_empty();
             }
         };
-        let plan = self.plan(&state, &request);
-        let edns = response_edns(&state, &request, &plan);
+        let plan = self.plan(state, &request);
+        let edns = response_edns(state, &request, &plan);
         let metadata = response_metadata(&request, &plan);
         let mut builder = MessageResponseBuilder::new(&request.queries, None);
         if let Some(edns) = &edns {
@@ -316,7 +481,7 @@ impl GeoDnsHandler {
         if response.destructive_emit(&mut encoder).is_err() {
             encode_error(&request.metadata, ResponseCode::ServFail, out);
         }
-        self.account(&state, &request, &plan, started);
+        self.account(state, &request, &plan, started);
         !out.is_empty()
     }
 
@@ -328,10 +493,31 @@ impl GeoDnsHandler {
             .map(|q| qtype_index(q.query_type()))
             .unwrap_or(usize::MAX);
         let tcp = request.protocol() == Protocol::Tcp;
-        self.metrics
-            .query(tcp, qtype, rcode_index(plan.rcode))
-            .inc();
-        if let Some((region, fail_open)) = plan.steered {
+        let rcode = rcode_index(plan.rcode);
+        self.count(state, tcp, qtype, rcode, plan.steered, started);
+        if let Some((log, every)) = &self.query_log {
+            if self
+                .logged
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(*every)
+            {
+                log.write(query_line(state, request, plan));
+            }
+        }
+    }
+
+    /// Counts one answered query: by protocol, type and rcode; by region when steered.
+    fn count(
+        &self,
+        state: &DnsState,
+        tcp: bool,
+        qtype: usize,
+        rcode: usize,
+        steered: Option<(usize, bool)>,
+        started: Instant,
+    ) {
+        self.metrics.query(tcp, qtype, rcode).inc();
+        if let Some((region, fail_open)) = steered {
             if let Some(counter) = state.region_counters.get(region) {
                 counter.inc();
             }
@@ -342,15 +528,6 @@ impl GeoDnsHandler {
         self.metrics
             .duration
             .observe(started.elapsed().as_secs_f64());
-        if let Some((log, every)) = &self.query_log {
-            if self
-                .logged
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(*every)
-            {
-                log.write(query_line(state, request, plan));
-            }
-        }
     }
 }
 
@@ -459,4 +636,188 @@ fn response_edns(state: &DnsState, request: &Request, plan: &Plan<'_>) -> Option
             )));
     }
     Some(edns)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fast path against the general path, query by query: both must give the same
+    //! answer (parsed, so that compression choices do not matter).
+    use super::*;
+    use crate::health::Forced;
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData};
+    use std::path::Path;
+
+    fn handlers() -> (Arc<ArcSwap<DnsState>>, GeoDnsHandler, GeoDnsHandler) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cfg = crate::config::DnsConfig::load(&root.join("config/dns.toml")).expect("config");
+        let state = Arc::new(ArcSwap::from_pointee(DnsState::build(&cfg).expect("state")));
+        let metrics = Arc::new(DnsMetrics::new(&prometheus::Registry::new()));
+        let fast = GeoDnsHandler::new(state.clone(), metrics.clone());
+        let general = GeoDnsHandler::new(state.clone(), metrics).without_fast_path();
+        (state, fast, general)
+    }
+
+    fn ecs_option(addr: &str, source: u8) -> EdnsOption {
+        EdnsOption::Subnet(ClientSubnet::new(addr.parse().unwrap(), source, 0))
+    }
+
+    /// Queries of every shape the fast path takes or declines.
+    fn queries() -> Vec<Vec<u8>> {
+        let names = [
+            "www.example.test.",
+            "WwW.ExAmPlE.TeSt.",
+            "static.example.test.",
+            "api.example.test.",
+            "mail.example.test.",
+            "nope.example.test.",
+            "example.test.",
+            "www.elsewhere.test.",
+        ];
+        let types = [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::MX,
+            RecordType::ANY,
+        ];
+        let mut edns_variants: Vec<Option<Edns>> = vec![None];
+        for payload in [100u16, 512, 1232, 4096] {
+            let mut e = Edns::new();
+            e.set_max_payload(payload);
+            edns_variants.push(Some(e));
+        }
+        for (addr, source) in [
+            ("192.0.2.0", 24),
+            ("192.0.2.128", 25),
+            ("198.51.100.0", 24),
+            ("203.0.113.0", 24),
+            ("10.0.0.0", 8),
+            ("0.0.0.0", 0),
+            ("2001:db8:1::", 48),
+            ("2001:db8:3::", 56),
+            ("2001:db8::", 32),
+        ] {
+            let mut e = Edns::new();
+            e.set_max_payload(1232);
+            e.options_mut().insert(ecs_option(addr, source));
+            edns_variants.push(Some(e));
+        }
+        let mut out = Vec::new();
+        let mut id = 0u16;
+        for name in names {
+            for qtype in types {
+                for edns in &edns_variants {
+                    for (rd, cd) in [(true, false), (false, true)] {
+                        id = id.wrapping_add(1);
+                        let mut m = Message::query();
+                        m.metadata.id = id;
+                        m.metadata.recursion_desired = rd;
+                        m.metadata.checking_disabled = cd;
+                        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+                        if let Some(e) = edns {
+                            m.set_edns(e.clone());
+                        }
+                        out.push(m.to_vec().expect("encodable query"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn parsed(bytes: &[u8]) -> Message {
+        Message::from_vec(bytes).expect("answer parses")
+    }
+
+    fn compare(fast: &GeoDnsHandler, general: &GeoDnsHandler, cache: &mut DecisionCache) -> usize {
+        let sources: [SocketAddr; 3] = [
+            "127.0.0.1:5000".parse().unwrap(),
+            "203.0.113.7:5000".parse().unwrap(),
+            "[2001:db8:1::7]:5000".parse().unwrap(),
+        ];
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut taken = 0;
+        for query in queries() {
+            for src in sources {
+                let sent_a = fast.answer_datagram(&query, src, &mut a, cache);
+                let sent_b = general.answer(&query, src, false, &mut b, None);
+                assert_eq!(sent_a, sent_b);
+                let (ma, mb) = (parsed(&a), parsed(&b));
+                let q = parsed(&query);
+                let what = format!("{:?} from {src}", q.queries);
+                assert_eq!(ma.metadata, mb.metadata, "header of {what}");
+                assert_eq!(ma.queries, mb.queries, "question of {what}");
+                assert_eq!(ma.answers, mb.answers, "answers of {what}");
+                assert_eq!(ma.authorities, mb.authorities, "authority of {what}");
+                assert_eq!(ma.edns, mb.edns, "OPT of {what}");
+                if fast::parse(&query)
+                    .is_some_and(|fq| fast.state.load().fast.get(fq.name_key()).is_some())
+                {
+                    taken += 1;
+                }
+            }
+        }
+        taken
+    }
+
+    #[test]
+    fn fast_path_answers_exactly_like_the_general_path() {
+        let (state, fast, general) = handlers();
+        let mut cache = DecisionCache::new(64);
+        let taken = compare(&fast, &general, &mut cache);
+        // www, WwW, static and mail, for A and AAAA, in every EDNS and flag variant.
+        assert!(taken >= 4 * 2 * 14 * 2 * 3, "fast path taken {taken} times");
+
+        // Steering moves when regions go down, and the decision cache must follow.
+        let s = state.load_full();
+        let eu = s.table.regions.iter().position(|r| r.name == "eu").unwrap();
+        for node in s.table.regions[eu].nodes.clone() {
+            s.health.force(node, Some(Forced::Down), None, 0);
+        }
+        compare(&fast, &general, &mut cache);
+        for node in 0..s.table.nodes.len() {
+            s.health.force(node, Some(Forced::Down), None, 0);
+        }
+        compare(&fast, &general, &mut cache);
+    }
+
+    #[test]
+    fn fast_path_serves_steered_and_static_names() {
+        let (state, fast, _) = handlers();
+        let s = state.load_full();
+        let mut out = Vec::new();
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii("www.example.test.").unwrap(),
+            RecordType::A,
+        ));
+        let mut e = Edns::new();
+        e.options_mut().insert(ecs_option("192.0.2.0", 24));
+        m.set_edns(e);
+        let bytes = m.to_vec().unwrap();
+        let q = fast::parse(&bytes).expect("recognised");
+        let steered = fast.answer_fast(&s, &q, "127.0.0.1".parse().unwrap(), false, None, &mut out);
+        let eu = s.table.regions.iter().position(|r| r.name == "eu").unwrap();
+        assert_eq!(steered, Some(Some((eu, false))));
+        let answer = parsed(&out);
+        assert_eq!(answer.answers.len(), 1);
+        assert_eq!(
+            answer.answers[0].data,
+            RData::A("127.0.0.11".parse().unwrap())
+        );
+
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii("static.example.test.").unwrap(),
+            RecordType::AAAA,
+        ));
+        let bytes = m.to_vec().unwrap();
+        let q = fast::parse(&bytes).expect("recognised");
+        let plain = fast.answer_fast(&s, &q, "127.0.0.1".parse().unwrap(), false, None, &mut out);
+        assert_eq!(plain, Some(None));
+        assert_eq!(
+            parsed(&out).answers[0].data,
+            RData::AAAA("2001:db8::80".parse().unwrap())
+        );
+    }
 }

@@ -1,7 +1,10 @@
 //! `geoedge dns`: the authoritative server.
 
 pub mod ecs;
+pub mod fast;
 pub mod handler;
+#[cfg(target_os = "linux")]
+pub mod mmsg;
 pub mod rrl;
 pub mod server;
 pub mod state;

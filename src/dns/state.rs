@@ -46,6 +46,8 @@ pub struct DnsState {
     /// Node health, numbered like `table.nodes`; kept across reloads that keep the nodes.
     pub health: Arc<HealthTable>,
     pub health_settings: HealthSettings,
+    /// Precomputed answers for the common queries (see `fast.rs`).
+    pub fast: super::fast::Table,
 }
 
 impl DnsState {
@@ -93,7 +95,7 @@ impl DnsState {
             health_settings,
             crate::clock::now_ms(),
         ));
-        Ok(Self {
+        let mut state = Self {
             zones,
             steered,
             table,
@@ -103,7 +105,10 @@ impl DnsState {
             region_counters: Vec::new(),
             health,
             health_settings,
-        })
+            fast: Default::default(),
+        };
+        state.fast = super::fast::Table::build(&state.zones, |n| state.zone_for(n), &state.steered);
+        Ok(state)
     }
 
     /// Keeps the previous state's health when this config has the same nodes (names,

@@ -169,6 +169,11 @@ impl Zone {
         &self.soa
     }
 
+    /// Every name that owns records or is steered (for precomputing answers).
+    pub fn owner_names(&self) -> impl Iterator<Item = &LowerName> {
+        self.names.keys().chain(self.steered.keys())
+    }
+
     pub fn lookup(&self, name: &LowerName, qtype: RecordType) -> Lookup<'_> {
         if let Some(&index) = self.steered.get(name) {
             return Lookup::Steered(index);

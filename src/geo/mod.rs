@@ -152,6 +152,20 @@ impl GeoDb {
     }
 
     pub fn lookup(&self, ip: IpAddr) -> Result<GeoMatch, GeoError> {
+        let (result, network) = self.walk(ip)?;
+        self.decode(ip, network, &result)
+    }
+
+    /// The network `ip` falls in and where its record is in the data section (`None`
+    /// when the database has no record for it): a walk of the search tree, without
+    /// decoding. Many networks share one record, so the offset is a good key for
+    /// remembering decoded locations.
+    pub fn locate(&self, ip: IpAddr) -> Result<(IpNet, Option<usize>), GeoError> {
+        let (result, network) = self.walk(ip)?;
+        Ok((network, result.offset()))
+    }
+
+    fn walk(&self, ip: IpAddr) -> Result<(maxminddb::LookupResult<'_, Vec<u8>>, IpNet), GeoError> {
         let err = |source| GeoError::Lookup { ip, source };
         let result = self.reader.lookup(ip).map_err(err)?;
         let network = result.network().map_err(err)?;
@@ -159,6 +173,16 @@ impl GeoDb {
             IpAddr::V4(_) => IpNet::V4(Default::default()),
             IpAddr::V6(_) => IpNet::V6(Default::default()),
         });
+        Ok((result, network))
+    }
+
+    fn decode(
+        &self,
+        ip: IpAddr,
+        network: IpNet,
+        result: &maxminddb::LookupResult<'_, Vec<u8>>,
+    ) -> Result<GeoMatch, GeoError> {
+        let err = |source| GeoError::Lookup { ip, source };
         let record: Option<CityRecord<'_>> = result.decode().map_err(err)?;
         let location = record.map(|r| {
             let (latitude, longitude) = r

@@ -6,7 +6,7 @@ mod node;
 pub mod report;
 mod rise_fall;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 pub use node::{Forced, NodeHealth, Reason, ReportError, ReportFigures};
@@ -59,6 +59,9 @@ pub struct NodeStatus {
 pub struct HealthTable {
     nodes: Vec<NodeSlot>,
     settings: HealthSettings,
+    /// Bumped on every change of a node's effective state, so readers that remember
+    /// decisions (the DNS decision cache) know when to forget them.
+    generation: AtomicU64,
 }
 
 impl HealthTable {
@@ -84,7 +87,17 @@ impl HealthTable {
                 }
             })
             .collect();
-        Self { nodes, settings }
+        Self {
+            nodes,
+            settings,
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Changes whenever any node's effective state changes.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Copies what `old` knows of nodes into this table: `mapping` pairs a node id here
@@ -106,6 +119,7 @@ impl HealthTable {
             new.effective
                 .store(prev.effective.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn settings(&self) -> HealthSettings {
@@ -191,6 +205,9 @@ impl HealthTable {
         let (up, reason) = state.health.evaluate(now, self.settings.stale_after_ms);
         state.reason = reason;
         let before = slot.effective.swap(up, Ordering::Relaxed);
+        if before != up {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         (before != up).then_some(Transition { node, up, reason })
     }
 }

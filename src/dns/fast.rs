@@ -1,0 +1,722 @@
+//! Precomputed answers for the queries that make up nearly all of an authoritative
+//! server's traffic: one question, class IN, type A or AAAA, for a name we hold, with at
+//! most an OPT record (ECS, cookies, padding).
+//!
+//! Such a query is recognised by reading a few fixed fields of the packet, and its answer
+//! is written by copying the question and resource records encoded when the config was
+//! loaded. Everything else (other types, odd flags, malformed or unusual EDNS, names that
+//! would need a negative answer or an alias) goes to the general path, which parses with
+//! hickory. The two paths must agree; `handler.rs` tests that they do, query by query.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncodable;
+use ipnet::IpNet;
+
+use super::zone::{Lookup, Zone};
+use crate::geo::{GeoDb, GeoError, Location};
+use crate::health::NodeId;
+
+const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
+const TYPE_OPT: u16 = 41;
+const CLASS_IN: u16 = 1;
+const OPTION_NSID: u16 = 3;
+const OPTION_ECS: u16 = 8;
+const HEADER_LEN: usize = 12;
+
+/// Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2).
+const FLAG_RD: u16 = 0x0100;
+const FLAG_CD: u16 = 0x0010;
+/// The flags a query on the fast path may carry: RD, AD and CD. Anything else (a
+/// response, another opcode, TC, AA, Z) takes the general path.
+const QUERY_FLAGS_ALLOWED: u16 = FLAG_RD | 0x0020 | FLAG_CD;
+const RESPONSE_BASE_FLAGS: u16 = 0x8000 | 0x0400; // QR, AA
+
+/// A query the fast path can answer, borrowed from the packet.
+#[derive(Debug)]
+pub struct Query<'p> {
+    id: u16,
+    flags: u16,
+    /// QNAME, QTYPE and QCLASS exactly as received (the answer echoes them).
+    question: &'p [u8],
+    /// QNAME in lower case, wire format.
+    key: [u8; 255],
+    key_len: usize,
+    pub qtype: RecordType,
+    pub edns: Option<Edns>,
+}
+
+impl Query<'_> {
+    pub fn name_key(&self) -> &[u8] {
+        &self.key[..self.key_len]
+    }
+}
+
+/// The OPT record of a query, as far as the answer depends on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Edns {
+    pub payload: u16,
+    pub ecs: Option<Ecs>,
+}
+
+/// An EDNS Client Subnet option, already validated (RFC 7871 §7.1.1).
+#[derive(Debug, Clone, Copy)]
+pub struct Ecs {
+    family: u16,
+    pub source_prefix: u8,
+    /// The address bytes as sent: (source_prefix + 7) / 8 of them.
+    address: [u8; 16],
+    /// The network, `None` for source prefix 0.
+    pub network: Option<IpNet>,
+}
+
+/// Reads a query the fast path can answer, or `None` for anything else. Never fails
+/// otherwise: the general path deals with whatever this declines.
+pub fn parse(packet: &[u8]) -> Option<Query<'_>> {
+    let header = packet.get(..HEADER_LEN)?;
+    let word = |i: usize| u16::from_be_bytes([header[i], header[i + 1]]);
+    let (id, flags) = (word(0), word(2));
+    if flags & !QUERY_FLAGS_ALLOWED != 0 {
+        return None;
+    }
+    let (qd, an, ns, ar) = (word(4), word(6), word(8), word(10));
+    if qd != 1 || an != 0 || ns != 0 || ar > 1 {
+        return None;
+    }
+    let mut key = [0u8; 255];
+    let mut pos = HEADER_LEN;
+    loop {
+        let len = usize::from(*packet.get(pos)?);
+        if len == 0 {
+            break;
+        }
+        // Compression pointers and extended label types are not expected in a question.
+        if len > 63 {
+            return None;
+        }
+        let key_at = pos - HEADER_LEN;
+        // The name's wire form, root byte included, is at most 255 bytes (RFC 1035 §3.1).
+        if key_at + 1 + len + 1 > key.len() {
+            return None;
+        }
+        let label = packet.get(pos..pos + 1 + len)?;
+        for (k, b) in key[key_at..key_at + 1 + len].iter_mut().zip(label) {
+            *k = b.to_ascii_lowercase();
+        }
+        pos += 1 + len;
+    }
+    let key_len = pos - HEADER_LEN + 1;
+    pos += 1;
+    let fixed = packet.get(pos..pos + 4)?;
+    let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
+    if qclass != CLASS_IN {
+        return None;
+    }
+    let qtype = match qtype {
+        TYPE_A => RecordType::A,
+        TYPE_AAAA => RecordType::AAAA,
+        _ => return None,
+    };
+    pos += 4;
+    let question = &packet[HEADER_LEN..pos];
+    let edns = if ar == 1 {
+        let (edns, end) = parse_opt(packet, pos)?;
+        pos = end;
+        Some(edns)
+    } else {
+        None
+    };
+    if pos != packet.len() {
+        return None;
+    }
+    Some(Query {
+        id,
+        flags,
+        question,
+        key,
+        key_len,
+        qtype,
+        edns,
+    })
+}
+
+/// Reads an OPT record at `pos`; returns it and where it ends.
+fn parse_opt(packet: &[u8], pos: usize) -> Option<(Edns, usize)> {
+    let fixed = packet.get(pos..pos + 11)?;
+    // Owner name: the root, nothing else.
+    if fixed[0] != 0 || u16::from_be_bytes([fixed[1], fixed[2]]) != TYPE_OPT {
+        return None;
+    }
+    let payload = u16::from_be_bytes([fixed[3], fixed[4]]);
+    let (rcode_high, version) = (fixed[5], fixed[6]);
+    if rcode_high != 0 || version != 0 {
+        return None;
+    }
+    let rdlen = usize::from(u16::from_be_bytes([fixed[9], fixed[10]]));
+    let start = pos + 11;
+    let end = start + rdlen;
+    let mut options = packet.get(start..end)?;
+    let mut ecs = None;
+    while !options.is_empty() {
+        let head = options.get(..4)?;
+        let code = u16::from_be_bytes([head[0], head[1]]);
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let data = options.get(4..4 + len)?;
+        match code {
+            OPTION_ECS if ecs.is_none() => ecs = Some(parse_ecs(data)?),
+            // A second ECS, or an NSID the general parser may reject: not ours to judge.
+            OPTION_ECS | OPTION_NSID => return None,
+            // Cookies, padding, keepalive and unknown options do not change the answer.
+            _ => {}
+        }
+        options = &options[4 + len..];
+    }
+    Some((Edns { payload, ecs }, end))
+}
+
+fn parse_ecs(data: &[u8]) -> Option<Ecs> {
+    let head = data.get(..4)?;
+    let family = u16::from_be_bytes([head[0], head[1]]);
+    let (source_prefix, scope_prefix) = (head[2], head[3]);
+    let bytes = &data[4..];
+    // A scope in a query, stray bits or a wrong length are FORMERR: the general path says so.
+    if scope_prefix != 0 || bytes.len() != usize::from(source_prefix).div_ceil(8) {
+        return None;
+    }
+    let mut address = [0u8; 16];
+    let ip = match family {
+        1 if source_prefix <= 32 => {
+            address[..bytes.len()].copy_from_slice(bytes);
+            IpAddr::V4(Ipv4Addr::new(
+                address[0], address[1], address[2], address[3],
+            ))
+        }
+        2 if source_prefix <= 128 => {
+            address[..bytes.len()].copy_from_slice(bytes);
+            IpAddr::V6(Ipv6Addr::from(address))
+        }
+        _ => return None,
+    };
+    let net = IpNet::new(ip, source_prefix).ok()?;
+    if net.addr() != net.network() {
+        return None;
+    }
+    Some(Ecs {
+        family,
+        source_prefix,
+        address,
+        network: (source_prefix > 0).then_some(net),
+    })
+}
+
+/// One answer record in wire form, its owner a pointer to the question's name.
+pub type WireRecord = Box<[u8]>;
+
+/// What the fast path knows of one name.
+#[derive(Default)]
+pub struct Entry {
+    /// The steered name's index, if the name is steered.
+    pub steered: Option<usize>,
+    pub a: Option<Box<[WireRecord]>>,
+    pub aaaa: Option<Box<[WireRecord]>>,
+}
+
+/// Steered answers in wire form: per steered name, per region, (node, record).
+pub struct SteeredWire {
+    pub v4: Vec<Vec<(NodeId, WireRecord)>>,
+    pub v6: Vec<Vec<(NodeId, WireRecord)>>,
+}
+
+/// Names (lower-case wire form) the fast path answers, built with the state.
+#[derive(Default)]
+pub struct Table {
+    names: HashMap<Box<[u8]>, Entry>,
+    pub steered: Vec<SteeredWire>,
+}
+
+impl Table {
+    /// Precomputes the answers of every (name, A/AAAA) that the general path would answer
+    /// with records of the name itself or with a steering decision. `zone_for` is the
+    /// state's own zone choice, so a name shadowed by a more specific zone is left to the
+    /// general path's rules rather than guessed here.
+    pub fn build<'z>(
+        zones: &'z [Zone],
+        zone_for: impl Fn(&LowerName) -> Option<&'z Zone>,
+        steered: &[super::state::SteeredName],
+    ) -> Self {
+        let mut names: HashMap<Box<[u8]>, Entry> = HashMap::new();
+        for zone in zones {
+            for name in zone.owner_names() {
+                let Some(owner) = zone_for(name) else {
+                    continue;
+                };
+                if !std::ptr::eq(owner, zone) {
+                    continue;
+                }
+                let Ok(key) = name.to_bytes() else { continue };
+                let mut entry = Entry::default();
+                for qtype in [RecordType::A, RecordType::AAAA] {
+                    match zone.lookup(name, qtype) {
+                        Lookup::Steered(index) => entry.steered = Some(index),
+                        Lookup::Answer(records) => {
+                            let wire: Option<Vec<WireRecord>> =
+                                records.iter().map(wire_record).collect();
+                            let wire = wire.map(Vec::into_boxed_slice);
+                            match qtype {
+                                RecordType::A => entry.a = wire,
+                                _ => entry.aaaa = wire,
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if entry.steered.is_some() || entry.a.is_some() || entry.aaaa.is_some() {
+                    names.insert(key.into_boxed_slice(), entry);
+                }
+            }
+        }
+        let steered = steered
+            .iter()
+            .map(|s| {
+                let family = |by_region: &Vec<Vec<(NodeId, Record)>>| {
+                    by_region
+                        .iter()
+                        .map(|nodes| {
+                            nodes
+                                .iter()
+                                .filter_map(|(node, r)| Some((*node, wire_record(r)?)))
+                                .collect()
+                        })
+                        .collect()
+                };
+                SteeredWire {
+                    v4: family(&s.v4),
+                    v6: family(&s.v6),
+                }
+            })
+            .collect();
+        Self { names, steered }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.names.get(key)
+    }
+}
+
+/// An A or AAAA record as it appears in an answer to a question for its own name.
+fn wire_record(record: &Record) -> Option<WireRecord> {
+    let (rtype, rdata): (u16, &[u8]) = match &record.data {
+        RData::A(a) => (TYPE_A, &a.0.octets()),
+        RData::AAAA(a) => (TYPE_AAAA, &a.0.octets()),
+        _ => return None,
+    };
+    if record.dns_class != DNSClass::IN {
+        return None;
+    }
+    let mut out = Vec::with_capacity(12 + rdata.len());
+    out.extend_from_slice(&[0xC0, 0x0C]); // the question's name, at offset 12
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&record.ttl.to_be_bytes());
+    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(rdata);
+    Some(out.into_boxed_slice())
+}
+
+/// Writes the answer to `query` with `answers` into `out`. `payload` is the UDP payload
+/// size the OPT record advertises; `scope` the ECS scope to echo. Returns false (and
+/// leaves `out` empty) when the answer would exceed `max_len`: the general path then
+/// truncates as the protocol says.
+pub fn write_answer<'r>(
+    query: &Query<'_>,
+    answers: impl Iterator<Item = &'r [u8]>,
+    payload: u16,
+    scope: u8,
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
+    let flags = RESPONSE_BASE_FLAGS | (query.flags & (FLAG_RD | FLAG_CD));
+    out.extend_from_slice(&query.id.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(query.edns.is_some())]);
+    out.extend_from_slice(query.question);
+    let mut count: u16 = 0;
+    for rr in answers {
+        out.extend_from_slice(rr);
+        count += 1;
+    }
+    out[6..8].copy_from_slice(&count.to_be_bytes());
+    if let Some(edns) = &query.edns {
+        out.extend_from_slice(&[0, 0, 41]);
+        out.extend_from_slice(&payload.to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        match &edns.ecs {
+            Some(ecs) => {
+                let bytes = usize::from(ecs.source_prefix).div_ceil(8);
+                let option_len = 4 + bytes;
+                out.extend_from_slice(&((4 + option_len) as u16).to_be_bytes());
+                out.extend_from_slice(&OPTION_ECS.to_be_bytes());
+                out.extend_from_slice(&(option_len as u16).to_be_bytes());
+                out.extend_from_slice(&ecs.family.to_be_bytes());
+                out.extend_from_slice(&[ecs.source_prefix, scope]);
+                out.extend_from_slice(&ecs.address[..bytes]);
+            }
+            None => out.extend_from_slice(&[0, 0]),
+        }
+    }
+    if out.len() > max_len {
+        out.clear();
+        return false;
+    }
+    true
+}
+
+/// Where a steered query goes and the ECS scope of the answer: everything in a steered
+/// answer that depends on the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub region: usize,
+    pub fail_open: bool,
+    pub scope: u8,
+}
+
+/// Remembers decisions per (deciding address, ECS source prefix), for one receive loop.
+/// Most queries come from a few resolvers or client subnets, so most decisions repeat.
+/// The cache belongs to one state and one health generation: a reload, a new GeoIP
+/// database or any node changing state empties it. Behind it, decoded GeoIP locations
+/// are remembered per database record, which outlives health changes.
+pub struct DecisionCache {
+    /// Holding the state keeps its address from being reused while we compare to it.
+    owner: Option<Arc<super::state::DnsState>>,
+    generation: u64,
+    slots: Box<[Slot]>,
+    locations: LocationCache,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    address: u128,
+    /// Family and source prefix; `EMPTY` for an unused slot.
+    tag: u16,
+    region: u16,
+    fail_open: bool,
+    scope: u8,
+}
+
+const EMPTY: u16 = u16::MAX;
+const EMPTY_SLOT: Slot = Slot {
+    address: 0,
+    tag: EMPTY,
+    region: 0,
+    fail_open: false,
+    scope: 0,
+};
+
+impl DecisionCache {
+    /// `slots` is rounded up to a power of two; 0 disables caching.
+    pub fn new(slots: usize) -> Self {
+        let slots = if slots == 0 {
+            0
+        } else {
+            slots.next_power_of_two()
+        };
+        Self {
+            owner: None,
+            generation: 0,
+            slots: vec![EMPTY_SLOT; slots].into_boxed_slice(),
+            locations: LocationCache::default(),
+        }
+    }
+
+    /// Makes the cache valid for `state` at health `generation`, emptying it if either
+    /// changed since the last query.
+    pub fn prepare(&mut self, state: &Arc<super::state::DnsState>, generation: u64) {
+        let same = self.owner.as_ref().is_some_and(|o| Arc::ptr_eq(o, state));
+        if !same {
+            self.locations.clear();
+        }
+        if !same || self.generation != generation {
+            self.slots.fill(EMPTY_SLOT);
+            self.owner = Some(state.clone());
+            self.generation = generation;
+        }
+    }
+
+    fn index(&self, address: u128, tag: u16) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let folded = (address as u64) ^ ((address >> 64) as u64) ^ u64::from(tag);
+        let hash = folded.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Some((hash >> 32) as usize & (self.slots.len() - 1))
+    }
+
+    /// The cached decision, or `decide()`'s (given the location cache), which is then
+    /// remembered.
+    pub fn get_or(
+        &mut self,
+        address: IpAddr,
+        source_prefix: u8,
+        decide: impl FnOnce(&mut LocationCache) -> Option<Decision>,
+    ) -> Option<Decision> {
+        let (bits, family) = match address {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 0u16),
+            IpAddr::V6(a) => (u128::from(a), 1u16),
+        };
+        let tag = family << 8 | u16::from(source_prefix);
+        let Some(i) = self.index(bits, tag) else {
+            return decide(&mut self.locations);
+        };
+        let slot = self.slots[i];
+        if slot.tag == tag && slot.address == bits {
+            return Some(Decision {
+                region: usize::from(slot.region),
+                fail_open: slot.fail_open,
+                scope: slot.scope,
+            });
+        }
+        let decision = decide(&mut self.locations)?;
+        // Region numbers beyond u16 are not remembered (no real config has them).
+        if let Ok(region) = u16::try_from(decision.region) {
+            self.slots[i] = Slot {
+                address: bits,
+                tag,
+                region,
+                fail_open: decision.fail_open,
+                scope: decision.scope,
+            };
+        }
+        Some(decision)
+    }
+}
+
+/// Decoded GeoIP locations by data-section offset. Decoding a record is most of a
+/// lookup's cost, and a database has far fewer records than networks.
+#[derive(Default)]
+pub struct LocationCache {
+    locations: HashMap<usize, Option<Location>>,
+}
+
+/// Records remembered before the cache starts over (a real City database has a few
+/// hundred thousand; the working set of a server is far smaller).
+const LOCATIONS_MAX: usize = 65_536;
+
+impl LocationCache {
+    fn clear(&mut self) {
+        self.locations.clear();
+    }
+
+    /// The location of `ip` and the network that decided it, as `GeoDb::lookup` gives.
+    pub fn lookup(
+        &mut self,
+        geo: &GeoDb,
+        ip: IpAddr,
+    ) -> Result<(Option<Location>, IpNet), GeoError> {
+        let (network, offset) = geo.locate(ip)?;
+        let Some(offset) = offset else {
+            return Ok((None, network));
+        };
+        if let Some(location) = self.locations.get(&offset) {
+            return Ok((*location, network));
+        }
+        let location = geo.lookup(ip)?.location;
+        if self.locations.len() >= LOCATIONS_MAX {
+            self.locations.clear();
+        }
+        self.locations.insert(offset, location);
+        Ok((location, network))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &[u8], qtype: u16, opt: Option<&[u8]>) -> Vec<u8> {
+        let mut p = vec![
+            0x12,
+            0x34,
+            0x01,
+            0x00,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u8::from(opt.is_some()),
+        ];
+        p.extend_from_slice(name);
+        p.extend_from_slice(&qtype.to_be_bytes());
+        p.extend_from_slice(&1u16.to_be_bytes());
+        if let Some(opt) = opt {
+            p.extend_from_slice(opt);
+        }
+        p
+    }
+
+    fn opt(options: &[u8]) -> Vec<u8> {
+        let mut o = vec![0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0];
+        o.extend_from_slice(&(options.len() as u16).to_be_bytes());
+        o.extend_from_slice(options);
+        o
+    }
+
+    const WWW: &[u8] = b"\x03WwW\x07example\x04test\x00";
+
+    #[test]
+    fn reads_a_plain_query_and_lowercases_the_key() {
+        let p = query(WWW, 1, None);
+        let q = parse(&p).expect("fast");
+        assert_eq!(q.name_key(), b"\x03www\x07example\x04test\x00");
+        assert_eq!(q.question, &p[12..]);
+        assert_eq!(q.qtype, RecordType::A);
+        assert!(q.edns.is_none());
+    }
+
+    #[test]
+    fn reads_ecs_and_skips_cookies() {
+        let mut options = vec![0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+        options.extend_from_slice(&[0, 8, 0, 7, 0, 1, 24, 0, 192, 0, 2]);
+        let p = query(WWW, 28, Some(&opt(&options)));
+        let q = parse(&p).expect("fast");
+        let edns = q.edns.expect("edns");
+        assert_eq!(edns.payload, 1232);
+        let ecs = edns.ecs.expect("ecs");
+        assert_eq!(ecs.network, Some("192.0.2.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn declines_what_the_general_path_must_judge() {
+        let cases: Vec<Vec<u8>> = vec![
+            // stray bits beyond the source prefix
+            query(WWW, 1, Some(&opt(&[0, 8, 0, 7, 0, 1, 23, 0, 192, 0, 3]))),
+            // scope set in a query
+            query(WWW, 1, Some(&opt(&[0, 8, 0, 7, 0, 1, 24, 8, 192, 0, 2]))),
+            // address longer than the prefix needs
+            query(WWW, 1, Some(&opt(&[0, 8, 0, 8, 0, 1, 24, 0, 192, 0, 2, 0]))),
+            // two ECS options
+            query(
+                WWW,
+                1,
+                Some(&opt(&[0, 8, 0, 4, 0, 1, 0, 0, 0, 8, 0, 4, 0, 1, 0, 0])),
+            ),
+            // an option running past the record
+            query(WWW, 1, Some(&opt(&[0, 10, 0, 9, 1, 2]))),
+            // MX, class CH, a compressed name, trailing bytes
+            query(WWW, 15, None),
+            {
+                let mut p = query(WWW, 1, None);
+                let n = p.len();
+                p[n - 1] = 3;
+                p
+            },
+            query(b"\xc0\x0c", 1, None),
+            {
+                let mut p = query(WWW, 1, None);
+                p.push(0);
+                p
+            },
+            // EDNS version 1
+            {
+                let mut o = opt(&[]);
+                o[6] = 1;
+                query(WWW, 1, Some(&o))
+            },
+        ];
+        for (i, p) in cases.iter().enumerate() {
+            assert!(parse(p).is_none(), "case {i} should take the general path");
+        }
+        let mut response = query(WWW, 1, None);
+        response[2] |= 0x80;
+        assert!(parse(&response).is_none());
+        let mut two = query(WWW, 1, None);
+        two[5] = 2;
+        assert!(parse(&two).is_none());
+        assert!(parse(&[0u8; 11]).is_none());
+    }
+
+    #[test]
+    fn a_name_of_more_than_255_bytes_is_declined() {
+        let mut name = Vec::new();
+        for _ in 0..5 {
+            name.push(63);
+            name.extend_from_slice(&[b'a'; 63]);
+        }
+        name.push(0);
+        assert!(parse(&query(&name, 1, None)).is_none());
+    }
+
+    #[test]
+    fn decision_cache_remembers_per_address_and_prefix() {
+        let mut cache = DecisionCache::new(64);
+        let d = Decision {
+            region: 2,
+            fail_open: false,
+            scope: 24,
+        };
+        let a: IpAddr = "192.0.2.0".parse().unwrap();
+        let mut calls = 0;
+        for _ in 0..3 {
+            let got = cache.get_or(a, 24, |_| {
+                calls += 1;
+                Some(d)
+            });
+            assert_eq!(got, Some(d));
+        }
+        assert_eq!(calls, 1);
+        let other = cache.get_or(a, 20, |_| {
+            calls += 1;
+            Some(Decision { scope: 20, ..d })
+        });
+        assert_eq!(other.map(|d| d.scope), Some(20));
+        assert_eq!(calls, 2);
+        let mut off = DecisionCache::new(0);
+        let mut uncached = 0;
+        for _ in 0..2 {
+            off.get_or(a, 24, |_| {
+                uncached += 1;
+                Some(d)
+            });
+        }
+        assert_eq!(uncached, 2);
+    }
+
+    #[test]
+    fn location_cache_agrees_with_the_database() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let geo = GeoDb::open(&root.join("geo/geoedge-demo.mmdb")).expect("demo database");
+        let mut cache = LocationCache::default();
+        let addresses = [
+            "192.0.2.1",
+            "192.0.2.200",
+            "198.51.100.7",
+            "203.0.113.9",
+            "2001:db8:1::1",
+            "2001:db8:3:ff::1",
+            "8.8.8.8",
+            "127.0.0.1",
+        ];
+        for _ in 0..2 {
+            for a in addresses {
+                let ip: IpAddr = a.parse().unwrap();
+                let direct = geo.lookup(ip).expect("lookup");
+                let (location, network) = cache.lookup(&geo, ip).expect("cached lookup");
+                assert_eq!(location, direct.location, "{a}");
+                assert_eq!(network, direct.network, "{a}");
+            }
+        }
+        assert!(!cache.locations.is_empty(), "records were remembered");
+        assert!(
+            cache.locations.len() < addresses.len(),
+            "shared records are decoded once"
+        );
+    }
+}
