@@ -70,8 +70,10 @@ pub async fn serve(
     host: &str,
     parts: Parts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // The paths that go to the origin are boxed (see forward::proxy).
     let Some(cache) = origin.shared.cache.as_ref() else {
-        return origin.fetch(parts, empty(), true).await;
+        let fetch = Box::pin(origin.fetch(parts, empty(), true));
+        return fetch.await;
     };
     let key = key(
         scheme,
@@ -114,7 +116,10 @@ pub async fn serve(
                 if req.only_if_cached {
                     return Ok(gateway_timeout());
                 }
-                return revalidate(origin, cache, &key, parts, identity, &req, compress).await;
+                let revalidation = Box::pin(revalidate(
+                    origin, cache, &key, parts, identity, &req, compress,
+                ));
+                return revalidation.await;
             }
         }
     }
@@ -122,7 +127,8 @@ pub async fn serve(
         m.cache_miss.inc();
         return Ok(gateway_timeout());
     }
-    fill(origin, cache, &key, parts, &req, compress).await
+    let filling = Box::pin(fill(origin, cache, &key, parts, &req, compress));
+    filling.await
 }
 
 /// Unsafe methods on a caching route: forwarded, and a success invalidates what they
@@ -201,8 +207,28 @@ async fn encoded(
     req: &RequestDirectives,
     compress: bool,
 ) -> Arc<Variant> {
+    match stored_encoding(cache, key, identity, request, req, compress) {
+        Ok(variant) => variant,
+        Err(want) => {
+            // Boxed: compressing happens once per object, and its future is large.
+            let compressing = Box::pin(compress_variant(cache, key, identity, request, want));
+            compressing.await
+        }
+    }
+}
+
+/// The variant to send when it is already at hand (identity, or a compressed copy in the
+/// cache); otherwise the coding to compress to.
+fn stored_encoding(
+    cache: &CacheRuntime,
+    key: &str,
+    identity: &Arc<Variant>,
+    request: &HeaderMap,
+    req: &RequestDirectives,
+    compress: bool,
+) -> Result<Arc<Variant>, Coding> {
     if !compress || identity.status != StatusCode::OK {
-        return identity.clone();
+        return Ok(identity.clone());
     }
     let want = store::preferred_coding(request);
     if want == Coding::Identity
@@ -214,16 +240,28 @@ async fn encoded(
             req.no_transform,
         )
     {
-        return identity.clone();
+        return Ok(identity.clone());
     }
     if let Some((_, variants)) = cache.store.lookup(key, request) {
         if let Some(v) = variants
             .into_iter()
             .find(|v| v.coding == want && v.vary_values == identity.vary_values)
         {
-            return v;
+            return Ok(v);
         }
     }
+    Err(want)
+}
+
+/// Compresses the identity variant to `want`, stores the result beside it and returns it
+/// (the identity variant if compression fails).
+async fn compress_variant(
+    cache: &CacheRuntime,
+    key: &str,
+    identity: &Arc<Variant>,
+    request: &HeaderMap,
+    want: Coding,
+) -> Arc<Variant> {
     let Ok(body) = compress::encode(want, &identity.body).await else {
         return identity.clone();
     };

@@ -207,20 +207,24 @@ async fn proxy(
         host: host.clone(),
     };
     let scheme = if conn.tls { "https" } else { "http" };
+    // The paths to the origin are boxed, each in a statement of its own (a temporary in
+    // the awaiting statement would keep its unboxed size in this future): a cache hit
+    // should not carry, and move, the state of a fetch.
     let response = if route.cache && (parts.method == Method::GET || parts.method == Method::HEAD) {
         super::cached::serve(&origin, scheme, host.as_deref().unwrap_or(""), parts).await
     } else if route.cache {
-        super::cached::pass_unsafe(
+        let pass = Box::pin(super::cached::pass_unsafe(
             &origin,
             scheme,
             host.as_deref().unwrap_or(""),
             parts,
             body,
             bodyless,
-        )
-        .await
+        ));
+        pass.await
     } else {
-        origin.fetch(parts, body, bodyless).await
+        let fetch = Box::pin(origin.fetch(parts, body, bodyless));
+        fetch.await
     };
     response.map(|r| (r, Some(route_index))).map_err(fail)
 }

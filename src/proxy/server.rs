@@ -467,7 +467,10 @@ async fn serve_connection(
             let activity = activity.clone();
             async move {
                 activity.waiting.fetch_add(1, Ordering::Relaxed);
-                let resp = forward::handle(&shared, conn, req).await;
+                // Boxed: hyper moves the service future around (HTTP/2 spawns a task per
+                // stream); a pointer moves cheaper than the request's whole state.
+                let handling = Box::pin(forward::handle(&shared, conn, req));
+                let resp = handling.await;
                 activity.waiting.fetch_sub(1, Ordering::Relaxed);
                 Ok::<_, Infallible>(resp)
             }
