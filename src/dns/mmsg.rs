@@ -162,9 +162,12 @@ impl SendBatch {
         self.len == 0
     }
 
-    /// The buffer for the next answer; it is queued only by `push`. `None` when full.
+    /// The buffer for the next answer, empty; it is queued only by `push`. `None` when
+    /// the batch is full.
     pub fn next_buffer(&mut self) -> Option<&mut Vec<u8>> {
-        self.answers.get_mut(self.len)
+        let buffer = self.answers.get_mut(self.len)?;
+        buffer.clear();
+        Some(buffer)
     }
 
     /// Queues what was written to `next_buffer()` for `peer`.
@@ -296,5 +299,36 @@ mod tests {
             .unwrap();
         let err = rx.recv(server.as_raw_fd(), true).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn ipv6_peers_come_back_whole() {
+        // Some sandboxes have no IPv6 loopback; there is nothing to test there.
+        let Ok(server) = UdpSocket::bind("[::1]:0") else {
+            eprintln!("no IPv6 loopback here; skipped");
+            return;
+        };
+        let client = UdpSocket::bind("[::1]:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client
+            .send_to(b"query", server.local_addr().unwrap())
+            .unwrap();
+        let mut rx = RecvBatch::new();
+        assert_eq!(rx.recv(server.as_raw_fd(), true).unwrap(), 1);
+        let (bytes, r) = rx.datagram(0).unwrap();
+        assert_eq!(bytes, b"query");
+        assert_eq!(r.from, Some(client.local_addr().unwrap()));
+        let mut tx = SendBatch::new();
+        tx.next_buffer().unwrap().extend_from_slice(b"answer");
+        tx.push(client.local_addr().unwrap());
+        assert_eq!(tx.send(server.as_raw_fd(), 0, true).unwrap(), 1);
+        let mut buf = [0u8; 16];
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"answer");
     }
 }
