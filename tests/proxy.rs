@@ -640,6 +640,73 @@ fn tls_sni_alpn_and_certificate_reload_without_dropping_connections() {
     let _ = &w.dir;
 }
 
+/// Streams sent together on one HTTP/2 connection: some answered at once by the proxy
+/// (unknown host), some waiting on a slow origin, some with bodies larger than the
+/// proxy's write buffer. Every one completes, whole, on the same connection.
+#[test]
+fn concurrent_http2_streams_of_every_kind_complete_whole() {
+    let rt = runtime();
+    let certs = tempfile::tempdir().unwrap();
+    write_cert(certs.path(), "www", &["www.example.test"]);
+    let d = certs.path().display();
+    let w = world(Opts {
+        https: true,
+        extra: format!("[[tls.certificates]]\ncert = \"{d}/www.crt\"\nkey = \"{d}/www.key\"\n"),
+        ..Opts::default()
+    });
+    let https = w.proxy.addr("HTTPS");
+    rt.block_on(async {
+        let c = h::tls_connect(https, "www.example.test", &[b"h2"])
+            .await
+            .unwrap();
+        let h::TlsSender::H2(sender) = c.sender else {
+            panic!("h2 was negotiated");
+        };
+        // A lone small answer must leave too, with nothing after it to push it out.
+        let mut first = sender.clone();
+        let lone = h::h2_get(&mut first, "nowhere.test", "/");
+        let r = tokio::time::timeout(Duration::from_secs(10), lone)
+            .await
+            .expect("a lone answer is sent")
+            .unwrap();
+        assert_eq!(r.status, 421);
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let mut sender = sender.clone();
+            tasks.push(tokio::spawn(async move {
+                let (host, path, status, len) = match i % 3 {
+                    0 => ("nowhere.test", "/".to_string(), 421, None),
+                    1 => (
+                        "www.example.test",
+                        format!("/slow?delay_ms=30&n={i}"),
+                        200,
+                        None,
+                    ),
+                    _ => (
+                        "www.example.test",
+                        format!("/big?size=200000&n={i}"),
+                        200,
+                        Some(200_000),
+                    ),
+                };
+                let r = h::h2_get(&mut sender, host, &path).await.unwrap();
+                assert_eq!(r.status, status, "{host}{path}");
+                if let Some(len) = len {
+                    assert_eq!(r.body.len(), len, "{path} arrives whole");
+                }
+            }));
+        }
+        let all = async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .expect("every stream completes");
+    });
+}
+
 #[test]
 fn metrics_count_requests_and_origin_state() {
     let rt = runtime();

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::corked;
 use super::forward::{self, ClientConn};
 use super::tls::{self, CertStore};
 use super::upstream::now_ms;
@@ -480,7 +481,15 @@ async fn serve_connection(
         None => {
             let io = TokioIo::new(Tracked::new(stream, activity.clone()));
             let conn = http1_builder(limits).serve_connection(io, service);
-            drive(conn, activity, limits, stop, |c| c.graceful_shutdown()).await;
+            drive(
+                conn,
+                activity,
+                limits,
+                stop,
+                |c| c.graceful_shutdown(),
+                |_| {},
+            )
+            .await;
         }
         Some(acceptor) => {
             // The handshake must finish within the header timeout: a client that opens a
@@ -504,21 +513,68 @@ async fn serve_connection(
                     }
                 };
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(Tracked::new(tls_stream, activity.clone()));
+            let tracked = Tracked::new(tls_stream, activity.clone());
             if h2 {
-                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let (corked, uncork) = corked::cork(tracked);
+                let mut builder = hyper::server::conn::http2::Builder::new(InlineFirstPoll);
                 builder
                     .timer(TokioTimer::new())
                     .max_concurrent_streams(256)
                     .max_header_list_size(limits.max_header_bytes as u32)
                     .keep_alive_interval(Some(limits.idle_timeout))
                     .keep_alive_timeout(Duration::from_secs(20));
-                let conn = builder.serve_connection(io, service);
-                drive(conn, activity, limits, stop, |c| c.graceful_shutdown()).await;
+                let conn = builder.serve_connection(TokioIo::new(corked), service);
+                let drain = |cx: &mut Context<'_>| {
+                    if let Poll::Ready(Err(e)) = uncork.poll_drain(cx) {
+                        tracing::debug!(client = %peer, error = %e, "HTTP/2 write failed");
+                    }
+                };
+                drive(
+                    conn,
+                    activity,
+                    limits,
+                    stop,
+                    |c| c.graceful_shutdown(),
+                    drain,
+                )
+                .await;
             } else {
-                let conn = http1_builder(limits).serve_connection(io, service);
-                drive(conn, activity, limits, stop, |c| c.graceful_shutdown()).await;
+                let conn = http1_builder(limits).serve_connection(TokioIo::new(tracked), service);
+                drive(
+                    conn,
+                    activity,
+                    limits,
+                    stop,
+                    |c| c.graceful_shutdown(),
+                    |_| {},
+                )
+                .await;
             }
+        }
+    }
+}
+
+/// Runs each HTTP/2 stream's first poll inside the connection's own poll, and spawns a
+/// task only for a stream that is still pending after it (one waiting for an origin).
+///
+/// A cache hit completes on its first poll, so its response is queued while the
+/// connection is still being polled, and `corked` sends the responses to all the streams
+/// a client sent together at once, instead of a task, a flush and a write each. Polling
+/// first with a no-op waker is sound: the spawned task polls the future again at once,
+/// and that poll registers the real waker.
+#[derive(Clone, Copy)]
+struct InlineFirstPoll;
+
+impl<F> hyper::rt::Executor<F> for InlineFirstPoll
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let mut future = Box::pin(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if future.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(future);
         }
     }
 }
@@ -536,13 +592,14 @@ fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
 }
 
 /// Runs a connection until it ends, it has been idle too long, or shutdown asks it to
-/// finish its current requests and close.
+/// finish its current requests and close. `after_poll` runs after every poll of it.
 async fn drive<C, E>(
     conn: C,
     activity: Arc<Activity>,
     limits: &Limits,
     mut stop: watch::Receiver<bool>,
     graceful: impl Fn(Pin<&mut C>),
+    mut after_poll: impl FnMut(&mut Context<'_>),
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -568,7 +625,11 @@ async fn drive<C, E>(
         }
     };
     tokio::select! {
-        res = conn.as_mut() => {
+        res = std::future::poll_fn(|cx| {
+            let polled = conn.as_mut().poll(cx);
+            after_poll(cx);
+            polled
+        }) => {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
@@ -578,7 +639,12 @@ async fn drive<C, E>(
         _ = stopping => {}
     }
     graceful(conn.as_mut());
-    let _ = conn.await;
+    let _ = std::future::poll_fn(|cx| {
+        let polled = conn.as_mut().poll(cx);
+        after_poll(cx);
+        polled
+    })
+    .await;
 }
 
 /// A socket that notes the time of every successful read and write.

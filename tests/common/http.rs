@@ -227,16 +227,23 @@ impl TlsConn {
     pub async fn get(&mut self, host: &str, path: &str) -> Result<Reply, String> {
         match &mut self.sender {
             TlsSender::H1(s) => send(s, request("GET", host, path, &[], b"")).await,
-            TlsSender::H2(s) => {
-                let req = Request::builder()
-                    .uri(format!("https://{host}{path}"))
-                    .version(Version::HTTP_2)
-                    .body(Full::new(Bytes::new()))
-                    .map_err(|e| e.to_string())?;
-                s.ready().await.map_err(|e| e.to_string())?;
-                let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
-                collect(resp).await
-            }
+            TlsSender::H2(s) => h2_get(s, host, path).await,
         }
     }
+}
+
+/// One GET on an HTTP/2 connection (clone the sender to send several at once).
+pub async fn h2_get(
+    sender: &mut http2::SendRequest<Full<Bytes>>,
+    host: &str,
+    path: &str,
+) -> Result<Reply, String> {
+    let req = Request::builder()
+        .uri(format!("https://{host}{path}"))
+        .version(Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    collect(resp).await
 }
