@@ -492,64 +492,70 @@ async fn serve_connection(
             .await;
         }
         Some(acceptor) => {
-            // The handshake must finish within the header timeout: a client that opens a
-            // connection and sends nothing is the same slowloris with TLS on.
-            let tls_stream =
-                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
-                    .await
-                {
-                    Ok(Ok(s)) => {
-                        shared.metrics.tls_ok.inc();
-                        s
-                    }
-                    Ok(Err(e)) => {
-                        shared.metrics.tls_failed.inc();
-                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        shared.metrics.tls_failed.inc();
-                        return;
-                    }
-                };
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let tracked = Tracked::new(tls_stream, activity.clone());
-            if h2 {
-                let (corked, uncork) = corked::cork(tracked);
-                let mut builder = hyper::server::conn::http2::Builder::new(InlineFirstPoll);
-                builder
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(256)
-                    .max_header_list_size(limits.max_header_bytes as u32)
-                    .keep_alive_interval(Some(limits.idle_timeout))
-                    .keep_alive_timeout(Duration::from_secs(20));
-                let conn = builder.serve_connection(TokioIo::new(corked), service);
-                let drain = |cx: &mut Context<'_>| {
-                    if let Poll::Ready(Err(e)) = uncork.poll_drain(cx) {
-                        tracing::debug!(client = %peer, error = %e, "HTTP/2 write failed");
-                    }
-                };
-                drive(
-                    conn,
-                    activity,
-                    limits,
-                    stop,
-                    |c| c.graceful_shutdown(),
-                    drain,
-                )
-                .await;
-            } else {
-                let conn = http1_builder(limits).serve_connection(TokioIo::new(tracked), service);
-                drive(
-                    conn,
-                    activity,
-                    limits,
-                    stop,
-                    |c| c.graceful_shutdown(),
-                    |_| {},
-                )
-                .await;
-            }
+            // Boxed, in a statement of its own: the handshake and the HTTP/2 machinery
+            // would otherwise make every plain connection's task as large as theirs.
+            let tls_serving = Box::pin(async move {
+                // The handshake must finish within the header timeout: a client that opens a
+                // connection and sends nothing is the same slowloris with TLS on.
+                let tls_stream =
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => {
+                            shared.metrics.tls_ok.inc();
+                            s
+                        }
+                        Ok(Err(e)) => {
+                            shared.metrics.tls_failed.inc();
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            shared.metrics.tls_failed.inc();
+                            return;
+                        }
+                    };
+                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let tracked = Tracked::new(tls_stream, activity.clone());
+                if h2 {
+                    let (corked, uncork) = corked::cork(tracked);
+                    let mut builder = hyper::server::conn::http2::Builder::new(InlineFirstPoll);
+                    builder
+                        .timer(TokioTimer::new())
+                        .max_concurrent_streams(256)
+                        .max_header_list_size(limits.max_header_bytes as u32)
+                        .keep_alive_interval(Some(limits.idle_timeout))
+                        .keep_alive_timeout(Duration::from_secs(20));
+                    let conn = builder.serve_connection(TokioIo::new(corked), service);
+                    let drain = |cx: &mut Context<'_>| {
+                        if let Poll::Ready(Err(e)) = uncork.poll_drain(cx) {
+                            tracing::debug!(client = %peer, error = %e, "HTTP/2 write failed");
+                        }
+                    };
+                    drive(
+                        conn,
+                        activity,
+                        limits,
+                        stop,
+                        |c| c.graceful_shutdown(),
+                        drain,
+                    )
+                    .await;
+                } else {
+                    let conn =
+                        http1_builder(limits).serve_connection(TokioIo::new(tracked), service);
+                    drive(
+                        conn,
+                        activity,
+                        limits,
+                        stop,
+                        |c| c.graceful_shutdown(),
+                        |_| {},
+                    )
+                    .await;
+                }
+            });
+            tls_serving.await;
         }
     }
 }
