@@ -499,6 +499,12 @@ fn limits_and_smuggling_attempts_are_refused_while_others_are_served() {
         "a".repeat(8000)
     );
     assert!(raw_exchange(w.http(), big.as_bytes()).starts_with("HTTP/1.1 431"));
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: www.example.test\r\n{many}\r\n");
+    assert!(
+        raw_exchange(w.http(), many.as_bytes()).starts_with("HTTP/1.1 431"),
+        "more headers than the limit (100)"
+    );
 
     let body = b"POST / HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 5000\r\n\r\n";
     assert!(raw_exchange(w.http(), body).starts_with("HTTP/1.1 413"));

@@ -125,6 +125,18 @@ impl Store {
         Some((entry, matching))
     }
 
+    /// The variant of `key` in `coding` that matches the request's Vary values: what a
+    /// hit needs, without collecting the others.
+    pub fn variant(&self, key: &str, request: &HeaderMap, coding: Coding) -> Option<Arc<Variant>> {
+        let entry = self.cache.get(key)?;
+        let wanted = vary_values(&entry.vary, request);
+        entry
+            .variants
+            .iter()
+            .find(|v| v.coding == coding && v.vary_values == wanted)
+            .cloned()
+    }
+
     /// Stores a variant, replacing one with the same Vary values and coding. A response
     /// whose Vary names differ from the entry's starts a new entry (the origin changed
     /// what it varies on; old variants can no longer be matched correctly).
@@ -293,6 +305,30 @@ mod tests {
             s.lookup("k", &req(&[("accept-language", "en")])).is_none(),
             "all variants gone"
         );
+    }
+
+    #[test]
+    fn one_variant_is_found_by_coding_and_vary_values() {
+        let s = Store::new(1 << 20, 1 << 16);
+        let vary = vec!["accept-language".to_string()];
+        for (lang, coding, size) in [
+            ("en", Coding::Identity, 10),
+            ("en", Coding::Gzip, 7),
+            ("de", Coding::Identity, 20),
+        ] {
+            s.insert("k", vary.clone(), variant(vec![lang.into()], coding, size));
+        }
+        let en = req(&[("accept-language", "en")]);
+        let found = |coding| s.variant("k", &en, coding).map(|v| v.body.len());
+        assert_eq!(found(Coding::Identity), Some(10));
+        assert_eq!(found(Coding::Gzip), Some(7));
+        assert_eq!(found(Coding::Brotli), None);
+        let de = req(&[("accept-language", "de")]);
+        assert_eq!(
+            s.variant("k", &de, Coding::Gzip).map(|v| v.body.len()),
+            None
+        );
+        assert!(s.variant("other", &en, Coding::Identity).is_none());
     }
 
     #[test]

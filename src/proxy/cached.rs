@@ -192,8 +192,7 @@ fn same_host_target(value: &str, host: &str) -> Option<String> {
 }
 
 fn lookup_identity(store: &Store, key: &str, headers: &HeaderMap) -> Option<Arc<Variant>> {
-    let (_, variants) = store.lookup(key, headers)?;
-    variants.into_iter().find(|v| v.coding == Coding::Identity)
+    store.variant(key, headers, Coding::Identity)
 }
 
 /// The variant to send this client: a compressed copy of the identity response when the
@@ -242,15 +241,10 @@ fn stored_encoding(
     {
         return Ok(identity.clone());
     }
-    if let Some((_, variants)) = cache.store.lookup(key, request) {
-        if let Some(v) = variants
-            .into_iter()
-            .find(|v| v.coding == want && v.vary_values == identity.vary_values)
-        {
-            return Ok(v);
-        }
+    match cache.store.variant(key, request, want) {
+        Some(v) if v.vary_values == identity.vary_values => Ok(v),
+        _ => Err(want),
     }
-    Err(want)
 }
 
 /// Compresses the identity variant to `want`, stores the result beside it and returns it

@@ -485,6 +485,10 @@ fn is_idempotent(m: &Method) -> bool {
 
 /// The path and query only: origins get origin-form request targets.
 fn origin_form(uri: &Uri) -> Uri {
+    // What HTTP/1.1 clients send already: nothing to rebuild.
+    if uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some() {
+        return uri.clone();
+    }
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }

@@ -591,11 +591,18 @@ fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
         // hyper also runs this timer while a keep-alive connection waits for its next
         // request, so on HTTP/1.1 idle connections close after min(this, idle_timeout).
         .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
+    // hyper's own limit is 100 headers, kept on the stack; an explicit limit, even the
+    // same one, makes it fill a fresh array for every request.
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        b.max_headers(limits.max_headers);
+    }
     b
 }
+
+/// hyper's default header-count limit for HTTP/1.
+const HYPER_MAX_HEADERS: usize = 100;
 
 /// Runs a connection until it ends, it has been idle too long, or shutdown asks it to
 /// finish its current requests and close. `after_poll` runs after every poll of it.
