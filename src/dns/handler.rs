@@ -16,8 +16,9 @@ use hickory_server::server::Request;
 use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 
+use super::decisions::{Decision, DecisionCache, LocationCache};
 use super::ecs::{answer_scope, client_network, deciding_address};
-use super::fast::{self, Decision, DecisionCache, LocationCache};
+use super::fast;
 use super::state::DnsState;
 use super::zone::Lookup;
 use crate::health::NodeId;

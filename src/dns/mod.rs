@@ -1,5 +1,6 @@
 //! `geoedge dns`: the authoritative server.
 
+pub mod decisions;
 pub mod ecs;
 pub mod fast;
 pub mod handler;

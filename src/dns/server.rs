@@ -11,7 +11,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus::Registry;
 use tokio::net::{TcpListener, UdpSocket};
 
-use super::fast::DecisionCache;
+use super::decisions::DecisionCache;
 use super::{DnsState, GeoDnsHandler};
 use crate::clock::now_ms;
 use crate::config::dns::ProbeConfig;

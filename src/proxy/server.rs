@@ -479,17 +479,8 @@ async fn serve_connection(
     };
     match tls {
         None => {
-            let io = TokioIo::new(Tracked::new(stream, activity.clone()));
-            let conn = http1_builder(limits).serve_connection(io, service);
-            drive(
-                conn,
-                activity,
-                limits,
-                stop,
-                |c| c.graceful_shutdown(),
-                |_| {},
-            )
-            .await;
+            let io = Tracked::new(stream, activity.clone());
+            serve_http1(io, service, activity, limits, stop).await;
         }
         Some(acceptor) => {
             // Boxed, in a statement of its own: the handshake and the HTTP/2 machinery
@@ -542,17 +533,7 @@ async fn serve_connection(
                     )
                     .await;
                 } else {
-                    let conn =
-                        http1_builder(limits).serve_connection(TokioIo::new(tracked), service);
-                    drive(
-                        conn,
-                        activity,
-                        limits,
-                        stop,
-                        |c| c.graceful_shutdown(),
-                        |_| {},
-                    )
-                    .await;
+                    serve_http1(tracked, service, activity, limits, stop).await;
                 }
             });
             tls_serving.await;
@@ -583,6 +564,33 @@ where
             tokio::spawn(future);
         }
     }
+}
+
+/// Serves HTTP/1.1 on a plain or TLS stream.
+async fn serve_http1<I, S>(
+    io: I,
+    service: S,
+    activity: Arc<Activity>,
+    limits: &Limits,
+    stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<super::body::ProxyBody>,
+        Error = Infallible,
+    >,
+{
+    let conn = http1_builder(limits).serve_connection(TokioIo::new(io), service);
+    drive(
+        conn,
+        activity,
+        limits,
+        stop,
+        |c| c.graceful_shutdown(),
+        |_| {},
+    )
+    .await;
 }
 
 fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
