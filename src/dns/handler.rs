@@ -211,7 +211,12 @@ impl GeoDnsHandler {
         };
         let candidates = &by_region[decision.region];
         let up: Vec<&Record> = self
-            .pick(candidates, state, decision.fail_open, steered.answers)
+            .pick(
+                candidates,
+                &state.health,
+                decision.fail_open,
+                steered.answers,
+            )
             .collect();
         let authority: &[Record] = if up.is_empty() { negative_soa } else { &[] };
         Plan {
@@ -228,14 +233,13 @@ impl GeoDnsHandler {
     /// failing open, or when the region is up through nodes of the other family only,
     /// rather than an empty answer), at most `answers`, rotated so that successive
     /// queries spread over them. Allocates nothing.
-    fn pick<'c, T>(
+    fn pick<'s, T>(
         &self,
-        candidates: &'c [(NodeId, T)],
-        state: &DnsState,
+        candidates: &'s [(NodeId, T)],
+        health: &'s crate::health::HealthTable,
         fail_open: bool,
         answers: usize,
-    ) -> impl Iterator<Item = &'c T> + 'c {
-        let health = state.health.clone();
+    ) -> impl Iterator<Item = &'s T> + 's {
         let usable = move |node: NodeId| fail_open || health.is_up(node);
         let mut count = candidates.iter().filter(|(n, _)| usable(*n)).count();
         let every = count == 0;
@@ -310,7 +314,12 @@ impl GeoDnsHandler {
             return None;
         }
         let answers = self
-            .pick(candidates, state, decision.fail_open, steered.answers)
+            .pick(
+                candidates,
+                &state.health,
+                decision.fail_open,
+                steered.answers,
+            )
             .map(|r| &**r);
         if !fast::write_answer(query, answers, payload, decision.scope, max_len, out) {
             return None;
@@ -820,5 +829,48 @@ mod tests {
             parsed(&out).answers[0].data,
             RData::AAAA("2001:db8::80".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn pick_rotates_over_up_nodes_and_never_answers_empty() {
+        let (_, handler, _) = handlers();
+        let settings = crate::health::HealthSettings {
+            rise: 1,
+            fall: 1,
+            expects_reports: false,
+            stale_after_ms: 1_000,
+        };
+        let health = crate::health::HealthTable::new(&[(true, false); 3], settings, 0);
+        let candidates = [(0, "a"), (1, "b"), (2, "c")];
+        let picks = |fail_open| -> Vec<Vec<&str>> {
+            (0..3)
+                .map(|_| {
+                    handler
+                        .pick(&candidates, &health, fail_open, 2)
+                        .copied()
+                        .collect()
+                })
+                .collect()
+        };
+        let rounds = picks(false);
+        assert!(rounds.iter().all(|r| r.len() == 2));
+        for name in ["a", "b", "c"] {
+            assert!(
+                rounds.iter().any(|r| r.contains(&name)),
+                "{name} gets its turn"
+            );
+        }
+        health.force(1, Some(Forced::Down), None, 0);
+        for round in picks(false) {
+            assert_eq!(round.len(), 2);
+            assert!(!round.contains(&"b"), "a down node is skipped");
+        }
+        for n in [0, 2] {
+            health.force(n, Some(Forced::Down), None, 0);
+        }
+        // Every node of this family down (the region is up through the other family):
+        // its addresses rather than an empty answer.
+        assert!(picks(false).iter().all(|r| r.len() == 2));
+        assert!(picks(true).iter().all(|r| r.len() == 2));
     }
 }
