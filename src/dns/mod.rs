@@ -9,6 +9,7 @@ pub mod mmsg;
 pub mod rrl;
 pub mod server;
 pub mod state;
+pub mod udp;
 pub mod zone;
 
 pub use handler::GeoDnsHandler;
