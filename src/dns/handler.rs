@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
@@ -403,10 +403,9 @@ impl GeoDnsHandler {
     ) -> bool {
         out.clear();
         let started = Instant::now();
-        let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
-            return false;
-        };
-        if header.metadata.message_type == MessageType::Response {
+        // Too short for a header, or a response (answering those would let anyone bounce
+        // traffic off us): read from the raw bytes, as both paths parse the header again.
+        if packet.len() < 12 || packet[2] & 0x80 != 0 {
             return false;
         }
         if let Some(rrl) = self.rrl.as_ref().filter(|_| !tcp) {
@@ -418,6 +417,9 @@ impl GeoDnsHandler {
                 }
                 super::rrl::Action::Slip => {
                     self.metrics.rrl_slipped.inc();
+                    let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
+                        return false;
+                    };
                     return encode_truncated(packet, &header, out);
                 }
             }
@@ -872,5 +874,25 @@ mod tests {
         // its addresses rather than an empty answer.
         assert!(picks(false).iter().all(|r| r.len() == 2));
         assert!(picks(true).iter().all(|r| r.len() == 2));
+    }
+
+    #[test]
+    fn responses_and_runts_get_no_answer() {
+        let (_, handler, _) = handlers();
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii("www.example.test.").unwrap(),
+            RecordType::A,
+        ));
+        let mut bytes = m.to_vec().unwrap();
+        let src: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        let mut out = Vec::new();
+        let mut cache = DecisionCache::new(16);
+        assert!(handler.answer_datagram(&bytes, src, &mut out, &mut cache));
+        bytes[2] |= 0x80;
+        assert!(!handler.answer_datagram(&bytes, src, &mut out, &mut cache));
+        assert!(!handler.answer_stream(&bytes, src, &mut out));
+        assert!(out.is_empty());
+        assert!(!handler.answer_datagram(&bytes[..11], src, &mut out, &mut cache));
     }
 }
