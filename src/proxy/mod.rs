@@ -6,6 +6,7 @@ pub mod balance;
 pub mod body;
 pub mod cached;
 pub mod checks;
+pub mod client_io;
 pub mod corked;
 pub mod error;
 pub mod forward;
