@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::upstream::now_ms;
+use crate::clock::coarse_ms;
 
 /// Activity of one client connection, for the idle timeout: the last read or write, and
 /// requests still waiting for their response head.
@@ -56,7 +56,7 @@ impl<S> Tracked<S> {
     }
 
     fn touch(&self) {
-        self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+        self.activity.last_ms.store(coarse_ms(), Ordering::Relaxed);
     }
 }
 

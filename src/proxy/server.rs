@@ -22,8 +22,8 @@ use super::client_io::{Activity, Tracked};
 use super::corked;
 use super::forward::{self, ClientConn};
 use super::tls::{self, CertStore};
-use super::upstream::now_ms;
 use super::{checks, Shared};
+use crate::clock::coarse_ms;
 use crate::config::proxy::{Limits, ProxyConfig};
 use crate::control::{self, Admin};
 
@@ -426,15 +426,16 @@ async fn accept_loop(
         let limits = limits.clone();
         let tls = tls.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        let task = async move {
             shared.metrics.connections_open.inc();
-            serve_connection(stream, peer, tls, &shared, &limits, stop).await;
+            Box::pin(serve_connection(stream, peer, tls, &shared, &limits, stop)).await;
             shared.metrics.connections_open.dec();
             if cap.is_some() {
                 shared.connection_counts.close(peer.ip());
             }
             drop(permit);
-        });
+        };
+        tokio::spawn(task);
     }
 }
 
@@ -447,7 +448,7 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::default());
-    activity.last_ms.store(now_ms(), Ordering::Relaxed);
+    activity.last_ms.store(coarse_ms(), Ordering::Relaxed);
     let conn = ClientConn {
         peer,
         tls: tls.is_some(),
@@ -623,7 +624,7 @@ async fn drive<C, E>(
     let idle_watch = async {
         loop {
             tokio::time::sleep(check_every).await;
-            let quiet = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
+            let quiet = coarse_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
             if activity.waiting.load(Ordering::Relaxed) == 0 && quiet >= idle.as_millis() as u64 {
                 return;
             }

@@ -52,8 +52,13 @@ impl OriginState {
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.checked_up.load(Ordering::Relaxed)
-            && now_ms() >= self.down_until.load(Ordering::Relaxed)
+        if !self.checked_up.load(Ordering::Relaxed) {
+            return false;
+        }
+        // Read the clock only during a cool-down: this runs for every candidate of every
+        // request.
+        let down_until = self.down_until.load(Ordering::Relaxed);
+        down_until == 0 || now_ms() >= down_until
     }
 
     /// Feeds an active check result; returns Some(new state) on a change.
