@@ -446,9 +446,9 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct Forwarding {
     pub trusted_proxies: Vec<IpNet>,
-    /// Lower-case names of origin response headers not passed to clients.
-    pub hide_response_headers: Vec<String>,
-    pub via: String,
+    /// Origin response headers not passed to clients.
+    pub hide_response_headers: Vec<http::HeaderName>,
+    pub via: crate::proxy::headers::ViaHop,
 }
 
 #[derive(Debug, Clone)]
@@ -803,6 +803,27 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         (path, a.format)
     });
 
+    let mut hide_response_headers = Vec::new();
+    for (i, name) in raw.forwarding.hide_response_headers.iter().enumerate() {
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(n) => hide_response_headers.push(n),
+            Err(_) => {
+                return Err(src.error(
+                    format!("forwarding.hide_response_headers[{i}]"),
+                    None,
+                    format!("{name:?} is not a header name"),
+                ))
+            }
+        }
+    }
+    let via = crate::proxy::headers::ViaHop::new(&raw.forwarding.via).map_err(|_| {
+        src.error(
+            "forwarding.via",
+            None,
+            "must be a token (letters, digits, - . _ : and no spaces)",
+        )
+    })?;
+
     let rate_limit = protect::rate_limit(src, raw.rate_limit)?;
     let rules = protect::rules(src, raw.rules)?;
 
@@ -825,13 +846,8 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         limits,
         forwarding: Forwarding {
             trusted_proxies: raw.forwarding.trusted_proxies,
-            hide_response_headers: raw
-                .forwarding
-                .hide_response_headers
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
-            via: raw.forwarding.via,
+            hide_response_headers,
+            via,
         },
         routes,
         upstreams,
@@ -873,6 +889,7 @@ addr = "127.0.0.1:9001"
             c.forwarding.hide_response_headers,
             vec!["server", "x-powered-by"]
         );
+        assert_eq!(c.forwarding.via.name(), "geoedge");
     }
 
     #[test]
@@ -880,6 +897,26 @@ addr = "127.0.0.1:9001"
         let err = load(&GOOD.replace("upstream = \"web\"", "upstream = \"api\"")).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("routes[0].upstream"));
         assert!(err.line.is_some());
+    }
+
+    #[test]
+    fn bad_forwarding_names_are_rejected_with_their_key() {
+        let err = load(&format!(
+            "{GOOD}\n[forwarding]\nhide_response_headers = [\"server\", \"bad name\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("forwarding.hide_response_headers[1]")
+        );
+        let err = load(&format!("{GOOD}\n[forwarding]\nvia = \"my proxy\"\n")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("forwarding.via"));
+        let ok = load(&format!(
+            "{GOOD}\n[forwarding]\nhide_response_headers = [\"X-Backend\"]\nvia = \"edge-eu\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.forwarding.hide_response_headers, vec!["x-backend"]);
+        assert_eq!(ok.forwarding.via.name(), "edge-eu");
     }
 
     #[test]

@@ -87,103 +87,149 @@ pub struct ForwardContext<'a> {
     /// The Host (or :authority) the client asked for.
     pub host: Option<&'a str>,
     pub version: Version,
-    /// Our Via pseudonym.
-    pub via: &'a str,
+    /// Our hop in Via.
+    pub via: &'a ViaHop,
 }
 
 /// Sets X-Forwarded-For/-Proto/-Host, Forwarded (RFC 7239) and Via on a request bound
 /// for the origin. From a trusted proxy the incoming values are kept and extended; from
 /// anyone else they are dropped, because a client can write anything there.
 pub fn set_forwarding(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, trusted: bool) {
+    use std::fmt::Write as _;
+
     let client = canonical(ctx.client);
-    let prior_xff = joined(headers, &X_FORWARDED_FOR);
-    let prior_forwarded = joined(headers, &FORWARDED);
-    let prior_proto = headers.get(&X_FORWARDED_PROTO).cloned();
-    let prior_host = headers.get(&X_FORWARDED_HOST).cloned();
-    for name in [
-        &X_FORWARDED_FOR,
-        &X_FORWARDED_PROTO,
-        &X_FORWARDED_HOST,
-        &FORWARDED,
-    ] {
-        headers.remove(name);
+    // Values are written straight into the buffers that become the headers: this runs for
+    // every proxied request, and formatting piecemeal cost eight allocations.
+    let mut xff = String::with_capacity(48);
+    let mut forwarded = String::with_capacity(96);
+    if trusted {
+        if let Some(prior) = joined(headers, &X_FORWARDED_FOR) {
+            xff.push_str(&prior);
+            xff.push_str(", ");
+        }
+        if let Some(prior) = joined(headers, &FORWARDED) {
+            forwarded.push_str(&prior);
+            forwarded.push_str(", ");
+        }
     }
-
-    let xff = match (&prior_xff, trusted) {
-        (Some(prior), true) => format!("{prior}, {client}"),
-        _ => client.to_string(),
+    let _ = write!(xff, "{client}");
+    // RFC 7239 §6: IPv6 nodes are bracketed and the value quoted.
+    let _ = match client {
+        IpAddr::V4(v4) => write!(forwarded, "for={v4};proto={}", ctx.proto),
+        IpAddr::V6(v6) => write!(forwarded, "for=\"[{v6}]\";proto={}", ctx.proto),
     };
-    insert(headers, &X_FORWARDED_FOR, &xff);
-
-    match (prior_proto, trusted) {
-        (Some(v), true) => {
-            headers.insert(X_FORWARDED_PROTO.clone(), v);
-        }
-        _ => {
-            headers.insert(
-                X_FORWARDED_PROTO.clone(),
-                HeaderValue::from_static(ctx.proto),
-            );
-        }
-    }
-    match (prior_host, trusted, ctx.host) {
-        (Some(v), true, _) => {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
-        }
-        (_, _, Some(host)) => insert(headers, &X_FORWARDED_HOST, host),
-        _ => {}
-    }
-
-    let node = match client {
-        IpAddr::V4(v4) => v4.to_string(),
-        // RFC 7239 §6: IPv6 nodes are bracketed and the value quoted.
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={}", ctx.proto);
     if let Some(host) = ctx.host {
         if host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
         {
-            element.push_str(";host=");
+            forwarded.push_str(";host=");
             if host.contains(':') {
-                element.push('"');
-                element.push_str(host);
-                element.push('"');
+                forwarded.push('"');
+                forwarded.push_str(host);
+                forwarded.push('"');
             } else {
-                element.push_str(host);
+                forwarded.push_str(host);
             }
         }
     }
-    let forwarded = match (&prior_forwarded, trusted) {
-        (Some(prior), true) => format!("{prior}, {element}"),
-        _ => element,
-    };
-    insert(headers, &FORWARDED, &forwarded);
+
+    let keep_proto = trusted && headers.contains_key(&X_FORWARDED_PROTO);
+    if !keep_proto {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(ctx.proto),
+        );
+    }
+    let keep_host = trusted && headers.contains_key(&X_FORWARDED_HOST);
+    if !keep_host {
+        match ctx.host {
+            Some(host) => insert(headers, &X_FORWARDED_HOST, host),
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    insert_owned(headers, &X_FORWARDED_FOR, xff);
+    insert_owned(headers, &FORWARDED, forwarded);
     append_via(headers, ctx.version, ctx.via);
 }
 
+/// Our hop in Via (RFC 9110 §7.6.3): the pseudonym, with its header values for each
+/// protocol version made once, at configuration time.
+#[derive(Debug, Clone)]
+pub struct ViaHop {
+    name: String,
+    /// HTTP/0.9, 1.0, 1.1, 2 and 3.
+    values: [HeaderValue; 5],
+}
+
+impl ViaHop {
+    /// Fails when `name` is not a pseudonym or host[:port] (token characters and ':').
+    pub fn new(name: &str) -> Result<Self, InvalidVia> {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:".contains(&b));
+        if !valid {
+            return Err(InvalidVia);
+        }
+        let value = |proto: &str| {
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("{proto} {name}")))
+                .map_err(|_| InvalidVia)
+        };
+        Ok(Self {
+            name: name.to_string(),
+            values: [
+                value("0.9")?,
+                value("1.0")?,
+                value("1.1")?,
+                value("2")?,
+                value("3")?,
+            ],
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn value(&self, version: Version) -> &HeaderValue {
+        let i = match version {
+            Version::HTTP_09 => 0,
+            Version::HTTP_10 => 1,
+            Version::HTTP_2 => 3,
+            Version::HTTP_3 => 4,
+            _ => 2,
+        };
+        &self.values[i]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a Via pseudonym")]
+pub struct InvalidVia;
+
 /// Adds our hop to Via (RFC 9110 §7.6.3), keeping earlier hops.
-pub fn append_via(headers: &mut HeaderMap, version: Version, via: &str) {
-    let proto = match version {
-        Version::HTTP_09 => "0.9",
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
-    };
-    let ours = format!("{proto} {via}");
-    let value = match joined(headers, &VIA) {
-        Some(prior) => format!("{prior}, {ours}"),
-        None => ours,
-    };
-    insert(headers, &VIA, &value);
+pub fn append_via(headers: &mut HeaderMap, version: Version, via: &ViaHop) {
+    let ours = via.value(version);
+    match joined(headers, &VIA) {
+        Some(prior) => {
+            let mut value = prior;
+            value.push_str(", ");
+            value.push_str(ours.to_str().unwrap_or_default());
+            insert_owned(headers, &VIA, value);
+        }
+        None => {
+            headers.insert(VIA, ours.clone());
+        }
+    }
 }
 
 /// Strips origin headers that identify the origin's software (configured list).
-pub fn hide_response_headers(headers: &mut HeaderMap, hidden: &[String]) {
+pub fn hide_response_headers(headers: &mut HeaderMap, hidden: &[HeaderName]) {
     for name in hidden {
-        headers.remove(name.as_str());
+        headers.remove(name);
     }
 }
 
@@ -224,6 +270,18 @@ fn insert(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
     }
 }
 
+/// Like `insert`, taking the buffer over instead of copying it.
+fn insert_owned(headers: &mut HeaderMap, name: &HeaderName, value: String) {
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+        Ok(v) => {
+            headers.insert(name.clone(), v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,7 +296,17 @@ mod tests {
             proto: "https",
             host: Some("www.example.test"),
             version: Version::HTTP_11,
-            via: "geoedge",
+            via: Box::leak(Box::new(ViaHop::new("geoedge").unwrap())),
+        }
+    }
+
+    #[test]
+    fn via_hops_are_tokens_and_carry_the_version() {
+        let via = ViaHop::new("edge-1.example:8080").unwrap();
+        assert_eq!(via.value(Version::HTTP_2), "2 edge-1.example:8080");
+        assert_eq!(via.value(Version::HTTP_10), "1.0 edge-1.example:8080");
+        for bad in ["", "two words", "semi;colon", "quote\"", "new\nline"] {
+            assert!(ViaHop::new(bad).is_err(), "{bad:?} accepted");
         }
     }
 
@@ -343,7 +411,13 @@ mod tests {
             ("x-powered-by", "PHP"),
             ("etag", "\"1\""),
         ]);
-        hide_response_headers(&mut h, &["server".into(), "x-powered-by".into()]);
+        hide_response_headers(
+            &mut h,
+            &[
+                HeaderName::from_static("server"),
+                HeaderName::from_static("x-powered-by"),
+            ],
+        );
         assert_eq!(h.len(), 1);
     }
 
