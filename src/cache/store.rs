@@ -8,7 +8,7 @@
 //! cache hit's time goes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -46,6 +46,9 @@ pub struct Variant {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub freshness: Freshness,
+    /// The headers every answer from this variant starts from, made by the proxy on the
+    /// first hit (the stored ones plus what it adds), so that a hit copies one map.
+    pub served: OnceLock<HeaderMap>,
 }
 
 impl Variant {
@@ -55,7 +58,8 @@ impl Variant {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
-        (self.body.len() + headers + 256) as u64
+        // Twice the headers: the served copy holds them again.
+        (self.body.len() + 2 * headers + 256) as u64
     }
 }
 
@@ -276,6 +280,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: Bytes::from(vec![b'x'; size]),
             freshness: Freshness::from_response(StatusCode::OK, &HeaderMap::new(), 0, 0),
+            served: OnceLock::new(),
         }
     }
 
