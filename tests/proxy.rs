@@ -494,6 +494,30 @@ fn limits_and_smuggling_attempts_are_refused_while_others_are_served() {
         "cut after the header timeout"
     );
 
+    // A drip on a kept-alive connection: after one answered request, the next head comes
+    // a byte every 50 ms. The timeout runs from the start of the head, not the last byte.
+    let mut drip = TcpStream::connect(w.http()).unwrap();
+    drip.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    drip.write_all(b"GET /_origin/name HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+        .unwrap();
+    let n = drip.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "first request answered");
+    let started = Instant::now();
+    let mut cut = false;
+    for byte in b"GET / HTTP/1.1\r\nHost: www.example.test\r\nX-Drip: ".repeat(4) {
+        if drip.write_all(&[byte]).is_err() || started.elapsed() > Duration::from_secs(4) {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cut, "a dripping head is cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut near the header timeout, not the idle timeout: {:?}",
+        started.elapsed()
+    );
+
     let big = format!(
         "GET / HTTP/1.1\r\nHost: www.example.test\r\nX-Big: {}\r\n\r\n",
         "a".repeat(8000)

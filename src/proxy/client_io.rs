@@ -116,6 +116,58 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
+/// hyper's HTTP/1 header-read timer, with sleeps that are only checked, never scheduled.
+///
+/// hyper starts a header timer for every request it reads. With tokio's timer each one
+/// was an allocation, a clock read and an insertion into (and removal from) the timer
+/// wheel, 4 % of the user time of a keep-alive hit. These sleeps just compare the clock
+/// whenever hyper polls them; the task driving the connection is woken at least every
+/// `POLL_TICK` of the header timeout (see `server::drive`), which bounds how late a
+/// timeout can fire.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckedTimer;
+
+/// How often, as a fraction of the header timeout, a connection must be polled for its
+/// header timer to be accurate to that fraction.
+pub const POLL_TICK_DIVISOR: u32 = 4;
+
+struct CheckedSleep {
+    deadline: std::time::Instant,
+}
+
+impl std::future::Future for CheckedSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        if std::time::Instant::now() >= self.deadline {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl hyper::rt::Sleep for CheckedSleep {}
+
+impl hyper::rt::Timer for CheckedTimer {
+    fn sleep(&self, duration: std::time::Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(std::time::Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(CheckedSleep { deadline })
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
+        // A sleep of ours is replaced in place of a fresh allocation.
+        if let Some(ours) = sleep.as_mut().downcast_mut_pin::<CheckedSleep>() {
+            ours.get_mut().deadline = new_deadline;
+        } else {
+            *sleep = self.sleep_until(new_deadline);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +237,29 @@ mod tests {
         let mut got = Vec::new();
         far.read_to_end(&mut got).await.unwrap();
         assert!(got.starts_with(b"head "));
+    }
+
+    #[test]
+    fn checked_sleeps_compare_the_clock_and_reset_in_place() {
+        use hyper::rt::Timer;
+        use std::time::{Duration, Instant};
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let timer = CheckedTimer;
+        let mut past = timer.sleep_until(Instant::now() - Duration::from_millis(1));
+        assert!(past.as_mut().poll(&mut cx).is_ready());
+        let mut later = timer.sleep(Duration::from_secs(60));
+        assert!(later.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            0,
+            "nothing is scheduled: the connection's tick polls it"
+        );
+        let before: *const () = (&*later as *const dyn hyper::rt::Sleep).cast();
+        timer.reset(&mut later, Instant::now() - Duration::from_millis(1));
+        let after: *const () = (&*later as *const dyn hyper::rt::Sleep).cast();
+        assert_eq!(before, after, "reset reuses the allocation");
+        assert!(later.as_mut().poll(&mut cx).is_ready());
     }
 }

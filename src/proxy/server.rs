@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::client_io::{Activity, Tracked};
+use super::client_io::{Activity, CheckedTimer, Tracked, POLL_TICK_DIVISOR};
 use super::corked;
 use super::forward::{self, ClientConn};
 use super::tls::{self, CertStore};
@@ -588,7 +588,7 @@ async fn serve_http1<I, S>(
 
 fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(TokioTimer::new())
+    b.timer(CheckedTimer)
         // hyper also runs this timer while a keep-alive connection waits for its next
         // request, so on HTTP/1.1 idle connections close after min(this, idle_timeout).
         .header_read_timeout(limits.header_read_timeout)
@@ -620,7 +620,10 @@ async fn drive<C, E>(
 {
     let mut conn = std::pin::pin!(conn);
     let idle = limits.idle_timeout;
-    let check_every = (idle / 4).max(Duration::from_millis(50));
+    // The tick also polls the connection, which is what fires hyper's header timeouts
+    // (`CheckedTimer`).
+    let check_every =
+        (idle.min(limits.header_read_timeout) / POLL_TICK_DIVISOR).max(Duration::from_millis(50));
     let idle_watch = async {
         loop {
             tokio::time::sleep(check_every).await;
@@ -653,10 +656,19 @@ async fn drive<C, E>(
         _ = stopping => {}
     }
     graceful(conn.as_mut());
-    let _ = std::future::poll_fn(|cx| {
-        let polled = conn.as_mut().poll(cx);
-        after_poll(cx);
-        polled
-    })
-    .await;
+    // Still ticking: a connection in the middle of a request head ends by its header
+    // timeout, which only a poll can notice.
+    let ticker = async {
+        loop {
+            tokio::time::sleep(check_every).await;
+        }
+    };
+    tokio::select! {
+        _ = std::future::poll_fn(|cx| {
+            let polled = conn.as_mut().poll(cx);
+            after_poll(cx);
+            polled
+        }) => {}
+        _ = ticker => {}
+    }
 }
