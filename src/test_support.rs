@@ -13,3 +13,22 @@ pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
     }
     h
 }
+
+/// A waker that counts its wake-ups, for checking what a poll scheduled.
+#[derive(Default)]
+pub struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl CountingWaker {
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -501,7 +501,10 @@ fn limits_and_smuggling_attempts_are_refused_while_others_are_served() {
     drip.write_all(b"GET /_origin/name HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
         .unwrap();
     let n = drip.read(&mut buf).unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "first request answered");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "first request answered"
+    );
     let started = Instant::now();
     let mut cut = false;
     for byte in b"GET / HTTP/1.1\r\nHost: www.example.test\r\nX-Drip: ".repeat(4) {

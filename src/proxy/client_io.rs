@@ -1,5 +1,5 @@
-//! The client side of a connection: a stream wrapper that feeds the idle timeout and
-//! holds writes back until the other ready connections have been read.
+//! The client side of a connection: a stream wrapper that feeds the idle timeout, and the
+//! timer behind hyper's header timeout.
 
 use std::io;
 use std::pin::Pin;
@@ -19,40 +19,16 @@ pub struct Activity {
     pub waiting: AtomicUsize,
 }
 
-/// A client stream that notes the time of every successful read and write, and holds the
-/// first write after each read back until the other ready connections have had their turn.
-///
-/// Without the hold, a proxy under load answers each connection as soon as it has read
-/// it, one write every few microseconds, and a client that drains replies faster than
-/// that falls asleep between them: every response then costs a cross-CPU wake-up on both
-/// sides (measured with wrk: 0.4–0.8 sleeps of wrk per response through us, 0.035 through
-/// HAProxy, whose event loop reads every ready connection before it sends). Yielding once
-/// puts the write behind the other tasks the same event woke, so the responses to one
-/// batch of requests leave together. With a single connection the task is next in line at
-/// once and nothing waits.
+/// A client stream that notes the time of every successful read and write, for the idle
+/// timeout.
 pub struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
-    /// A read brought data since the last write; the next write yields first.
-    hold_next_write: bool,
 }
 
 impl<S> Tracked<S> {
     pub fn new(inner: S, activity: Arc<Activity>) -> Self {
-        Self {
-            inner,
-            activity,
-            hold_next_write: false,
-        }
-    }
-
-    /// Pending (with the task woken again) for the first write after a read.
-    fn yield_before_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if std::mem::take(&mut self.hold_next_write) {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        Poll::Ready(())
+        Self { inner, activity }
     }
 
     fn touch(&self) {
@@ -70,7 +46,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.touch();
-            self.hold_next_write = true;
         }
         res
     }
@@ -82,7 +57,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.yield_before_write(cx));
         let res = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
@@ -95,7 +69,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.yield_before_write(cx));
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
@@ -171,79 +144,14 @@ impl hyper::rt::Timer for CheckedTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
-    use std::task::{Wake, Waker};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    struct CountingWaker(AtomicUsize);
-
-    impl Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn tracked(near: tokio::io::DuplexStream) -> (Tracked<tokio::io::DuplexStream>, Arc<Activity>) {
-        let activity = Arc::new(Activity::default());
-        (Tracked::new(near, activity.clone()), activity)
-    }
-
-    #[tokio::test]
-    async fn the_first_write_after_a_read_yields_once_and_wakes_the_task() {
-        let (near, mut far) = tokio::io::duplex(4096);
-        let (mut io, _activity) = tracked(near);
-        far.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut buf = [0u8; 64];
-        let n = io.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-
-        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(counter.clone());
-        let mut cx = Context::from_waker(&waker);
-        let first = Pin::new(&mut io).poll_write(&mut cx, b"answer");
-        assert!(first.is_pending(), "held back behind the other ready tasks");
-        assert_eq!(
-            counter.0.load(Ordering::SeqCst),
-            1,
-            "and the task is due again"
-        );
-        let second = Pin::new(&mut io).poll_write(&mut cx, b"answer");
-        assert!(matches!(second, Poll::Ready(Ok(6))));
-        let third = Pin::new(&mut io).poll_write(&mut cx, b" more");
-        assert!(
-            matches!(third, Poll::Ready(Ok(5))),
-            "only the first write after a read waits"
-        );
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
-        let n = far.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"answer more");
-    }
-
-    #[tokio::test]
-    async fn writes_without_a_read_go_straight_through() {
-        let (near, mut far) = tokio::io::duplex(4096);
-        let (mut io, _activity) = tracked(near);
-        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(counter.clone());
-        let mut cx = Context::from_waker(&waker);
-        let bufs = [io::IoSlice::new(b"head "), io::IoSlice::new(b"body")];
-        let res = Pin::new(&mut io).poll_write_vectored(&mut cx, &bufs);
-        assert!(matches!(res, Poll::Ready(Ok(n)) if n > 0));
-        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
-        drop(io);
-        let mut got = Vec::new();
-        far.read_to_end(&mut got).await.unwrap();
-        assert!(got.starts_with(b"head "));
-    }
+    use crate::test_support::CountingWaker;
+    use std::task::Waker;
 
     #[test]
     fn checked_sleeps_compare_the_clock_and_reset_in_place() {
         use hyper::rt::Timer;
         use std::time::{Duration, Instant};
-        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let counter = Arc::new(CountingWaker::default());
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);
         let timer = CheckedTimer;
@@ -252,7 +160,7 @@ mod tests {
         let mut later = timer.sleep(Duration::from_secs(60));
         assert!(later.as_mut().poll(&mut cx).is_pending());
         assert_eq!(
-            counter.0.load(Ordering::SeqCst),
+            counter.count(),
             0,
             "nothing is scheduled: the connection's tick polls it"
         );

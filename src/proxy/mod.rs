@@ -12,6 +12,7 @@ pub mod error;
 pub mod forward;
 pub mod guard;
 pub mod headers;
+pub mod lazy_socket;
 pub mod ratelimit;
 pub mod report;
 pub mod router;

@@ -14,13 +14,14 @@ use anyhow::Context as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::client_io::{Activity, CheckedTimer, Tracked, POLL_TICK_DIVISOR};
 use super::corked;
 use super::forward::{self, ClientConn};
+use super::lazy_socket::{Acceptor, LazySocket};
 use super::tls::{self, CertStore};
 use super::{checks, Shared};
 use crate::clock::coarse_ms;
@@ -265,7 +266,7 @@ impl ProxyServer {
         });
 
         for addr in &cfg.http {
-            let listener = bind(*addr).await?;
+            let listener = bind_clients(*addr).await?;
             crate::listening::announce("HTTP", listener.local_addr()?);
             tasks.push(tokio::spawn(accept_loop(
                 listener,
@@ -279,7 +280,7 @@ impl ProxyServer {
         if let Some(store) = &self.certs {
             let acceptor = TlsAcceptor::from(tls::server_config(store.clone())?);
             for addr in &cfg.https {
-                let listener = bind(*addr).await?;
+                let listener = bind_clients(*addr).await?;
                 crate::listening::announce("HTTPS", listener.local_addr()?);
                 tasks.push(tokio::spawn(accept_loop(
                     listener,
@@ -350,6 +351,10 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
+async fn bind_clients(addr: SocketAddr) -> anyhow::Result<Acceptor> {
+    Acceptor::new(bind(addr).await?).with_context(|| format!("listening on {addr}"))
+}
+
 /// Polls certificate files once a second; a broken file keeps the old set. (SIGHUP
 /// reloads everything, certificates included: see `reload_on_hangup`.)
 async fn watch_certificates(store: Arc<CertStore>, shared: Arc<Shared>) {
@@ -379,7 +384,7 @@ async fn reload_on_hangup(reloader: Arc<Reloader>) {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Acceptor,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     limits: Arc<Limits>,
@@ -440,7 +445,7 @@ async fn accept_loop(
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: LazySocket,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     shared: &Arc<Shared>,
@@ -641,7 +646,10 @@ async fn drive<C, E>(
             }
         }
     };
+    // The connection first: one answered and closed on its first poll never arms the
+    // idle timer or subscribes to the stop signal.
     tokio::select! {
+        biased;
         res = std::future::poll_fn(|cx| {
             let polled = conn.as_mut().poll(cx);
             after_poll(cx);
