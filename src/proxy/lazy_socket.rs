@@ -16,6 +16,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The most a direct read asks for.
+const DIRECT_READ_BYTES: usize = 2048;
+
 /// Accepts connections as plain non-blocking sockets.
 pub struct Acceptor {
     listener: AsyncFd<socket2::Socket>,
@@ -159,9 +162,11 @@ impl AsyncRead for LazySocket {
         let this = self.get_mut();
         if let State::Direct(s) = &mut this.state {
             loop {
-                // Zeroing the spare buffer keeps this safe; it happens only for the one
-                // or two reads before a connection blocks for the first time.
-                match s.read(buf.initialize_unfilled()) {
+                // Zeroing the spare space keeps this safe; it happens only for the reads
+                // before a connection first blocks, and only for a request head's worth
+                // (hyper offers 8 KiB; a longer head takes another read).
+                let want = buf.remaining().min(DIRECT_READ_BYTES);
+                match s.read(buf.initialize_unfilled_to(want)) {
                     Ok(n) => {
                         buf.advance(n);
                         return Poll::Ready(Ok(()));
