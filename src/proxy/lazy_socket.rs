@@ -80,9 +80,6 @@ pub struct LazySocket {
     state: State,
     /// A direct read has found nothing once already.
     read_blocked_once: bool,
-    /// A read brought data since the last write; the next write yields first (see
-    /// `hold_first_write`).
-    hold: bool,
 }
 
 enum State {
@@ -98,7 +95,6 @@ impl LazySocket {
         Self {
             state: State::Direct(socket),
             read_blocked_once: false,
-            hold: false,
         }
     }
 
@@ -108,11 +104,6 @@ impl LazySocket {
             State::Registered(s) => s.set_nodelay(on),
             State::Broken => Ok(()),
         }
-    }
-
-    /// Whether the socket has been handed to the reactor (for tests).
-    pub fn is_registered(&self) -> bool {
-        matches!(self.state, State::Registered(_))
     }
 
     /// Hands the socket to the reactor, after a direct operation would have blocked.
@@ -186,37 +177,27 @@ impl AsyncRead for LazySocket {
                 return Poll::Pending;
             }
         }
-        let before = buf.filled().len();
-        let polled = match this.register() {
+        match this.register() {
             Ok(s) => Pin::new(s).poll_read(cx, buf),
-            Err(e) => return Poll::Ready(Err(e)),
-        };
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.hold = true;
+            Err(e) => Poll::Ready(Err(e)),
         }
-        polled
     }
 }
 
-impl LazySocket {
-    /// Holds the first write after each read back until the other ready tasks have run,
-    /// so one batch of events is answered with one burst of writes.
-    ///
-    /// Without the hold, a proxy under load answers each connection as soon as it has
-    /// read it, one write every few microseconds, and a client that drains replies faster
-    /// than that falls asleep between them: every response then costs a cross-CPU
-    /// wake-up on both sides (measured with wrk: 0.4–0.8 sleeps of wrk per response
-    /// through us, 0.035 through HAProxy, whose event loop reads every ready connection
-    /// before it sends). Yielding once puts the write behind the other tasks the same
-    /// event woke. With a single connection the task is next in line at once and nothing
-    /// waits. A socket still used directly (its first exchange) does not hold: its first
-    /// answer and close should not need a second poll.
-    fn hold_first_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if std::mem::take(&mut self.hold) {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        Poll::Ready(())
+/// Whether a stream's socket has joined the event loop (and so is past its first exchange).
+pub trait Registered {
+    fn is_registered(&self) -> bool;
+}
+
+impl Registered for LazySocket {
+    fn is_registered(&self) -> bool {
+        matches!(self.state, State::Registered(_))
+    }
+}
+
+impl<S: Registered> Registered for tokio_rustls::server::TlsStream<S> {
+    fn is_registered(&self) -> bool {
+        self.get_ref().0.is_registered()
     }
 }
 
@@ -226,9 +207,12 @@ impl AsyncWrite for LazySocket {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        std::task::ready!(this.hold_first_write(cx));
-        direct_or(this, cx, |s| s.write(data), |s, cx| s.poll_write(cx, data))
+        direct_or(
+            self.get_mut(),
+            cx,
+            |s| s.write(data),
+            |s, cx| s.poll_write(cx, data),
+        )
     }
 
     fn poll_write_vectored(
@@ -236,10 +220,8 @@ impl AsyncWrite for LazySocket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        std::task::ready!(this.hold_first_write(cx));
         direct_or(
-            this,
+            self.get_mut(),
             cx,
             |s| s.write_vectored(bufs),
             |s, cx| s.poll_write_vectored(cx, bufs),
@@ -329,32 +311,5 @@ mod tests {
             .poll_read(&mut cx, &mut buf)
             .is_pending());
         assert!(server.is_registered(), "second: wait on the reactor");
-    }
-
-    #[tokio::test]
-    async fn once_registered_the_first_write_after_a_read_yields_once() {
-        let (mut server, mut client) = pair().await;
-        let (counter, waker) = counting_cx();
-        let mut cx = Context::from_waker(&waker);
-        let mut space = [0u8; 16];
-        let mut buf = ReadBuf::new(&mut space);
-        let _ = Pin::new(&mut server).poll_read(&mut cx, &mut buf);
-        let _ = Pin::new(&mut server).poll_read(&mut cx, &mut buf);
-        assert!(server.is_registered());
-
-        client.write_all(b"request").await.unwrap();
-        let mut got = [0u8; 7];
-        server.read_exact(&mut got).await.unwrap();
-        let before = counter.count();
-        let first = Pin::new(&mut server).poll_write(&mut cx, b"answer");
-        assert!(first.is_pending(), "held behind the other ready tasks");
-        assert_eq!(counter.count(), before + 1, "and the task is due again");
-        let second = Pin::new(&mut server).poll_write(&mut cx, b"answer");
-        assert!(matches!(second, Poll::Ready(Ok(6))));
-        let third = Pin::new(&mut server).poll_write(&mut cx, b"!");
-        assert!(matches!(third, Poll::Ready(Ok(1))), "only the first waits");
-        let mut answer = [0u8; 7];
-        client.read_exact(&mut answer).await.unwrap();
-        assert_eq!(&answer, b"answer!");
     }
 }
