@@ -108,11 +108,10 @@ impl LazySocket {
 
     /// Hands the socket to the reactor, after a direct operation would have blocked.
     fn register(&mut self) -> io::Result<&mut TcpStream> {
-        if let State::Direct(_) = self.state {
-            let State::Direct(std) = std::mem::replace(&mut self.state, State::Broken) else {
-                unreachable!("matched just above");
-            };
-            self.state = State::Registered(TcpStream::from_std(std)?);
+        if matches!(self.state, State::Direct(_)) {
+            if let State::Direct(std) = std::mem::replace(&mut self.state, State::Broken) {
+                self.state = State::Registered(TcpStream::from_std(std)?);
+            }
         }
         match &mut self.state {
             State::Registered(s) => Ok(s),

