@@ -338,6 +338,7 @@ impl Origin {
                         resp,
                         pool,
                         in_flight,
+                        shared.access_log.is_some(),
                     ));
                 }
                 Ok(Err(e)) if body_over_limit(&e) => {
@@ -396,6 +397,7 @@ fn client_response(
     resp: Response<Incoming>,
     pool: PoolReturn,
     in_flight: InFlight,
+    note_origin: bool,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
@@ -419,9 +421,12 @@ fn client_response(
         }
     }
     parts.version = client_version;
-    parts
-        .extensions
-        .insert(ServedBy(upstream.origins[index].name_arc.clone()));
+    if note_origin {
+        // Only for the access log: a first extension allocates a map.
+        parts
+            .extensions
+            .insert(ServedBy(upstream.origins[index].name_arc.clone()));
+    }
     let body = OriginBody::new(body, pool, in_flight).boxed_unsync();
     Response::from_parts(parts, body)
 }
