@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod auth;
 pub mod balance;
 pub mod body;
+pub mod cache_answer;
 pub mod cached;
 pub mod checks;
 pub mod client_io;
