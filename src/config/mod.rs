@@ -4,6 +4,7 @@
 pub mod dns;
 mod protect;
 pub mod proxy;
+mod upstreams;
 
 use std::fmt;
 use std::ops::Range;
