@@ -2,13 +2,15 @@
 //! origin response body that releases its connection and in-flight count when done.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
-use super::upstream::{InFlight, PoolReturn};
+use super::origin_conn::ResponseBody;
+use super::upstream::{InFlight, OriginState};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -27,22 +29,26 @@ pub fn empty() -> ProxyBody {
 /// the connection goes back to the pool; if the client goes away first, the connection is
 /// dropped (its state is unknown). Either way the in-flight count goes down on drop.
 pub struct OriginBody {
-    inner: hyper::body::Incoming,
-    pool: PoolReturn,
+    inner: ResponseBody,
+    pool: Arc<OriginState>,
     _in_flight: InFlight,
 }
 
 impl OriginBody {
-    pub fn new(inner: hyper::body::Incoming, pool: PoolReturn, in_flight: InFlight) -> Self {
+    pub fn new(inner: ResponseBody, pool: Arc<OriginState>, in_flight: InFlight) -> Self {
         let mut body = Self {
             inner,
             pool,
             _in_flight: in_flight,
         };
-        if body.inner.is_end_stream() {
-            body.pool.release();
-        }
+        body.release_if_done();
         body
+    }
+
+    fn release_if_done(&mut self) {
+        if let Some(conn) = self.inner.take_reusable() {
+            self.pool.put_idle(conn);
+        }
     }
 }
 
@@ -55,20 +61,13 @@ impl Body for OriginBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.pool.release();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
-                    this.pool.release();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Pending => Poll::Pending,
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None | Some(Ok(_))) = polled {
+            // The last frame often arrives with the end: give the connection back now,
+            // not a poll later.
+            this.release_if_done();
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -14,6 +14,10 @@ pub enum ProxyError {
     BadFraming(&'static str),
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    /// The client's body failed while it was being forwarded (cut short, or longer than
+    /// it said).
+    #[error("client request body: {0}")]
+    ClientBody(String),
     #[error("no healthy origin in upstream {0}")]
     NoHealthyOrigin(String),
     #[error("cannot reach origin {origin}: {message}")]
@@ -51,7 +55,7 @@ impl ProxyError {
         match self {
             ProxyError::UnknownHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadFraming(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadFraming(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoHealthyOrigin(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -73,6 +77,7 @@ impl ProxyError {
             | ProxyError::NoRoute
             | ProxyError::BadFraming(_)
             | ProxyError::BodyTooLarge { .. }
+            | ProxyError::ClientBody(_)
             | ProxyError::UriTooLong
             | ProxyError::TooManyParams
             | ProxyError::AddressDenied
@@ -92,6 +97,7 @@ impl ProxyError {
             ProxyError::NoRoute => "404 Not Found\n",
             ProxyError::BadFraming(_) => "400 Bad Request: ambiguous message framing\n",
             ProxyError::BodyTooLarge { .. } => "413 Content Too Large\n",
+            ProxyError::ClientBody(_) => "400 Bad Request: request body incomplete\n",
             ProxyError::NoHealthyOrigin(_) => "503 Service Unavailable: no healthy origin\n",
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "502 Bad Gateway\n",
             ProxyError::Timeout { .. } => "504 Gateway Timeout\n",

@@ -23,8 +23,9 @@ use hyper::body::{Body, Incoming};
 use super::body::{empty, full, OriginBody, ProxyBody};
 use super::error::ProxyError;
 use super::headers::{self, ForwardContext};
+use super::origin_conn::{OriginConn, ResponseHead, SendError};
 use super::router::RouteMatch;
-use super::upstream::{InFlight, PoolReturn, Upstream};
+use super::upstream::{InFlight, Upstream};
 use super::{ProxyState, Shared};
 use crate::metrics::{method_index, status_index};
 
@@ -270,8 +271,7 @@ impl Origin {
         let route = &state.routes[self.route];
         let limit = state.config.limits.max_body_bytes;
         let replayable = bodyless && is_idempotent(&parts.method);
-        let retry_head = replayable.then(|| parts.clone());
-        let mut request = Some(Request::from_parts(parts, body));
+        let mut body = Some(body);
         let mut exclude = None;
 
         for attempt in 0..2 {
@@ -292,7 +292,7 @@ impl Origin {
                 .and_then(|g| g.get(index))
                 .cloned();
             let in_flight = InFlight::new(origin.state.clone(), gauge);
-            let (mut sender, reused) = match upstream.connection(index).await {
+            let (mut conn, reused) = match upstream.connection(index).await {
                 Ok(c) => c,
                 Err(e) => {
                     count_failure(shared, upstream, index, "connect");
@@ -306,49 +306,50 @@ impl Origin {
                     });
                 }
             };
-            let Some(req) = request.take().or_else(|| {
-                retry_head
-                    .as_ref()
-                    .map(|head| Request::from_parts(head.clone(), empty()))
-            }) else {
+            // A replay only ever happens without a body.
+            let Some(body) = body.take().or_else(|| replayable.then(empty)) else {
                 return Err(ProxyError::Upstream {
                     origin: origin.name.clone(),
                     message: "request body already sent; not retried".into(),
                 });
             };
             let sent =
-                tokio::time::timeout(upstream.response_timeout, sender.send_request(req)).await;
+                tokio::time::timeout(upstream.response_timeout, conn.send(&parts, body, bodyless))
+                    .await;
             match sent {
-                Ok(Ok(resp)) => {
-                    if resp.status().is_server_error() {
+                Ok(Ok(head)) => {
+                    if head.parts.status.is_server_error() {
                         count_failure(shared, upstream, index, "5xx");
                     } else {
                         origin.state.record_success();
                     }
-                    let pool = PoolReturn {
-                        state: origin.state.clone(),
-                        sender: Some(sender),
-                    };
                     return Ok(client_response(
                         state,
                         upstream,
                         index,
                         self.sticky.as_deref(),
                         self.client_version,
-                        resp,
-                        pool,
+                        head,
+                        conn,
                         in_flight,
                         shared.access_log.is_some(),
                     ));
                 }
-                Ok(Err(e)) if body_over_limit(&e) => {
-                    return Err(ProxyError::BodyTooLarge { limit });
+                Ok(Err(SendError::ClientBody(e))) => {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        return Err(ProxyError::BodyTooLarge { limit });
+                    }
+                    return Err(ProxyError::ClientBody(e.to_string()));
                 }
                 Ok(Err(e)) => {
                     // A reused keep-alive connection the origin had just closed is not the
                     // origin's fault; anything else counts against it.
-                    if !(reused && (e.is_canceled() || e.is_incomplete_message())) {
-                        count_failure(shared, upstream, index, "reset");
+                    if !(reused && e.is_closed()) {
+                        let kind = match e {
+                            SendError::Malformed(_) => "bad_response",
+                            _ => "reset",
+                        };
+                        count_failure(shared, upstream, index, kind);
                     }
                     exclude = Some(index);
                     if attempt == 0 && replayable {
@@ -394,12 +395,12 @@ fn client_response(
     index: usize,
     sticky: Option<&str>,
     client_version: Version,
-    resp: Response<Incoming>,
-    pool: PoolReturn,
+    head: ResponseHead,
+    conn: OriginConn,
     in_flight: InFlight,
     note_origin: bool,
 ) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
+    let ResponseHead { mut parts, framing } = head;
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::hide_response_headers(
         &mut parts.headers,
@@ -427,7 +428,12 @@ fn client_response(
             .extensions
             .insert(ServedBy(upstream.origins[index].name_arc.clone()));
     }
-    let body = OriginBody::new(body, pool, in_flight).boxed_unsync();
+    let body = OriginBody::new(
+        conn.into_body(framing),
+        upstream.origins[index].state.clone(),
+        in_flight,
+    )
+    .boxed_unsync();
     Response::from_parts(parts, body)
 }
 
@@ -457,18 +463,6 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
         }
     }
     Ok(())
-}
-
-/// The client's streamed body went past the limit while being forwarded.
-fn body_over_limit(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod guard;
 pub mod headers;
 pub mod lazy_socket;
+pub mod origin_conn;
 pub mod ratelimit;
 pub mod report;
 pub mod router;

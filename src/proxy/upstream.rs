@@ -5,25 +5,26 @@
 //! failure happens *before* the request is handed over: the request is still whole and can
 //! go to another origin, body and all.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::balance::{self, Candidate};
-use super::body::ProxyBody;
+use super::origin_conn::OriginConn;
 use crate::config::proxy::{Balance, HealthCheckConfig, UpstreamConfig};
 use crate::health::RiseFall;
 
-/// Idle connections kept per origin; more than this are closed when returned.
+/// Idle connections kept per origin; past this the longest idle is closed.
 const MAX_IDLE_PER_ORIGIN: usize = 256;
+/// An idle connection older than this is closed rather than reused: origins time idle
+/// connections out (nginx after 75 s, Apache after 5), and a request should not be the
+/// one to find out.
+const MAX_IDLE_MS: u64 = 4_000;
 
 pub use crate::clock::now_ms;
 
@@ -36,7 +37,8 @@ pub struct OriginState {
     passive_failures: AtomicU32,
     /// Passive cool-down: no traffic before this instant (`now_ms`).
     down_until: AtomicU64,
-    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+    /// Newest at the back, with the coarse time each went idle.
+    idle: Mutex<VecDeque<(OriginConn, u64)>>,
 }
 
 impl OriginState {
@@ -47,7 +49,7 @@ impl OriginState {
             checks: Mutex::new(RiseFall::new(true, rise, fall)),
             passive_failures: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -97,25 +99,39 @@ impl OriginState {
         false
     }
 
-    /// An idle connection that is still open, if any.
-    pub fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
+    /// The most recently used idle connection that is still open and young enough, if any.
+    pub fn take_idle(&self) -> Option<OriginConn> {
+        let now = crate::clock::coarse_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(sender) = idle.pop() {
-            if sender.is_ready() && !sender.is_closed() {
-                return Some(sender);
+        while let Some((conn, since)) = idle.pop_back() {
+            if now.saturating_sub(since) > MAX_IDLE_MS {
+                // Everything older is further to the front.
+                idle.clear();
+                return None;
+            }
+            if conn.is_open() {
+                return Some(conn);
             }
         }
         None
     }
 
-    pub fn put_idle(&self, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
+    pub fn put_idle(&self, conn: OriginConn) {
+        if !conn.is_reusable() {
             return;
         }
+        let now = crate::clock::coarse_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_PER_ORIGIN {
-            idle.push(sender);
+        while idle
+            .front()
+            .is_some_and(|&(_, since)| now.saturating_sub(since) > MAX_IDLE_MS)
+        {
+            idle.pop_front();
         }
+        if idle.len() >= MAX_IDLE_PER_ORIGIN {
+            idle.pop_front();
+        }
+        idle.push_back((conn, now));
     }
 
     pub fn idle_count(&self) -> usize {
@@ -181,11 +197,6 @@ pub enum ConnectError {
     Io {
         addr: SocketAddr,
         source: std::io::Error,
-    },
-    #[error("HTTP handshake with {addr}: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        source: hyper::Error,
     },
 }
 
@@ -282,13 +293,10 @@ impl Upstream {
 
     /// An HTTP/1.1 connection to the origin: an idle one, or a new one within the
     /// connect timeout.
-    pub async fn connection(
-        &self,
-        index: usize,
-    ) -> Result<(SendRequest<ProxyBody>, bool), ConnectError> {
+    pub async fn connection(&self, index: usize) -> Result<(OriginConn, bool), ConnectError> {
         let origin = &self.origins[index];
-        if let Some(sender) = origin.state.take_idle() {
-            return Ok((sender, true));
+        if let Some(conn) = origin.state.take_idle() {
+            return Ok((conn, true));
         }
         let addr = origin.addr;
         let stream =
@@ -303,16 +311,7 @@ impl Upstream {
                 Ok(Ok(s)) => s,
             };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, ProxyBody>(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(origin = %addr, error = %e, "origin connection ended");
-            }
-        });
-        Ok((sender, false))
+        Ok((OriginConn::new(stream), false))
     }
 }
 
@@ -341,22 +340,6 @@ impl Drop for InFlight {
         }
     }
 }
-
-/// Gives an origin connection back to its pool once the response on it is complete.
-pub struct PoolReturn {
-    pub state: Arc<OriginState>,
-    pub sender: Option<SendRequest<ProxyBody>>,
-}
-
-impl PoolReturn {
-    pub fn release(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.state.put_idle(sender);
-        }
-    }
-}
-
-pub type OriginResponse = http::Response<Incoming>;
 
 #[cfg(test)]
 mod tests {
