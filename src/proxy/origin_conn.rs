@@ -205,9 +205,16 @@ pub struct ResponseHead {
 fn parse_head(
     buf: &mut BytesMut,
 ) -> Result<Option<(StatusCode, Version, HeaderMap)>, &'static str> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let len = match response.parse(buf) {
+    // Uninitialised slots: zeroing 128 of them per response showed in profiles.
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
             return Err("response head too large")
@@ -229,18 +236,25 @@ fn parse_head(
         Version::HTTP_11
     };
     // Header values become slices of the head's bytes, not copies: remember where each
-    // lies, then freeze the head.
+    // lies (offsets fit in u32: the head is at most MAX_HEAD_BYTES), then freeze the head.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let offset = |p: *const u8| (p as usize - base) as u32;
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = response.headers.len();
     for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = (name, name + h.name.len(), value, value + h.value.len());
+        let name = offset(h.name.as_ptr());
+        let value = offset(h.value.as_ptr());
+        *span = (
+            name,
+            name + h.name.len() as u32,
+            value,
+            value + h.value.len() as u32,
+        );
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(ns, ne, vs, ve) in &spans[..count] {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "bad header name")?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "bad header value")?;
