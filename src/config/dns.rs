@@ -776,23 +776,11 @@ ipv4 = "127.0.0.11"
     }
 
     fn load(text: &str) -> Result<DnsConfig, ConfigError> {
-        let dir = tempdir();
-        write_fixture(&dir);
-        let src = Source::from_text(dir.join("dns.toml"), text);
+        // Removed when this returns: the config is loaded by then.
+        let dir = tempfile::tempdir().unwrap();
+        write_fixture(dir.path());
+        let src = Source::from_text(dir.path().join("dns.toml"), text);
         DnsConfig::from_source(&src)
-    }
-
-    fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "geoedge-cfg-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 
     #[test]

@@ -166,6 +166,8 @@ struct RawForwarding {
     hide_response_headers: Vec<String>,
     #[serde(default = "d_via")]
     via: String,
+    #[serde(default = "d_request_headers")]
+    request_headers: Vec<String>,
 }
 
 impl Default for RawForwarding {
@@ -174,8 +176,16 @@ impl Default for RawForwarding {
             trusted_proxies: Vec::new(),
             hide_response_headers: d_hide(),
             via: d_via(),
+            request_headers: d_request_headers(),
         }
     }
+}
+
+fn d_request_headers() -> Vec<String> {
+    crate::proxy::headers::ForwardHeaders::NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn d_hide() -> Vec<String> {
@@ -348,6 +358,8 @@ pub struct Forwarding {
     /// Origin response headers not passed to clients.
     pub hide_response_headers: Vec<http::HeaderName>,
     pub via: crate::proxy::headers::ViaHop,
+    /// Forwarding headers written on requests (and Via on responses).
+    pub request_headers: crate::proxy::headers::ForwardHeaders,
 }
 
 #[derive(Debug, Clone)]
@@ -602,6 +614,20 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         )
     })?;
 
+    let request_headers =
+        crate::proxy::headers::ForwardHeaders::from_names(&raw.forwarding.request_headers)
+            .map_err(|i| {
+                src.error(
+                    format!("forwarding.request_headers[{i}]"),
+                    None,
+                    format!(
+                        "{:?} is not one of {}",
+                        raw.forwarding.request_headers[i],
+                        crate::proxy::headers::ForwardHeaders::NAMES.join(", ")
+                    ),
+                )
+            })?;
+
     let rate_limit = protect::rate_limit(src, raw.rate_limit)?;
     let rules = protect::rules(src, raw.rules)?;
 
@@ -626,6 +652,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
             trusted_proxies: raw.forwarding.trusted_proxies,
             hide_response_headers,
             via,
+            request_headers,
         },
         routes,
         upstreams,
@@ -695,6 +722,21 @@ addr = "127.0.0.1:9001"
         .unwrap();
         assert_eq!(ok.forwarding.hide_response_headers, vec!["x-backend"]);
         assert_eq!(ok.forwarding.via.name(), "edge-eu");
+        assert_eq!(
+            ok.forwarding.request_headers,
+            crate::proxy::headers::ForwardHeaders::ALL
+        );
+        let err = load(&format!(
+            "{GOOD}\n[forwarding]\nrequest_headers = [\"via\", \"x-real-ip\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("forwarding.request_headers[1]"));
+        let some = load(&format!(
+            "{GOOD}\n[forwarding]\nrequest_headers = [\"X-Forwarded-For\", \"via\"]\n"
+        ))
+        .unwrap();
+        let set = some.forwarding.request_headers;
+        assert!(set.x_forwarded_for && set.via && !set.forwarded && !set.x_forwarded_host);
     }
 
     #[test]

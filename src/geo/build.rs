@@ -229,9 +229,8 @@ mod tests {
         let bytes = to_mmdb(&entries).unwrap();
         let again = to_mmdb(&entries).unwrap();
         assert_eq!(bytes, again, "builds are reproducible");
-        let dir = std::env::temp_dir().join(format!("geoedge-build-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("t.mmdb");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.mmdb");
         std::fs::write(&path, bytes).unwrap();
         let db = GeoDb::open(&path).unwrap();
 

@@ -260,6 +260,7 @@ impl Origin {
         headers::set_forwarding(
             &mut parts.headers,
             &ForwardContext {
+                set: state.config.forwarding.request_headers,
                 client: self.client,
                 proto: if self.tls { "https" } else { "http" },
                 host: self.host.as_deref(),
@@ -406,11 +407,13 @@ fn client_response(
         &mut parts.headers,
         &state.config.forwarding.hide_response_headers,
     );
-    headers::append_via(
-        &mut parts.headers,
-        Version::HTTP_11,
-        &state.config.forwarding.via,
-    );
+    if state.config.forwarding.request_headers.via {
+        headers::append_via(
+            &mut parts.headers,
+            Version::HTTP_11,
+            &state.config.forwarding.via,
+        );
+    }
     if let Some(cookie) = &upstream.sticky_cookie {
         let value = &upstream.origins[index].sticky;
         if sticky != Some(value.as_str()) {

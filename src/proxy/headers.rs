@@ -100,6 +100,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// What the proxy knows of the request it is forwarding.
 pub struct ForwardContext<'a> {
+    /// Which forwarding headers we write.
+    pub set: ForwardHeaders,
     pub client: IpAddr,
     /// "http" or "https": how the request reached us.
     pub proto: &'static str,
@@ -115,6 +117,29 @@ pub struct ForwardContext<'a> {
 /// anyone else they are dropped, because a client can write anything there.
 pub fn set_forwarding(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, trusted: bool) {
     use std::fmt::Write as _;
+
+    let set = ctx.set;
+    if !trusted {
+        // A forwarding header we do not write must not reach the origin as an untrusted
+        // client wrote it: the origin would take it for ours.
+        for (on, name) in [
+            (set.x_forwarded_for, &X_FORWARDED_FOR),
+            (set.x_forwarded_proto, &X_FORWARDED_PROTO),
+            (set.x_forwarded_host, &X_FORWARDED_HOST),
+            (set.forwarded, &FORWARDED),
+        ] {
+            if !on {
+                headers.remove(name);
+            }
+        }
+    }
+    if set.via {
+        append_via(headers, ctx.version, ctx.via);
+    }
+    if !(set.x_forwarded_for || set.forwarded) {
+        set_forwarded_proto_and_host(headers, ctx, trusted);
+        return;
+    }
 
     let client = canonical(ctx.client);
     // Values are written straight into the buffers that become the headers: this runs for
@@ -153,15 +178,23 @@ pub fn set_forwarding(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, trusted
         }
     }
 
-    let keep_proto = trusted && headers.contains_key(&X_FORWARDED_PROTO);
-    if !keep_proto {
+    set_forwarded_proto_and_host(headers, ctx, trusted);
+    if set.x_forwarded_for {
+        insert_owned(headers, &X_FORWARDED_FOR, xff);
+    }
+    if set.forwarded {
+        insert_owned(headers, &FORWARDED, forwarded);
+    }
+}
+
+fn set_forwarded_proto_and_host(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, trusted: bool) {
+    if ctx.set.x_forwarded_proto && !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(ctx.proto),
         );
     }
-    let keep_host = trusted && headers.contains_key(&X_FORWARDED_HOST);
-    if !keep_host {
+    if ctx.set.x_forwarded_host && !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         match ctx.host {
             Some(host) => insert(headers, &X_FORWARDED_HOST, host),
             None => {
@@ -169,9 +202,59 @@ pub fn set_forwarding(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, trusted
             }
         }
     }
-    insert_owned(headers, &X_FORWARDED_FOR, xff);
-    insert_owned(headers, &FORWARDED, forwarded);
-    append_via(headers, ctx.version, ctx.via);
+}
+
+/// The forwarding headers written on requests to origins (`forwarding.request_headers`).
+/// `via` also covers responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardHeaders {
+    pub x_forwarded_for: bool,
+    pub x_forwarded_proto: bool,
+    pub x_forwarded_host: bool,
+    pub forwarded: bool,
+    pub via: bool,
+}
+
+impl ForwardHeaders {
+    pub const NAMES: [&'static str; 5] = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "via",
+    ];
+
+    pub const ALL: Self = Self {
+        x_forwarded_for: true,
+        x_forwarded_proto: true,
+        x_forwarded_host: true,
+        forwarded: true,
+        via: true,
+    };
+
+    /// From header names (any case); Err(i) names the first entry that is not one of
+    /// `NAMES`.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Self, usize> {
+        let mut set = Self {
+            x_forwarded_for: false,
+            x_forwarded_proto: false,
+            x_forwarded_host: false,
+            forwarded: false,
+            via: false,
+        };
+        for (i, name) in names.iter().enumerate() {
+            let flag = match name.as_ref().to_ascii_lowercase().as_str() {
+                "x-forwarded-for" => &mut set.x_forwarded_for,
+                "x-forwarded-proto" => &mut set.x_forwarded_proto,
+                "x-forwarded-host" => &mut set.x_forwarded_host,
+                "forwarded" => &mut set.forwarded,
+                "via" => &mut set.via,
+                _ => return Err(i),
+            };
+            *flag = true;
+        }
+        Ok(set)
+    }
 }
 
 /// Our hop in Via (RFC 9110 §7.6.3): the pseudonym, with its header values for each
@@ -311,6 +394,7 @@ mod tests {
 
     fn ctx(client: &str) -> ForwardContext<'static> {
         ForwardContext {
+            set: ForwardHeaders::ALL,
             client: client.parse().unwrap(),
             proto: "https",
             host: Some("www.example.test"),
@@ -363,6 +447,43 @@ mod tests {
             "for=192.0.2.7;proto=https;host=www.example.test"
         );
         assert_eq!(h["via"], "1.1 geoedge");
+    }
+
+    #[test]
+    fn headers_left_out_of_the_set_are_not_written_nor_spoofable() {
+        let spoofed = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.test"),
+            ("forwarded", "for=6.6.6.6"),
+        ];
+        let set = ForwardHeaders::from_names(&["X-Forwarded-For"]).unwrap();
+        let mut c = ctx("192.0.2.7");
+        c.set = set;
+        let mut h = map(&spoofed);
+        set_forwarding(&mut h, &c, false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        for gone in ["x-forwarded-proto", "x-forwarded-host", "forwarded", "via"] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+
+        // None at all: what nginx and HAProxy send unless told otherwise, minus the
+        // client's own claims.
+        c.set = ForwardHeaders::from_names::<&str>(&[]).unwrap();
+        let mut h = map(&spoofed);
+        h.append("accept", HeaderValue::from_static("*/*"));
+        set_forwarding(&mut h, &c, false);
+        assert_eq!(h.len(), 1);
+
+        // From a trusted proxy, headers we do not write pass as they came.
+        let mut h = map(&spoofed);
+        set_forwarding(&mut h, &c, true);
+        assert_eq!(h.len(), 4);
+        assert_eq!(ForwardHeaders::from_names(&["via", "nope"]), Err(1));
+        assert_eq!(
+            ForwardHeaders::from_names(&ForwardHeaders::NAMES),
+            Ok(ForwardHeaders::ALL)
+        );
     }
 
     #[test]
