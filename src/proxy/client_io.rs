@@ -141,15 +141,33 @@ pub struct CheckedTimer;
 /// header timer to be accurate to that fraction.
 pub const POLL_TICK_DIVISOR: u32 = 4;
 
+/// A deadline on the coarse clock (`coarse_ms`, a few ms of resolution, read without the
+/// TSC): hyper polls this on every poll of a connection waiting for a head, and precise
+/// clock reads are slow on virtual machines. Seconds-long header timeouts do not notice
+/// the resolution.
 struct CheckedSleep {
-    deadline: std::time::Instant,
+    deadline_ms: u64,
+}
+
+impl CheckedSleep {
+    fn until(deadline: std::time::Instant) -> Self {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        Self::after(left)
+    }
+
+    fn after(duration: std::time::Duration) -> Self {
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            deadline_ms: coarse_ms().saturating_add(ms),
+        }
+    }
 }
 
 impl std::future::Future for CheckedSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        if std::time::Instant::now() >= self.deadline {
+        if coarse_ms() >= self.deadline_ms {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -161,17 +179,17 @@ impl hyper::rt::Sleep for CheckedSleep {}
 
 impl hyper::rt::Timer for CheckedTimer {
     fn sleep(&self, duration: std::time::Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(std::time::Instant::now() + duration)
+        Box::pin(CheckedSleep::after(duration))
     }
 
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(CheckedSleep { deadline })
+        Box::pin(CheckedSleep::until(deadline))
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
         // A sleep of ours is replaced in place of a fresh allocation.
         if let Some(ours) = sleep.as_mut().downcast_mut_pin::<CheckedSleep>() {
-            ours.get_mut().deadline = new_deadline;
+            *ours.get_mut() = CheckedSleep::until(new_deadline);
         } else {
             *sleep = self.sleep_until(new_deadline);
         }

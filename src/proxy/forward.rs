@@ -314,11 +314,11 @@ impl Origin {
                     message: "request body already sent; not retried".into(),
                 });
             };
-            let sent =
-                tokio::time::timeout(upstream.response_timeout, conn.send(&parts, body, bodyless))
-                    .await;
+            let sent = conn
+                .send_within(upstream.response_timeout, &parts, body, bodyless)
+                .await;
             match sent {
-                Ok(Ok(head)) => {
+                Ok(head) => {
                     if head.parts.status.is_server_error() {
                         count_failure(shared, upstream, index, "5xx");
                     } else {
@@ -336,13 +336,20 @@ impl Origin {
                         shared.access_log.is_some(),
                     ));
                 }
-                Ok(Err(SendError::ClientBody(e))) => {
+                Err(SendError::ClientBody(e)) => {
                     if e.is::<http_body_util::LengthLimitError>() {
                         return Err(ProxyError::BodyTooLarge { limit });
                     }
                     return Err(ProxyError::ClientBody(e.to_string()));
                 }
-                Ok(Err(e)) => {
+                Err(SendError::TimedOut(_)) => {
+                    count_failure(shared, upstream, index, "timeout");
+                    return Err(ProxyError::Timeout {
+                        origin: origin.name.clone(),
+                        seconds: upstream.response_timeout.as_secs_f64(),
+                    });
+                }
+                Err(e) => {
                     // A reused keep-alive connection the origin had just closed is not the
                     // origin's fault; anything else counts against it.
                     if !(reused && e.is_closed()) {
@@ -359,13 +366,6 @@ impl Origin {
                     return Err(ProxyError::Upstream {
                         origin: origin.name.clone(),
                         message: e.to_string(),
-                    });
-                }
-                Err(_) => {
-                    count_failure(shared, upstream, index, "timeout");
-                    return Err(ProxyError::Timeout {
-                        origin: origin.name.clone(),
-                        seconds: upstream.response_timeout.as_secs_f64(),
                     });
                 }
             }

@@ -44,6 +44,10 @@ pub struct OriginConn {
     out: Vec<u8>,
     /// False once the connection's state is unknown or the origin said it will close.
     reusable: bool,
+    /// The response timeout, kept from one request to the next: moving a registered
+    /// tokio timer's deadline later is an atomic store, where a fresh timer per request is
+    /// an insertion into the timer wheel and a removal.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,8 @@ pub enum SendError {
     /// The client's request body failed (too large, cut short) while being forwarded.
     #[error("client request body: {0}")]
     ClientBody(BoxError),
+    #[error("no response head within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 impl SendError {
@@ -395,6 +401,7 @@ impl OriginConn {
             buf: BytesMut::new(),
             out: Vec::new(),
             reusable: true,
+            timer: None,
         }
     }
 
@@ -412,6 +419,34 @@ impl OriginConn {
 
     pub fn is_reusable(&self) -> bool {
         self.reusable && self.buf.is_empty()
+    }
+
+    /// `send` within `timeout`; the connection is not reusable after a timeout.
+    pub async fn send_within(
+        &mut self,
+        timeout: std::time::Duration,
+        head: &http::request::Parts,
+        body: ProxyBody,
+        bodyless: bool,
+    ) -> Result<ResponseHead, SendError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut timer = match self.timer.take() {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let result = tokio::select! {
+            biased;
+            sent = self.send(head, body, bodyless) => sent,
+            () = timer.as_mut() => {
+                self.reusable = false;
+                Err(SendError::TimedOut(timeout))
+            }
+        };
+        self.timer = Some(timer);
+        result
     }
 
     /// Sends one request and reads its response head. A request body is sent while the
@@ -872,6 +907,43 @@ mod tests {
         let seen = task.await.unwrap();
         assert!(seen[0].starts_with(b"GET /one HTTP/1.1\r\nhost: o\r\n"));
         assert!(seen[1].starts_with(b"GET /two HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn the_response_timeout_is_kept_across_requests_and_fires() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_request_head(&mut s).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            // The second request is never answered.
+            read_request_head(&mut s).await;
+            let _ = done_rx.await;
+        });
+        let limit = Duration::from_millis(200);
+        let mut conn = connect(addr).await;
+        let head = conn
+            .send_within(limit, &parts("GET", "/", &[]), empty(), true)
+            .await
+            .unwrap();
+        let mut conn = conn
+            .into_body(head.framing)
+            .take_reusable()
+            .expect("reusable");
+        let started = std::time::Instant::now();
+        let err = conn
+            .send_within(limit, &parts("GET", "/", &[]), empty(), true)
+            .await
+            .err()
+            .expect("answered");
+        assert!(matches!(err, SendError::TimedOut(_)), "{err}");
+        assert!(started.elapsed() >= limit, "fired early");
+        assert!(!conn.is_reusable());
+        let _ = done_tx.send(());
     }
 
     #[tokio::test]
