@@ -673,6 +673,48 @@ fn tls_sni_alpn_and_certificate_reload_without_dropping_connections() {
     let _ = &w.dir;
 }
 
+#[test]
+fn tls_sessions_resume_with_tickets_and_with_the_tls12_cache() {
+    let rt = runtime();
+    let certs = tempfile::tempdir().unwrap();
+    write_cert(certs.path(), "www", &["www.example.test"]);
+    let d = certs.path().display();
+    let w = world(Opts {
+        https: true,
+        extra: format!("[[tls.certificates]]\ncert = \"{d}/www.crt\"\nkey = \"{d}/www.key\"\n"),
+        ..Opts::default()
+    });
+    let https = w.proxy.addr("HTTPS");
+    rt.block_on(async {
+        for (versions, what) in [
+            (&[&rustls::version::TLS13][..], "TLS 1.3 ticket"),
+            (&[&rustls::version::TLS12][..], "TLS 1.2 session"),
+        ] {
+            let config = h::tls_client_config(&[b"http/1.1"], versions);
+            let mut first = h::tls_connect_with(https, "www.example.test", config.clone())
+                .await
+                .unwrap();
+            assert!(!first.resumed, "{what}: nothing to resume yet");
+            // Reading a response also reads the tickets sent after the handshake.
+            assert_eq!(
+                first.get("www.example.test", "/").await.unwrap().status,
+                200
+            );
+            for _ in 0..3 {
+                let mut again = h::tls_connect_with(https, "www.example.test", config.clone())
+                    .await
+                    .unwrap();
+                assert!(again.resumed, "{what}: not resumed");
+                assert_eq!(
+                    again.get("www.example.test", "/").await.unwrap().status,
+                    200
+                );
+            }
+        }
+    });
+    let _ = &w.dir;
+}
+
 /// Streams sent together on one HTTP/2 connection: some answered at once by the proxy
 /// (unknown host), some waiting on a slow origin, some with bodies larger than the
 /// proxy's write buffer. Every one completes, whole, on the same connection.

@@ -467,11 +467,10 @@ impl OriginConn {
         self.out.clear();
         let framing = encode_head(&mut self.out, head, bodyless);
         let result = if framing == Upload::None {
-            self.io
-                .write_all(&self.out)
-                .await
-                .map_err(SendError::Closed)?;
-            read_head(&mut self.io, &mut self.buf, &head.method).await
+            match self.io.write_all(&self.out).await {
+                Ok(()) => read_head(&mut self.io, &mut self.buf, &head.method).await,
+                Err(e) => Err(SendError::Closed(e)),
+            }
         } else {
             let (mut rd, mut wr) = self.io.split();
             let reading = read_head(&mut rd, &mut self.buf, &head.method);

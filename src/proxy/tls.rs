@@ -241,6 +241,11 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ticketer = provider::Ticketer::new()?;
+    // One ticket per handshake, not rustls's two: OpenSSL servers send one after a
+    // resumption, and each ticket costs the client a session object and a key
+    // derivation. Our tickets are stateless and every connection gets a fresh one, so a
+    // client that reconnects always has one to offer.
+    config.send_tls13_tickets = 1;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(16_384);
     Ok(Arc::new(config))
 }

@@ -180,20 +180,40 @@ pub enum TlsSender {
 pub struct TlsConn {
     pub alpn: Option<Vec<u8>>,
     pub leaf: Vec<u8>,
+    /// The handshake resumed an earlier session.
+    pub resumed: bool,
     pub sender: TlsSender,
 }
 
-pub async fn tls_connect(addr: SocketAddr, sni: &str, alpn: &[&[u8]]) -> Result<TlsConn, String> {
+/// A client config trusting any certificate; it keeps the sessions (tickets) it is given,
+/// so connections made with the same config can resume.
+pub fn tls_client_config(
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .with_protocol_versions(versions)
+    .expect("protocol versions")
     .dangerous()
     .with_custom_certificate_verifier(Arc::new(AcceptAny))
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Arc::new(config)
+}
+
+pub async fn tls_connect(addr: SocketAddr, sni: &str, alpn: &[&[u8]]) -> Result<TlsConn, String> {
+    let config = tls_client_config(alpn, rustls::DEFAULT_VERSIONS);
+    tls_connect_with(addr, sni, config).await
+}
+
+pub async fn tls_connect_with(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsConn, String> {
+    let connector = tokio_rustls::TlsConnector::from(config);
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
     let tls = connector
@@ -201,6 +221,7 @@ pub async fn tls_connect(addr: SocketAddr, sni: &str, alpn: &[&[u8]]) -> Result<
         .await
         .map_err(|e| e.to_string())?;
     let (_, session) = tls.get_ref();
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let alpn = session.alpn_protocol().map(|p| p.to_vec());
     let leaf = session
         .peer_certificates()
@@ -220,7 +241,12 @@ pub async fn tls_connect(addr: SocketAddr, sni: &str, alpn: &[&[u8]]) -> Result<
         tokio::spawn(conn);
         TlsSender::H1(s)
     };
-    Ok(TlsConn { alpn, leaf, sender })
+    Ok(TlsConn {
+        alpn,
+        leaf,
+        resumed,
+        sender,
+    })
 }
 
 impl TlsConn {
