@@ -101,7 +101,10 @@ impl OriginState {
 
     /// The most recently used idle connection that is still open and young enough, if any.
     pub fn take_idle(&self) -> Option<OriginConn> {
-        let now = crate::clock::coarse_ms();
+        self.take_idle_at(crate::clock::coarse_ms())
+    }
+
+    fn take_idle_at(&self, now: u64) -> Option<OriginConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((conn, since)) = idle.pop_back() {
             if now.saturating_sub(since) > MAX_IDLE_MS {
@@ -117,10 +120,13 @@ impl OriginState {
     }
 
     pub fn put_idle(&self, conn: OriginConn) {
+        self.put_idle_at(conn, crate::clock::coarse_ms());
+    }
+
+    fn put_idle_at(&self, conn: OriginConn, now: u64) {
         if !conn.is_reusable() {
             return;
         }
-        let now = crate::clock::coarse_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while idle
             .front()
@@ -365,6 +371,52 @@ mod tests {
             passive_cooldown: Duration::from_secs(60),
         };
         Upstream::new(&cfg, &OriginRegistry::default())
+    }
+
+    /// A connected pair: our end as an origin connection, and the origin's end.
+    async fn conn_pair(listener: &tokio::net::TcpListener) -> (OriginConn, TcpStream) {
+        let ours = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (theirs, _) = listener.accept().await.unwrap();
+        (OriginConn::new(ours), theirs)
+    }
+
+    #[tokio::test]
+    async fn the_pool_gives_the_newest_open_young_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let state = OriginState::new(1, 1);
+        let (a, _a_peer) = conn_pair(&listener).await;
+        let (b, b_peer) = conn_pair(&listener).await;
+        let t0 = 1_000_000;
+        state.put_idle_at(a, t0);
+        state.put_idle_at(b, t0 + 10);
+        assert_eq!(state.idle_count(), 2);
+
+        // The origin closes the newest one; once the reactor has seen that, it is skipped
+        // and the older one comes out.
+        drop(b_peer);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let newest_open = state.idle.lock().unwrap().back().unwrap().0.is_open();
+            if !newest_open {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "close never seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let got = state.take_idle_at(t0 + 20).expect("the open one");
+        assert!(got.is_open());
+        assert_eq!(state.idle_count(), 0);
+
+        // Idle past MAX_IDLE_MS: not handed out, and swept when another comes back.
+        state.put_idle_at(got, t0);
+        assert!(state.take_idle_at(t0 + MAX_IDLE_MS + 1).is_none());
+        let (c, _c_peer) = conn_pair(&listener).await;
+        let (d, _d_peer) = conn_pair(&listener).await;
+        state.put_idle_at(c, t0);
+        state.put_idle_at(d, t0 + MAX_IDLE_MS + 1);
+        assert_eq!(state.idle_count(), 1, "the stale one is closed on the way");
     }
 
     #[test]
