@@ -1,0 +1,527 @@
+//! Tests of `origin_conn.rs` against scripted origins on loopback.
+
+use super::*;
+use crate::proxy::body::{empty, full};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+#[test]
+fn framing_follows_rfc_9112_section_6_3() {
+    let ok = StatusCode::OK;
+    let get = Method::GET;
+    let cl = headers(&[("content-length", "10")]);
+    assert_eq!(framing(&Method::HEAD, ok, &cl), Ok(Framing::Empty));
+    assert_eq!(
+        framing(&get, StatusCode::NO_CONTENT, &cl),
+        Ok(Framing::Empty)
+    );
+    assert_eq!(
+        framing(&get, StatusCode::NOT_MODIFIED, &cl),
+        Ok(Framing::Empty)
+    );
+    assert_eq!(framing(&get, ok, &cl), Ok(Framing::Length(10)));
+    assert_eq!(
+        framing(&get, ok, &headers(&[("content-length", "0")])),
+        Ok(Framing::Empty)
+    );
+    // Transfer-Encoding wins over Content-Length.
+    let both = headers(&[("content-length", "10"), ("transfer-encoding", "chunked")]);
+    assert_eq!(framing(&get, ok, &both), Ok(Framing::Chunked));
+    let gzip_last = headers(&[("transfer-encoding", "chunked, gzip")]);
+    assert_eq!(framing(&get, ok, &gzip_last), Ok(Framing::Close));
+    assert_eq!(framing(&get, ok, &HeaderMap::new()), Ok(Framing::Close));
+    // Repeated equal values are one length; different ones are not to be trusted.
+    let same = headers(&[("content-length", "7, 7"), ("content-length", "7")]);
+    assert_eq!(framing(&get, ok, &same), Ok(Framing::Length(7)));
+    let differ = headers(&[("content-length", "7"), ("content-length", "8")]);
+    assert!(framing(&get, ok, &differ).is_err());
+    for bad in ["-1", "+5", "0x10", "", "1 2", "99999999999999999999999"] {
+        let h = headers(&[("content-length", bad)]);
+        assert!(framing(&get, ok, &h).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn keep_alive_by_version_and_connection_tokens() {
+    assert!(keeps_alive(Version::HTTP_11, &HeaderMap::new()));
+    assert!(!keeps_alive(
+        Version::HTTP_11,
+        &headers(&[("connection", "Close")])
+    ));
+    assert!(!keeps_alive(
+        Version::HTTP_11,
+        &headers(&[("connection", "keep-alive, close")])
+    ));
+    assert!(!keeps_alive(Version::HTTP_10, &HeaderMap::new()));
+    assert!(keeps_alive(
+        Version::HTTP_10,
+        &headers(&[("connection", "Keep-Alive")])
+    ));
+}
+
+fn parts(method: &str, target: &str, pairs: &[(&str, &str)]) -> http::request::Parts {
+    let mut b = http::Request::builder().method(method).uri(target);
+    for (k, v) in pairs {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+#[test]
+fn request_heads_announce_their_body() {
+    let mut out = Vec::new();
+    let up = encode_head(&mut out, &parts("GET", "/a?b=c", &[("host", "x")]), true);
+    assert_eq!(up, Upload::None);
+    assert_eq!(out, b"GET /a?b=c HTTP/1.1\r\nhost: x\r\n\r\n");
+
+    out.clear();
+    encode_head(&mut out, &parts("POST", "/", &[]), true);
+    assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+
+    out.clear();
+    let up = encode_head(
+        &mut out,
+        &parts("PUT", "/", &[("content-length", "3")]),
+        false,
+    );
+    assert_eq!(up, Upload::Length(3));
+
+    out.clear();
+    let up = encode_head(&mut out, &parts("POST", "/", &[]), false);
+    assert_eq!(up, Upload::Chunked);
+    assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
+}
+
+/// A body of the given frames, as a client that streams without a length would send.
+struct Frames(VecDeque<Bytes>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn frames(parts: &[&'static [u8]]) -> ProxyBody {
+    Frames(parts.iter().map(|p| Bytes::from_static(p)).collect()).boxed_unsync()
+}
+
+/// Reads one request head (and nothing more) from the origin side.
+async fn read_request_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    head
+}
+
+/// An origin that answers each request on one connection with the next canned reply,
+/// then closes; it returns what it was sent, heads and bodies.
+async fn origin(
+    replies: Vec<&'static [u8]>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        for reply in replies {
+            seen.push(read_request_head(&mut s).await);
+            s.write_all(reply).await.unwrap();
+        }
+        seen
+    });
+    (addr, task)
+}
+
+async fn connect(addr: std::net::SocketAddr) -> OriginConn {
+    OriginConn::new(TcpStream::connect(addr).await.unwrap())
+}
+
+async fn collect(body: &mut ResponseBody) -> Result<Vec<u8>, BoxError> {
+    let mut all = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            all.extend_from_slice(&data);
+        }
+    }
+    Ok(all)
+}
+
+#[tokio::test]
+async fn a_connection_carries_requests_one_after_another() {
+    let (addr, task) = origin(vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\nnop",
+    ])
+    .await;
+    let mut conn = connect(addr).await;
+    let get = parts("GET", "/one", &[("host", "o")]);
+    let head = conn.send(&get, empty(), true).await.unwrap();
+    assert_eq!(head.parts.status, StatusCode::OK);
+    assert_eq!(head.parts.headers["x-a"], "1");
+    assert_eq!(head.framing, Framing::Length(5));
+    let mut body = conn.into_body(head.framing);
+    assert_eq!(body.size_hint().exact(), Some(5));
+    assert_eq!(collect(&mut body).await.unwrap(), b"hello");
+    let mut conn = body.take_reusable().expect("reusable after a whole body");
+
+    let head = conn
+        .send(&parts("GET", "/two", &[]), empty(), true)
+        .await
+        .unwrap();
+    assert_eq!(head.parts.status, StatusCode::NOT_FOUND);
+    let mut body = conn.into_body(head.framing);
+    assert_eq!(collect(&mut body).await.unwrap(), b"nop");
+    let seen = task.await.unwrap();
+    assert!(seen[0].starts_with(b"GET /one HTTP/1.1\r\nhost: o\r\n"));
+    assert!(seen[1].starts_with(b"GET /two HTTP/1.1\r\n"));
+}
+
+#[tokio::test]
+async fn the_response_timeout_is_kept_across_requests_and_fires() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_request_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // The second request is never answered.
+        read_request_head(&mut s).await;
+        let _ = done_rx.await;
+    });
+    let limit = Duration::from_millis(200);
+    let mut conn = connect(addr).await;
+    let head = conn
+        .send_within(limit, &parts("GET", "/", &[]), empty(), true)
+        .await
+        .unwrap();
+    let mut conn = conn
+        .into_body(head.framing)
+        .take_reusable()
+        .expect("reusable");
+    let started = std::time::Instant::now();
+    let err = conn
+        .send_within(limit, &parts("GET", "/", &[]), empty(), true)
+        .await
+        .err()
+        .expect("answered");
+    assert!(matches!(err, SendError::TimedOut(_)), "{err}");
+    assert!(started.elapsed() >= limit, "fired early");
+    assert!(!conn.is_reusable());
+    let _ = done_tx.send(());
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_decoded_and_trailers_dropped() {
+    let (addr, _task) = origin(vec![
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n",
+    ])
+    .await;
+    let mut conn = connect(addr).await;
+    let head = conn
+        .send(&parts("GET", "/", &[]), empty(), true)
+        .await
+        .unwrap();
+    assert_eq!(head.framing, Framing::Chunked);
+    let mut body = conn.into_body(head.framing);
+    assert_eq!(collect(&mut body).await.unwrap(), b"hello world");
+    assert!(body.is_end_stream());
+    assert!(body.take_reusable().is_some());
+}
+
+#[tokio::test]
+async fn a_body_without_length_runs_to_the_close_and_ends_the_connection() {
+    let (addr, _task) = origin(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"]).await;
+    let mut conn = connect(addr).await;
+    let head = conn
+        .send(&parts("GET", "/", &[]), empty(), true)
+        .await
+        .unwrap();
+    assert_eq!(head.framing, Framing::Close);
+    let mut body = conn.into_body(head.framing);
+    assert_eq!(collect(&mut body).await.unwrap(), b"until the end");
+    assert!(body.take_reusable().is_none());
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped() {
+    let (addr, _task) = origin(vec![
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+    ])
+    .await;
+    let mut conn = connect(addr).await;
+    let head = conn
+        .send(&parts("GET", "/", &[]), empty(), true)
+        .await
+        .unwrap();
+    assert_eq!(head.parts.status, StatusCode::CREATED);
+    assert!(!head.parts.headers.contains_key("link"));
+    let mut body = conn.into_body(head.framing);
+    assert_eq!(collect(&mut body).await.unwrap(), b"ok");
+}
+
+#[tokio::test]
+async fn a_head_response_has_no_body_whatever_its_length() {
+    let (addr, _task) = origin(vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    ])
+    .await;
+    let mut conn = connect(addr).await;
+    let head = conn
+        .send(&parts("HEAD", "/", &[]), empty(), true)
+        .await
+        .unwrap();
+    assert_eq!(head.parts.headers["content-length"], "1000");
+    let mut body = conn.into_body(head.framing);
+    assert!(body.is_end_stream());
+    let mut conn = body.take_reusable().expect("reusable");
+    let head = conn
+        .send(&parts("GET", "/", &[]), empty(), true)
+        .await
+        .unwrap();
+    assert_eq!(head.framing, Framing::Empty);
+}
+
+#[tokio::test]
+async fn broken_responses_are_errors_not_guesses() {
+    let cases: [(&'static [u8], &str); 4] = [
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "malformed"),
+        (b"NOT HTTP\r\n\r\n", "malformed"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "conflicting",
+        ),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "101"),
+    ];
+    for (reply, what) in cases {
+        let (addr, _task) = origin(vec![reply]).await;
+        let mut conn = connect(addr).await;
+        let err = conn
+            .send(&parts("GET", "/", &[]), empty(), true)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        assert!(matches!(err, SendError::Malformed(_)), "{what}: {err}");
+        assert!(!conn.is_reusable());
+    }
+}
+
+#[tokio::test]
+async fn a_head_past_the_limit_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_request_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
+        let line = format!("x-filler: {}\r\n", "a".repeat(1000));
+        for _ in 0..100 {
+            if s.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut conn = connect(addr).await;
+    let err = conn
+        .send(&parts("GET", "/", &[]), empty(), true)
+        .await
+        .err()
+        .expect("accepted");
+    assert!(err.to_string().contains("too large"), "{err}");
+}
+
+#[tokio::test]
+async fn cut_short_bodies_are_errors() {
+    let cases: [&'static [u8]; 3] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ];
+    for reply in cases {
+        // The origin's task ends after the reply, which closes the connection.
+        let (addr, task) = origin(vec![reply]).await;
+        let mut conn = connect(addr).await;
+        let head = conn
+            .send(&parts("GET", "/", &[]), empty(), true)
+            .await
+            .unwrap();
+        task.await.unwrap();
+        let mut body = conn.into_body(head.framing);
+        assert!(collect(&mut body).await.is_err());
+        assert!(body.take_reusable().is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_closed_idle_connection_is_noticed_and_a_request_on_it_is_closed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_request_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = close_rx.await;
+    });
+    let mut conn = connect(addr).await;
+    let head = conn
+        .send(&parts("GET", "/", &[]), empty(), true)
+        .await
+        .unwrap();
+    let mut body = conn.into_body(head.framing);
+    let conn = body.take_reusable().expect("reusable");
+    assert!(conn.is_open());
+    let _ = close_tx.send(());
+    task.await.unwrap(); // the origin has closed its end
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while conn.is_open() {
+        assert!(tokio::time::Instant::now() < deadline, "close never seen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut conn = conn;
+    let err = conn
+        .send(&parts("GET", "/", &[]), empty(), true)
+        .await
+        .err()
+        .expect("answered on a closed connection");
+    assert!(err.is_closed(), "{err}");
+}
+
+#[tokio::test]
+async fn bodies_go_out_with_their_length_or_chunked() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        for (end, reply) in [
+            (
+                &b"abc"[..],
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..],
+            ),
+            (
+                &b"0\r\n\r\n"[..],
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..],
+            ),
+        ] {
+            let mut seen = read_request_head(&mut s).await;
+            let mut byte = [0u8; 1];
+            while !seen.ends_with(end) {
+                assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+                seen.push(byte[0]);
+            }
+            got.push(seen);
+            s.write_all(reply).await.unwrap();
+        }
+        got
+    });
+    let mut conn = connect(addr).await;
+    let put = parts("PUT", "/", &[("content-length", "3")]);
+    let head = conn.send(&put, full("abc"), false).await.unwrap();
+    let mut conn = conn
+        .into_body(head.framing)
+        .take_reusable()
+        .expect("reusable");
+    let post = parts("POST", "/", &[]);
+    let head = conn
+        .send(&post, frames(&[b"hello", b"", b" world"]), false)
+        .await
+        .unwrap();
+    assert_eq!(head.parts.status, StatusCode::OK);
+    let got = task.await.unwrap();
+    assert!(got[0].ends_with(b"content-length: 3\r\n\r\nabc"));
+    assert!(got[1]
+        .ends_with(b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"));
+}
+
+#[tokio::test]
+async fn a_body_longer_than_announced_is_the_clients_fault() {
+    let (addr, _task) = origin(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]).await;
+    let mut conn = connect(addr).await;
+    let put = parts("PUT", "/", &[("content-length", "2")]);
+    let err = conn
+        .send(&put, frames(&[b"abc"]), false)
+        .await
+        .err()
+        .expect("sent");
+    assert!(matches!(err, SendError::ClientBody(_)), "{err}");
+    assert!(!conn.is_reusable());
+}
+
+/// A client body that never ends (bounded at 64 MiB).
+struct Endless(usize);
+
+impl Body for Endless {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.0 == 0 {
+            return Poll::Ready(None);
+        }
+        self.0 -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))))
+    }
+}
+
+#[tokio::test]
+async fn an_answer_before_the_body_is_sent_is_heard() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_request_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+            .await
+            .unwrap();
+        // Keep the connection open without reading until the test is done: the
+        // answer must come through while our writes are blocked.
+        let _ = done_rx.await;
+    });
+    let mut conn = connect(addr).await;
+    let post = parts("POST", "/upload", &[]);
+    let head = tokio::time::timeout(
+        Duration::from_secs(10),
+        conn.send(&post, Endless(1024).boxed_unsync(), false),
+    )
+    .await
+    .expect("hung on a blocked upload")
+    .unwrap();
+    assert_eq!(head.parts.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(!conn.is_reusable());
+    let mut body = conn.into_body(head.framing);
+    assert_eq!(collect(&mut body).await.unwrap(), b"big!");
+    assert!(body.take_reusable().is_none());
+    let _ = done_tx.send(());
+}
