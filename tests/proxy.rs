@@ -673,9 +673,9 @@ fn tls_sni_alpn_and_certificate_reload_without_dropping_connections() {
     let _ = &w.dir;
 }
 
-#[test]
-fn tls_sessions_resume_with_tickets_and_with_the_tls12_cache() {
-    let rt = runtime();
+/// A world whose proxy serves HTTPS with one certificate, for www.example.test; the
+/// directory holding it goes with the second value.
+fn tls_world() -> (World, tempfile::TempDir) {
     let certs = tempfile::tempdir().unwrap();
     write_cert(certs.path(), "www", &["www.example.test"]);
     let d = certs.path().display();
@@ -684,6 +684,13 @@ fn tls_sessions_resume_with_tickets_and_with_the_tls12_cache() {
         extra: format!("[[tls.certificates]]\ncert = \"{d}/www.crt\"\nkey = \"{d}/www.key\"\n"),
         ..Opts::default()
     });
+    (w, certs)
+}
+
+#[test]
+fn tls_sessions_resume_with_tickets_and_with_the_tls12_cache() {
+    let rt = runtime();
+    let (w, _certs) = tls_world();
     let https = w.proxy.addr("HTTPS");
     rt.block_on(async {
         for (versions, what) in [
@@ -721,14 +728,7 @@ fn tls_sessions_resume_with_tickets_and_with_the_tls12_cache() {
 #[test]
 fn concurrent_http2_streams_of_every_kind_complete_whole() {
     let rt = runtime();
-    let certs = tempfile::tempdir().unwrap();
-    write_cert(certs.path(), "www", &["www.example.test"]);
-    let d = certs.path().display();
-    let w = world(Opts {
-        https: true,
-        extra: format!("[[tls.certificates]]\ncert = \"{d}/www.crt\"\nkey = \"{d}/www.key\"\n"),
-        ..Opts::default()
-    });
+    let (w, _certs) = tls_world();
     let https = w.proxy.addr("HTTPS");
     rt.block_on(async {
         let c = h::tls_connect(https, "www.example.test", &[b"h2"])

@@ -2,6 +2,7 @@
 //! engines use. Every error names the file, the key and (where known) the line.
 
 pub mod dns;
+mod forwarding;
 mod protect;
 pub mod proxy;
 mod upstreams;

@@ -10,6 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::forwarding::Forwarding;
+use super::forwarding::{self, RawForwarding};
 use super::protect::{self, RawAuth, RawRateLimit, RawRule};
 pub use super::protect::{AuthConfig, RateConfig, RateLimitConfig, RuleAction, RuleConfig};
 use super::upstreams::RawUpstream;
@@ -155,44 +157,6 @@ fn d_max_connections() -> usize {
 }
 fn d_drain_timeout() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(10))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawForwarding {
-    #[serde(default)]
-    trusted_proxies: Vec<IpNet>,
-    #[serde(default = "d_hide")]
-    hide_response_headers: Vec<String>,
-    #[serde(default = "d_via")]
-    via: String,
-    #[serde(default = "d_request_headers")]
-    request_headers: Vec<String>,
-}
-
-impl Default for RawForwarding {
-    fn default() -> Self {
-        Self {
-            trusted_proxies: Vec::new(),
-            hide_response_headers: d_hide(),
-            via: d_via(),
-            request_headers: d_request_headers(),
-        }
-    }
-}
-
-fn d_request_headers() -> Vec<String> {
-    crate::proxy::headers::ForwardHeaders::NAMES
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-}
-
-fn d_hide() -> Vec<String> {
-    vec!["server".into(), "x-powered-by".into()]
-}
-fn d_via() -> String {
-    "geoedge".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,16 +314,6 @@ pub struct Limits {
     pub max_url_bytes: usize,
     /// More query parameters get 400.
     pub max_query_params: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct Forwarding {
-    pub trusted_proxies: Vec<IpNet>,
-    /// Origin response headers not passed to clients.
-    pub hide_response_headers: Vec<http::HeaderName>,
-    pub via: crate::proxy::headers::ViaHop,
-    /// Forwarding headers written on requests (and Via on responses).
-    pub request_headers: crate::proxy::headers::ForwardHeaders,
 }
 
 #[derive(Debug, Clone)]
@@ -593,40 +547,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         (path, a.format)
     });
 
-    let mut hide_response_headers = Vec::new();
-    for (i, name) in raw.forwarding.hide_response_headers.iter().enumerate() {
-        match http::HeaderName::from_bytes(name.as_bytes()) {
-            Ok(n) => hide_response_headers.push(n),
-            Err(_) => {
-                return Err(src.error(
-                    format!("forwarding.hide_response_headers[{i}]"),
-                    None,
-                    format!("{name:?} is not a header name"),
-                ))
-            }
-        }
-    }
-    let via = crate::proxy::headers::ViaHop::new(&raw.forwarding.via).map_err(|_| {
-        src.error(
-            "forwarding.via",
-            None,
-            "must be a token (letters, digits, - . _ : and no spaces)",
-        )
-    })?;
-
-    let request_headers =
-        crate::proxy::headers::ForwardHeaders::from_names(&raw.forwarding.request_headers)
-            .map_err(|i| {
-                src.error(
-                    format!("forwarding.request_headers[{i}]"),
-                    None,
-                    format!(
-                        "{:?} is not one of {}",
-                        raw.forwarding.request_headers[i],
-                        crate::proxy::headers::ForwardHeaders::NAMES.join(", ")
-                    ),
-                )
-            })?;
+    let forwarding = forwarding::validate(src, raw.forwarding)?;
 
     let rate_limit = protect::rate_limit(src, raw.rate_limit)?;
     let rules = protect::rules(src, raw.rules)?;
@@ -648,12 +569,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         admin: raw.listen.admin,
         certificates,
         limits,
-        forwarding: Forwarding {
-            trusted_proxies: raw.forwarding.trusted_proxies,
-            hide_response_headers,
-            via,
-            request_headers,
-        },
+        forwarding,
         routes,
         upstreams,
     })

@@ -136,23 +136,38 @@ async fn read_request_head(s: &mut TcpStream) -> Vec<u8> {
     head
 }
 
+/// An origin on loopback that accepts one connection and runs `script` on it; the handle
+/// gives what the script returns.
+fn scripted<F, Fut, T>(script: F) -> (std::net::SocketAddr, tokio::task::JoinHandle<T>)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let listener = TcpListener::from_std(std_listener).unwrap();
+    let task = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        script(s).await
+    });
+    (addr, task)
+}
+
 /// An origin that answers each request on one connection with the next canned reply,
 /// then closes; it returns what it was sent, heads and bodies.
 async fn origin(
     replies: Vec<&'static [u8]>,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    scripted(|mut s| async move {
         let mut seen = Vec::new();
         for reply in replies {
             seen.push(read_request_head(&mut s).await);
             s.write_all(reply).await.unwrap();
         }
         seen
-    });
-    (addr, task)
+    })
 }
 
 async fn connect(addr: std::net::SocketAddr) -> OriginConn {
@@ -201,11 +216,8 @@ async fn a_connection_carries_requests_one_after_another() {
 
 #[tokio::test]
 async fn the_response_timeout_is_kept_across_requests_and_fires() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let (addr, _task) = scripted(|mut s| async move {
         read_request_head(&mut s).await;
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             .await
@@ -334,10 +346,7 @@ async fn broken_responses_are_errors_not_guesses() {
 
 #[tokio::test]
 async fn a_head_past_the_limit_is_refused() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let (addr, _task) = scripted(|mut s| async move {
         read_request_head(&mut s).await;
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
         let line = format!("x-filler: {}\r\n", "a".repeat(1000));
@@ -380,11 +389,8 @@ async fn cut_short_bodies_are_errors() {
 
 #[tokio::test]
 async fn a_closed_idle_connection_is_noticed_and_a_request_on_it_is_closed() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let (addr, task) = scripted(|mut s| async move {
         read_request_head(&mut s).await;
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             .await
@@ -417,10 +423,7 @@ async fn a_closed_idle_connection_is_noticed_and_a_request_on_it_is_closed() {
 
 #[tokio::test]
 async fn bodies_go_out_with_their_length_or_chunked() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let (addr, task) = scripted(|mut s| async move {
         let mut got = Vec::new();
         for (end, reply) in [
             (
@@ -496,11 +499,8 @@ impl Body for Endless {
 
 #[tokio::test]
 async fn an_answer_before_the_body_is_sent_is_heard() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let (addr, _task) = scripted(|mut s| async move {
         read_request_head(&mut s).await;
         s.write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!")
             .await
