@@ -293,7 +293,7 @@ async fn read_head<R: AsyncRead + Unpin>(
     let mut received = !buf.is_empty();
     loop {
         if !buf.is_empty() {
-            if let Some((status, version, headers)) =
+            if let Some((status, version, mut headers)) =
                 parse_head(buf).map_err(SendError::Malformed)?
             {
                 if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -304,7 +304,15 @@ async fn read_head<R: AsyncRead + Unpin>(
                     continue;
                 }
                 let framing = framing(method, status, &headers).map_err(SendError::Malformed)?;
-                let keep = keeps_alive(version, &headers) && framing != Framing::Close;
+                let mut keep = keeps_alive(version, &headers) && framing != Framing::Close;
+                if matches!(framing, Framing::Chunked | Framing::Close)
+                    && headers.remove(CONTENT_LENGTH).is_some()
+                {
+                    // Transfer-Encoding won (RFC 9112 §6.3): the length must not reach the
+                    // client, and an origin that sent both is not trusted with another
+                    // request on this connection.
+                    keep = false;
+                }
                 let (mut parts, ()) = http::Response::new(()).into_parts();
                 parts.status = status;
                 parts.version = version;

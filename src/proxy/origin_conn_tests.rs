@@ -267,6 +267,27 @@ async fn chunked_bodies_are_decoded_and_trailers_dropped() {
 }
 
 #[tokio::test]
+async fn with_both_framings_chunked_wins_and_the_length_is_dropped() {
+    let (addr, _task) = origin(vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ])
+    .await;
+    let mut conn = connect(addr).await;
+    let head = conn
+        .send(&parts("GET", "/", &[]), empty(), true)
+        .await
+        .unwrap();
+    assert_eq!(head.framing, Framing::Chunked);
+    assert!(!head.parts.headers.contains_key("content-length"));
+    let mut body = conn.into_body(head.framing);
+    assert_eq!(collect(&mut body).await.unwrap(), b"hello");
+    assert!(
+        body.take_reusable().is_none(),
+        "not trusted with another request"
+    );
+}
+
+#[tokio::test]
 async fn a_body_without_length_runs_to_the_close_and_ends_the_connection() {
     let (addr, _task) = origin(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"]).await;
     let mut conn = connect(addr).await;
