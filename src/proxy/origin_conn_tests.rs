@@ -174,6 +174,16 @@ async fn connect(addr: std::net::SocketAddr) -> OriginConn {
     OriginConn::new(TcpStream::connect(addr).await.unwrap())
 }
 
+/// A connection to `addr` that has sent `GET /` and read the response head.
+async fn get_from(addr: std::net::SocketAddr) -> (OriginConn, ResponseHead) {
+    let mut conn = connect(addr).await;
+    let head = conn
+        .send(&parts("GET", "/", &[]), empty(), true)
+        .await
+        .unwrap();
+    (conn, head)
+}
+
 async fn collect(body: &mut ResponseBody) -> Result<Vec<u8>, BoxError> {
     let mut all = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -254,11 +264,7 @@ async fn chunked_bodies_are_decoded_and_trailers_dropped() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n",
     ])
     .await;
-    let mut conn = connect(addr).await;
-    let head = conn
-        .send(&parts("GET", "/", &[]), empty(), true)
-        .await
-        .unwrap();
+    let (conn, head) = get_from(addr).await;
     assert_eq!(head.framing, Framing::Chunked);
     let mut body = conn.into_body(head.framing);
     assert_eq!(collect(&mut body).await.unwrap(), b"hello world");
@@ -272,11 +278,7 @@ async fn with_both_framings_chunked_wins_and_the_length_is_dropped() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ])
     .await;
-    let mut conn = connect(addr).await;
-    let head = conn
-        .send(&parts("GET", "/", &[]), empty(), true)
-        .await
-        .unwrap();
+    let (conn, head) = get_from(addr).await;
     assert_eq!(head.framing, Framing::Chunked);
     assert!(!head.parts.headers.contains_key("content-length"));
     let mut body = conn.into_body(head.framing);
@@ -290,11 +292,7 @@ async fn with_both_framings_chunked_wins_and_the_length_is_dropped() {
 #[tokio::test]
 async fn a_body_without_length_runs_to_the_close_and_ends_the_connection() {
     let (addr, _task) = origin(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"]).await;
-    let mut conn = connect(addr).await;
-    let head = conn
-        .send(&parts("GET", "/", &[]), empty(), true)
-        .await
-        .unwrap();
+    let (conn, head) = get_from(addr).await;
     assert_eq!(head.framing, Framing::Close);
     let mut body = conn.into_body(head.framing);
     assert_eq!(collect(&mut body).await.unwrap(), b"until the end");
@@ -307,11 +305,7 @@ async fn interim_responses_are_skipped() {
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
     ])
     .await;
-    let mut conn = connect(addr).await;
-    let head = conn
-        .send(&parts("GET", "/", &[]), empty(), true)
-        .await
-        .unwrap();
+    let (conn, head) = get_from(addr).await;
     assert_eq!(head.parts.status, StatusCode::CREATED);
     assert!(!head.parts.headers.contains_key("link"));
     let mut body = conn.into_body(head.framing);
@@ -418,11 +412,7 @@ async fn a_closed_idle_connection_is_noticed_and_a_request_on_it_is_closed() {
             .unwrap();
         let _ = close_rx.await;
     });
-    let mut conn = connect(addr).await;
-    let head = conn
-        .send(&parts("GET", "/", &[]), empty(), true)
-        .await
-        .unwrap();
+    let (conn, head) = get_from(addr).await;
     let mut body = conn.into_body(head.framing);
     let conn = body.take_reusable().expect("reusable");
     assert!(conn.is_open());
