@@ -80,6 +80,9 @@ pub struct LazySocket {
     state: State,
     /// A direct read has found nothing once already.
     read_blocked_once: bool,
+    /// The last direct read took less than it asked for, so the socket is drained: the
+    /// next read would find nothing (tokio's reactor makes the same inference).
+    drained: bool,
 }
 
 enum State {
@@ -95,6 +98,7 @@ impl LazySocket {
         Self {
             state: State::Direct(socket),
             read_blocked_once: false,
+            drained: false,
         }
     }
 
@@ -151,7 +155,9 @@ impl AsyncRead for LazySocket {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let State::Direct(s) = &mut this.state {
-            loop {
+            // After a short read the socket is drained: skip the system call that would
+            // find nothing.
+            while !std::mem::take(&mut this.drained) {
                 // Zeroing the spare space keeps this safe; it happens only for the reads
                 // before a connection first blocks, and only for a request head's worth
                 // (hyper offers 8 KiB; a longer head takes another read).
@@ -159,6 +165,7 @@ impl AsyncRead for LazySocket {
                 match s.read(buf.initialize_unfilled_to(want)) {
                     Ok(n) => {
                         buf.advance(n);
+                        this.drained = n > 0 && n < want;
                         return Poll::Ready(Ok(()));
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -310,5 +317,48 @@ mod tests {
             .poll_read(&mut cx, &mut buf)
             .is_pending());
         assert!(server.is_registered(), "second: wait on the reactor");
+    }
+
+    #[tokio::test]
+    async fn after_a_short_read_the_next_read_makes_no_system_call() {
+        let (mut server, mut client) = pair().await;
+        let (_counter, waker) = counting_cx();
+        let mut cx = Context::from_waker(&waker);
+        client.write_all(b"ping").await.unwrap();
+        let mut space = [0u8; 16];
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < 4 {
+            let mut buf = ReadBuf::new(&mut space);
+            if Pin::new(&mut server)
+                .poll_read(&mut cx, &mut buf)
+                .is_ready()
+            {
+                got.extend_from_slice(buf.filled());
+            }
+            assert!(!server.is_registered() && std::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(got, b"ping");
+        client.write_all(b"more").await.unwrap();
+        let State::Direct(direct) = &server.state else {
+            panic!("registered before blocking");
+        };
+        let mut peeked = [0u8; 4];
+        while direct.peek(&mut peeked).map_or(true, |n| n < 4) {
+            assert!(std::time::Instant::now() < deadline, "`more` never arrived");
+            tokio::task::yield_now().await;
+        }
+        // "more" is waiting, but the short read said the socket was drained.
+        let mut buf = ReadBuf::new(&mut space);
+        assert!(Pin::new(&mut server)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending());
+        assert!(buf.filled().is_empty() && !server.is_registered());
+        let mut buf = ReadBuf::new(&mut space);
+        assert!(Pin::new(&mut server)
+            .poll_read(&mut cx, &mut buf)
+            .is_ready());
+        assert_eq!(buf.filled(), b"more");
     }
 }
