@@ -347,6 +347,7 @@ pub const PROXY_UPSTREAM_ERRORS: &str = "geoedge_proxy_upstream_errors_total";
 pub const PROXY_TLS_HANDSHAKES: &str = "geoedge_proxy_tls_handshakes_total";
 pub const PROXY_CONNECTIONS_OPEN: &str = "geoedge_proxy_connections_open";
 pub const PROXY_CONNECTIONS: &str = "geoedge_proxy_connections_total";
+pub const PROXY_TUNNELS_OPEN: &str = "geoedge_proxy_tunnels_open";
 pub const PROXY_CERT_RELOADS: &str = "geoedge_proxy_certificate_reloads_total";
 pub const PROXY_REPORTS: &str = "geoedge_proxy_reports_sent_total";
 pub const PROXY_RULE_MATCHES: &str = "geoedge_proxy_rule_matches_total";
@@ -405,6 +406,7 @@ pub struct ProxyMetrics {
     pub tls_failed: IntCounter,
     pub connections_open: IntGauge,
     pub connections: IntCounterVec,
+    pub tunnels_open: IntGauge,
     pub cert_reload_ok: IntCounter,
     pub cert_reload_failed: IntCounter,
     pub reports: IntCounterVec,
@@ -494,6 +496,14 @@ impl ProxyMetrics {
         let connections_open = register(
             registry,
             IntGauge::new(PROXY_CONNECTIONS_OPEN, "Client connections open now").expect("valid"),
+        );
+        let tunnels_open = register(
+            registry,
+            IntGauge::new(
+                PROXY_TUNNELS_OPEN,
+                "WebSocket tunnels open now (each also counts as an open connection)",
+            )
+            .expect("valid"),
         );
         let connections = v(
             PROXY_CONNECTIONS,
@@ -604,6 +614,7 @@ impl ProxyMetrics {
             tls_failed: tls.with_label_values(&["error"]),
             connections_open,
             connections,
+            tunnels_open,
             cert_reload_ok: reloads.with_label_values(&["ok"]),
             cert_reload_failed: reloads.with_label_values(&["error"]),
             reports,

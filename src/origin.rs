@@ -5,6 +5,9 @@
 //!   `h_NAME=VALUE` adds any response header (`h_etag=%22v1%22`, `h_vary=accept-language`);
 //!   with an ETag or Last-Modified set, a matching conditional request gets 304;
 //! - `GET /_origin/echo` returns the request head as it arrived (forwarding tests);
+//! - `GET /_origin/upgrade` with `Connection: upgrade` switches to the protocol the request
+//!   names in `Upgrade` and echoes every byte back (WebSocket tunnel tests); without an
+//!   Upgrade it answers 426;
 //! - `GET /_origin/count` returns how many requests were served (`?path=/x`: for one path);
 //! - `POST /_origin/status?code=500` makes every answer that status (0 to stop);
 //! - `POST /_origin/health?status=503` changes what `/healthz` answers;
@@ -51,7 +54,7 @@ impl Origin {
         self.served.load(Ordering::Relaxed)
     }
 
-    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let param = |key: &str| {
@@ -86,6 +89,10 @@ impl Origin {
                 let status = param("status").and_then(|s| s.parse().ok()).unwrap_or(200);
                 self.health_status.store(status, Ordering::Relaxed);
                 return reply(200, format!("health now {status}\n"));
+            }
+            (&Method::GET, "/_origin/upgrade") => {
+                let resp = switch_to_echo(&mut req);
+                return with_identity(resp, &self.name);
             }
             (&Method::POST, "/_origin/delay") => {
                 let ms = param("ms").and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -193,6 +200,45 @@ impl Origin {
     }
 }
 
+/// Answers an upgrade request with 101 and echoes the upgraded connection's bytes.
+fn switch_to_echo(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    let asked = req
+        .headers()
+        .get(http::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    let Some(protocol) = req.headers().get(http::header::UPGRADE).cloned() else {
+        let mut resp = reply(426, "upgrade required\n".into());
+        resp.headers_mut().insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        return resp;
+    };
+    if !asked {
+        return reply(400, "Upgrade without Connection: upgrade\n".into());
+    }
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut rd, &mut wr).await;
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(http::header::UPGRADE, protocol);
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    resp
+}
+
 fn reply(status: u16, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -236,7 +282,7 @@ pub async fn serve(listener: TcpListener, origin: Arc<Origin>) {
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }

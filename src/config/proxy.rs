@@ -98,6 +98,8 @@ struct RawLimits {
     header_read_timeout: ConfigDuration,
     #[serde(default = "d_idle_timeout")]
     idle_timeout: ConfigDuration,
+    #[serde(default = "d_tunnel_idle_timeout")]
+    tunnel_idle_timeout: ConfigDuration,
     #[serde(default = "d_max_header_bytes")]
     max_header_bytes: usize,
     #[serde(default = "d_max_headers")]
@@ -126,6 +128,7 @@ impl Default for RawLimits {
         Self {
             header_read_timeout: d_header_read_timeout(),
             idle_timeout: d_idle_timeout(),
+            tunnel_idle_timeout: d_tunnel_idle_timeout(),
             max_header_bytes: d_max_header_bytes(),
             max_headers: d_max_headers(),
             max_body_bytes: d_max_body_bytes(),
@@ -142,6 +145,11 @@ fn d_header_read_timeout() -> ConfigDuration {
 }
 fn d_idle_timeout() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(60))
+}
+/// WebSockets often sit quiet for minutes between messages; HAProxy's examples set
+/// `timeout tunnel 1h`.
+fn d_tunnel_idle_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(3600))
 }
 fn d_max_header_bytes() -> usize {
     16 * 1024
@@ -305,6 +313,8 @@ pub enum CertificateSource {
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A WebSocket tunnel with nothing crossing either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: u64,
@@ -402,9 +412,19 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
             "max_headers and max_connections must be at least 1",
         ));
     }
+    for (key, d) in [
+        ("limits.header_read_timeout", &l.header_read_timeout),
+        ("limits.idle_timeout", &l.idle_timeout),
+        ("limits.tunnel_idle_timeout", &l.tunnel_idle_timeout),
+    ] {
+        if d.0.is_zero() {
+            return Err(src.error(key, None, "must be longer than 0s"));
+        }
+    }
     let limits = Limits {
         header_read_timeout: l.header_read_timeout.0,
         idle_timeout: l.idle_timeout.0,
+        tunnel_idle_timeout: l.tunnel_idle_timeout.0,
         max_header_bytes: l.max_header_bytes,
         max_headers: l.max_headers,
         max_body_bytes: l.max_body_bytes,
@@ -653,6 +673,23 @@ addr = "127.0.0.1:9001"
         .unwrap();
         let set = some.forwarding.request_headers;
         assert!(set.x_forwarded_for && set.via && !set.forwarded && !set.x_forwarded_host);
+    }
+
+    #[test]
+    fn zero_timeouts_are_rejected_with_their_key() {
+        let c = load(&format!(
+            "{GOOD}\n[limits]\ntunnel_idle_timeout = \"90s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.tunnel_idle_timeout, Duration::from_secs(90));
+        assert_eq!(
+            load(GOOD).unwrap().limits.tunnel_idle_timeout,
+            Duration::from_secs(3600)
+        );
+        for key in ["header_read_timeout", "idle_timeout", "tunnel_idle_timeout"] {
+            let err = load(&format!("{GOOD}\n[limits]\n{key} = \"0s\"\n")).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(format!("limits.{key}").as_str()));
+        }
     }
 
     #[test]

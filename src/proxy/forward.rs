@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, CONTENT_LENGTH, COOKIE, HOST, LOCATION, SET_COOKIE, TRANSFER_ENCODING,
+    HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, LOCATION, SET_COOKIE, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
@@ -25,6 +26,7 @@ use super::error::ProxyError;
 use super::headers::{self, ForwardContext};
 use super::origin_conn::{OriginConn, ResponseHead, SendError};
 use super::router::RouteMatch;
+use super::tunnel::{self, Tunnel, TunnelSlot};
 use super::upstream::{InFlight, Upstream};
 use super::{ProxyState, Shared};
 use crate::metrics::{method_index, status_index};
@@ -39,6 +41,7 @@ pub struct ClientConn {
 pub async fn handle(
     shared: &Arc<Shared>,
     conn: ClientConn,
+    tunnel: &TunnelSlot,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -46,7 +49,7 @@ pub async fn handle(
     let method = method_index(req.method());
     // Only copied when someone will read it.
     let logged = shared.access_log.as_ref().map(|_| LoggedRequest::of(&req));
-    let (response, route) = match proxy(shared, &state, conn, req).await {
+    let (response, route) = match proxy(shared, &state, conn, tunnel, req).await {
         Ok(outcome) => outcome,
         Err((e, route)) => {
             tracing::debug!(error = %e, client = %conn.peer, "request failed");
@@ -137,6 +140,7 @@ async fn proxy(
     shared: &Arc<Shared>,
     state: &Arc<ProxyState>,
     conn: ClientConn,
+    tunnel: &TunnelSlot,
     mut req: Request<Incoming>,
 ) -> Result<Outcome, (ProxyError, Option<usize>)> {
     check_framing(&req).map_err(|e| (e, None))?;
@@ -172,6 +176,9 @@ async fn proxy(
         .as_deref()
         .and_then(|name| cookie_value(req.headers(), name).map(str::to_string));
 
+    // Taken before the request is split: hyper finds the upgrade in its extensions.
+    let websocket = tunnel::wants_websocket(req.version(), req.method(), req.headers())
+        .then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let version = parts.version;
     headers::remove_hop_by_hop(&mut parts.headers);
@@ -211,7 +218,10 @@ async fn proxy(
     // The paths to the origin are boxed, each in a statement of its own (a temporary in
     // the awaiting statement would keep its unboxed size in this future): a cache hit
     // should not carry, and move, the state of a fetch.
-    let response = if route.cache && (parts.method == Method::GET || parts.method == Method::HEAD) {
+    let response = if let Some(client) = websocket {
+        let upgrade = Box::pin(origin.upgrade(parts, client, tunnel));
+        upgrade.await
+    } else if route.cache && (parts.method == Method::GET || parts.method == Method::HEAD) {
         super::cached::serve(&origin, scheme, host.as_deref().unwrap_or(""), parts).await
     } else if route.cache {
         let pass = Box::pin(super::cached::pass_unsafe(
@@ -246,14 +256,65 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// Sends a prepared request (origin-form, forwarding headers set) to an origin of the
-    /// upstream, retrying by the rule at the top of this file.
+    /// Sends a prepared request (origin-form) to an origin of the upstream, retrying by
+    /// the rule at the top of this file, and passes its response on.
     pub async fn fetch(
+        &self,
+        parts: http::request::Parts,
+        body: ProxyBody,
+        bodyless: bool,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let exchanged = self.exchange(parts, body, bodyless).await?;
+        Ok(self.client_response(exchanged))
+    }
+
+    /// A WebSocket handshake: on the origin's 101 the tunnel is left in `slot` for the
+    /// connection's task, and the 101 goes to the client; any other answer is passed on
+    /// like a response to a plain GET.
+    pub async fn upgrade(
+        &self,
+        mut parts: http::request::Parts,
+        client: hyper::upgrade::OnUpgrade,
+        slot: &TunnelSlot,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        tunnel::ask_for_websocket(&mut parts.headers);
+        let exchanged = self.exchange(parts, empty(), true).await?;
+        if exchanged.head.parts.status != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(self.client_response(exchanged));
+        }
+        let Exchanged {
+            head,
+            conn,
+            index,
+            in_flight,
+        } = exchanged;
+        let (origin, early) = conn.into_tunnel();
+        slot.put(Tunnel {
+            client,
+            origin,
+            early,
+            in_flight,
+        });
+        let mut parts = head.parts;
+        // The origin's Upgrade names the protocol it switched to; Connection goes with it.
+        let upgrade = parts.headers.get(UPGRADE).cloned();
+        self.clean_response_head(&mut parts, index);
+        if let Some(u) = upgrade {
+            parts.headers.insert(UPGRADE, u);
+        }
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        Ok(Response::from_parts(parts, empty()))
+    }
+
+    /// One exchange with an origin: a connection, the request, the response head.
+    async fn exchange(
         &self,
         mut parts: http::request::Parts,
         body: ProxyBody,
         bodyless: bool,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Exchanged, ProxyError> {
         let (shared, state, upstream) = (&*self.shared, &*self.state, &self.upstream);
         // Forwarding headers are set here, not on arrival: a cache hit never needs them.
         let trusted = headers::is_trusted(self.client, &state.config.forwarding.trusted_proxies);
@@ -324,17 +385,12 @@ impl Origin {
                     } else {
                         origin.state.record_success();
                     }
-                    return Ok(client_response(
-                        state,
-                        upstream,
-                        index,
-                        self.sticky.as_deref(),
-                        self.client_version,
+                    return Ok(Exchanged {
                         head,
                         conn,
+                        index,
                         in_flight,
-                        shared.access_log.is_some(),
-                    ));
+                    });
                 }
                 Err(SendError::ClientBody(e)) => {
                     if e.is::<http_body_util::LengthLimitError>() {
@@ -372,6 +428,64 @@ impl Origin {
         }
         Err(ProxyError::NoHealthyOrigin(upstream.name.clone()))
     }
+
+    fn client_response(&self, exchanged: Exchanged) -> Response<ProxyBody> {
+        let Exchanged {
+            head,
+            conn,
+            index,
+            in_flight,
+        } = exchanged;
+        let ResponseHead { mut parts, framing } = head;
+        self.clean_response_head(&mut parts, index);
+        let origin = &self.upstream.origins[index];
+        let body = OriginBody::new(conn.into_body(framing), origin.state.clone(), in_flight)
+            .boxed_unsync();
+        Response::from_parts(parts, body)
+    }
+
+    /// What every response from an origin loses and gains on its way to the client.
+    fn clean_response_head(&self, parts: &mut http::response::Parts, index: usize) {
+        let (state, upstream) = (&*self.state, &*self.upstream);
+        headers::remove_hop_by_hop(&mut parts.headers);
+        headers::hide_response_headers(
+            &mut parts.headers,
+            &state.config.forwarding.hide_response_headers,
+        );
+        if state.config.forwarding.request_headers.via {
+            headers::append_via(
+                &mut parts.headers,
+                Version::HTTP_11,
+                &state.config.forwarding.via,
+            );
+        }
+        if let Some(cookie) = &upstream.sticky_cookie {
+            let value = &upstream.origins[index].sticky;
+            if self.sticky.as_deref() != Some(value.as_str()) {
+                if let Ok(v) = HeaderValue::from_str(&format!(
+                    "{cookie}={value}; Path=/; HttpOnly; SameSite=Lax"
+                )) {
+                    parts.headers.append(SET_COOKIE, v);
+                }
+            }
+        }
+        parts.version = self.client_version;
+        if self.shared.access_log.is_some() {
+            // Only for the access log: a first extension allocates a map.
+            parts
+                .extensions
+                .insert(ServedBy(upstream.origins[index].name_arc.clone()));
+        }
+    }
+}
+
+/// A response head from an origin, and what it came with.
+struct Exchanged {
+    head: ResponseHead,
+    conn: OriginConn,
+    /// The origin's index in its upstream.
+    index: usize,
+    in_flight: InFlight,
 }
 
 fn count_failure(shared: &Shared, upstream: &Upstream, index: usize, kind: &str) {
@@ -387,57 +501,6 @@ fn count_failure(shared: &Shared, upstream: &Upstream, index: usize, kind: &str)
     {
         tracing::warn!(upstream = %upstream.name, origin = %origin.name, kind, "origin marked down for {:?} after repeated failures", upstream.passive_cooldown);
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn client_response(
-    state: &ProxyState,
-    upstream: &Upstream,
-    index: usize,
-    sticky: Option<&str>,
-    client_version: Version,
-    head: ResponseHead,
-    conn: OriginConn,
-    in_flight: InFlight,
-    note_origin: bool,
-) -> Response<ProxyBody> {
-    let ResponseHead { mut parts, framing } = head;
-    headers::remove_hop_by_hop(&mut parts.headers);
-    headers::hide_response_headers(
-        &mut parts.headers,
-        &state.config.forwarding.hide_response_headers,
-    );
-    if state.config.forwarding.request_headers.via {
-        headers::append_via(
-            &mut parts.headers,
-            Version::HTTP_11,
-            &state.config.forwarding.via,
-        );
-    }
-    if let Some(cookie) = &upstream.sticky_cookie {
-        let value = &upstream.origins[index].sticky;
-        if sticky != Some(value.as_str()) {
-            if let Ok(v) =
-                HeaderValue::from_str(&format!("{cookie}={value}; Path=/; HttpOnly; SameSite=Lax"))
-            {
-                parts.headers.append(SET_COOKIE, v);
-            }
-        }
-    }
-    parts.version = client_version;
-    if note_origin {
-        // Only for the access log: a first extension allocates a map.
-        parts
-            .extensions
-            .insert(ServedBy(upstream.origins[index].name_arc.clone()));
-    }
-    let body = OriginBody::new(
-        conn.into_body(framing),
-        upstream.origins[index].state.clone(),
-        in_flight,
-    )
-    .boxed_unsync();
-    Response::from_parts(parts, body)
 }
 
 /// HTTP/1.1 framing that different parsers could read differently is refused before

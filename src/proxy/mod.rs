@@ -21,6 +21,7 @@ pub mod router;
 pub mod rules;
 pub mod server;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -284,11 +284,13 @@ fn poll_fill<R: AsyncRead + Unpin>(
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
-/// Reads response heads until a final one, skipping 1xx interim responses.
+/// Reads response heads until a final one, skipping 1xx interim responses; a 101 is
+/// final when the request asked to upgrade (`upgrading`), and refused otherwise.
 async fn read_head<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     method: &Method,
+    upgrading: bool,
 ) -> Result<(ResponseHead, bool), SendError> {
     let mut received = !buf.is_empty();
     loop {
@@ -297,8 +299,16 @@ async fn read_head<R: AsyncRead + Unpin>(
                 parse_head(buf).map_err(SendError::Malformed)?
             {
                 if status == StatusCode::SWITCHING_PROTOCOLS {
-                    // We never forward Upgrade, so no origin may switch.
-                    return Err(SendError::Malformed("unrequested 101 Switching Protocols"));
+                    if !upgrading {
+                        return Err(SendError::Malformed("unrequested 101 Switching Protocols"));
+                    }
+                    // What follows is the upgraded protocol, not HTTP: never pooled again.
+                    let (mut parts, ()) = http::Response::new(()).into_parts();
+                    parts.status = status;
+                    parts.version = version;
+                    parts.headers = headers;
+                    let framing = Framing::Empty;
+                    return Ok((ResponseHead { parts, framing }, false));
                 }
                 if status.is_informational() {
                     continue;
@@ -474,14 +484,16 @@ impl OriginConn {
         }
         self.out.clear();
         let framing = encode_head(&mut self.out, head, bodyless);
+        // Upgrade survives hop-by-hop removal only where the proxy means to tunnel.
+        let upgrading = head.headers.contains_key(UPGRADE);
         let result = if framing == Upload::None {
             match self.io.write_all(&self.out).await {
-                Ok(()) => read_head(&mut self.io, &mut self.buf, &head.method).await,
+                Ok(()) => read_head(&mut self.io, &mut self.buf, &head.method, upgrading).await,
                 Err(e) => Err(SendError::Closed(e)),
             }
         } else {
             let (mut rd, mut wr) = self.io.split();
-            let reading = read_head(&mut rd, &mut self.buf, &head.method);
+            let reading = read_head(&mut rd, &mut self.buf, &head.method, upgrading);
             let sending = upload(&mut wr, &mut self.out, body, framing);
             tokio::pin!(reading, sending);
             tokio::select! {
@@ -516,6 +528,12 @@ impl OriginConn {
                 Err(e)
             }
         }
+    }
+
+    /// After a 101: the socket, and what the origin sent past the head, which belongs to
+    /// the upgraded protocol.
+    pub fn into_tunnel(self) -> (TcpStream, Bytes) {
+        (self.io, self.buf.freeze())
     }
 
     /// The response body that follows a head from `send`.

@@ -360,6 +360,36 @@ async fn broken_responses_are_errors_not_guesses() {
 }
 
 #[tokio::test]
+async fn a_requested_101_hands_over_the_socket_and_the_bytes_after_the_head() {
+    let (addr, _task) = origin(vec![
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nearly",
+    ])
+    .await;
+    let mut conn = connect(addr).await;
+    let asking = parts(
+        "GET",
+        "/",
+        &[("connection", "upgrade"), ("upgrade", "websocket")],
+    );
+    let head = conn.send(&asking, empty(), true).await.unwrap();
+    assert_eq!(head.parts.status, StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(head.parts.headers["upgrade"], "websocket");
+    assert!(
+        !conn.is_reusable(),
+        "an upgraded connection is never pooled"
+    );
+    let (mut socket, mut early) = conn.into_tunnel();
+    // The head and "early" may have come in one read or two.
+    while early.len() < 5 {
+        let mut more = [0u8; 16];
+        let n = socket.read(&mut more).await.unwrap();
+        assert!(n > 0, "origin closed before its early bytes");
+        early = [&early[..], &more[..n]].concat().into();
+    }
+    assert_eq!(&early[..], b"early");
+}
+
+#[tokio::test]
 async fn a_head_past_the_limit_is_refused() {
     let (addr, _task) = scripted(|mut s| async move {
         read_request_head(&mut s).await;

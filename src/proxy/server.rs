@@ -23,6 +23,7 @@ use super::corked;
 use super::forward::{self, ClientConn};
 use super::lazy_socket::{Acceptor, LazySocket};
 use super::tls::{self, CertStore};
+use super::tunnel::TunnelSlot;
 use super::{checks, Shared};
 use crate::clock::coarse_ms;
 use crate::config::proxy::{Limits, ProxyConfig};
@@ -459,17 +460,20 @@ async fn serve_connection(
         peer,
         tls: tls.is_some(),
     };
+    let tunnel = Arc::new(TunnelSlot::default());
     let service = {
         let shared = shared.clone();
         let activity = activity.clone();
+        let tunnel = tunnel.clone();
         service_fn(move |req| {
             let shared = shared.clone();
             let activity = activity.clone();
+            let tunnel = tunnel.clone();
             async move {
                 activity.waiting.fetch_add(1, Ordering::Relaxed);
                 // Boxed: hyper moves the service future around (HTTP/2 spawns a task per
                 // stream); a pointer moves cheaper than the request's whole state.
-                let handling = Box::pin(forward::handle(&shared, conn, req));
+                let handling = Box::pin(forward::handle(&shared, conn, &tunnel, req));
                 let resp = handling.await;
                 activity.waiting.fetch_sub(1, Ordering::Relaxed);
                 Ok::<_, Infallible>(resp)
@@ -479,7 +483,8 @@ async fn serve_connection(
     match tls {
         None => {
             let io = Tracked::new(stream, activity.clone());
-            serve_http1(io, service, activity, limits, stop).await;
+            serve_http1(io, service, activity.clone(), limits, stop.clone()).await;
+            run_tunnel(&tunnel, shared, &activity, limits, stop).await;
         }
         Some(acceptor) => {
             // Boxed, in a statement of its own: the handshake and the HTTP/2 machinery
@@ -532,12 +537,33 @@ async fn serve_connection(
                     )
                     .await;
                 } else {
-                    serve_http1(tracked, service, activity, limits, stop).await;
+                    serve_http1(tracked, service, activity.clone(), limits, stop.clone()).await;
+                    run_tunnel(&tunnel, shared, &activity, limits, stop).await;
                 }
             });
             tls_serving.await;
         }
     }
+}
+
+/// Runs the WebSocket tunnel a request on this connection opened, if one did (hyper has
+/// handed the socket over by the time its connection future ends).
+async fn run_tunnel(
+    slot: &TunnelSlot,
+    shared: &Shared,
+    activity: &Activity,
+    limits: &Limits,
+    stop: watch::Receiver<bool>,
+) {
+    let Some(tunnel) = slot.take() else {
+        return;
+    };
+    shared.metrics.tunnels_open.inc();
+    match tunnel.run(activity, limits.tunnel_idle_timeout, stop).await {
+        Ok(ended) => tracing::debug!(?ended, "tunnel ended"),
+        Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+    }
+    shared.metrics.tunnels_open.dec();
 }
 
 /// Runs each HTTP/2 stream's first poll inside the connection's own poll, and spawns a
@@ -580,7 +606,9 @@ async fn serve_http1<I, S>(
         Error = Infallible,
     >,
 {
-    let conn = http1_builder(limits).serve_connection(TokioIo::new(io), service);
+    let conn = http1_builder(limits)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     drive(
         conn,
         activity,
