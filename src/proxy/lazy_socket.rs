@@ -35,6 +35,36 @@ impl Acceptor {
         Ok(Self { listener })
     }
 
+    /// Has the kernel hold each connection until its first bytes arrive (or `wait`
+    /// passes), as nginx's `listen ... deferred` and HAProxy's `defer-accept` do: the
+    /// direct read after accepting then finds the request instead of nothing, and a
+    /// connection that would otherwise join the event loop to wait for it does not.
+    #[cfg(target_os = "linux")]
+    pub fn defer_until_data(&self, wait: std::time::Duration) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let secs = libc::c_int::try_from(wait.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: a valid socket descriptor, and a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.listener.get_ref().as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                std::ptr::from_ref(&secs).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn defer_until_data(&self, _wait: std::time::Duration) -> io::Result<()> {
+        Ok(())
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener
             .get_ref()
@@ -360,5 +390,32 @@ mod tests {
             .poll_read(&mut cx, &mut buf)
             .is_ready());
         assert_eq!(buf.filled(), b"more");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_deferred_listener_hands_over_connections_that_have_sent_something() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let acceptor = Acceptor::new(listener).unwrap();
+        acceptor
+            .defer_until_data(std::time::Duration::from_secs(30))
+            .unwrap();
+        let addr = acceptor.local_addr().unwrap();
+        let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut talking = tokio::net::TcpStream::connect(addr).await.unwrap();
+        talking.write_all(b"GET").await.unwrap();
+        let (mut server, peer) = acceptor.accept().await.unwrap();
+        assert_eq!(
+            peer,
+            talking.local_addr().unwrap(),
+            "the silent one came first"
+        );
+        let mut buf = [0u8; 3];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"GET");
+        assert!(
+            !server.is_registered(),
+            "its request was there on the first read"
+        );
     }
 }

@@ -267,7 +267,7 @@ impl ProxyServer {
         });
 
         for addr in &cfg.http {
-            let listener = bind_clients(*addr).await?;
+            let listener = bind_clients(*addr, &limits).await?;
             crate::listening::announce("HTTP", listener.local_addr()?);
             tasks.push(tokio::spawn(accept_loop(
                 listener,
@@ -281,7 +281,7 @@ impl ProxyServer {
         if let Some(store) = &self.certs {
             let acceptor = TlsAcceptor::from(tls::server_config(store.clone())?);
             for addr in &cfg.https {
-                let listener = bind_clients(*addr).await?;
+                let listener = bind_clients(*addr, &limits).await?;
                 crate::listening::announce("HTTPS", listener.local_addr()?);
                 tasks.push(tokio::spawn(accept_loop(
                     listener,
@@ -352,8 +352,15 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
-async fn bind_clients(addr: SocketAddr) -> anyhow::Result<Acceptor> {
-    Acceptor::new(bind(addr).await?).with_context(|| format!("listening on {addr}"))
+async fn bind_clients(addr: SocketAddr, limits: &Limits) -> anyhow::Result<Acceptor> {
+    let acceptor =
+        Acceptor::new(bind(addr).await?).with_context(|| format!("listening on {addr}"))?;
+    // A client that connects and sends nothing waits in the kernel no longer than it
+    // would have waited here for its request head.
+    if let Err(e) = acceptor.defer_until_data(limits.header_read_timeout) {
+        tracing::warn!(%addr, error = %e, "TCP_DEFER_ACCEPT not set; accepting at once");
+    }
+    Ok(acceptor)
 }
 
 /// Polls certificate files once a second; a broken file keeps the old set. (SIGHUP
