@@ -245,22 +245,25 @@ fn parse_head(
     // lies (offsets fit in u32: the head is at most MAX_HEAD_BYTES), then freeze the head.
     let base = buf.as_ptr() as usize;
     let offset = |p: *const u8| (p as usize - base) as u32;
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    // Uninitialised too: zeroing all 128 spans (2 KiB) per response showed in profiles.
+    let mut spans = [const { std::mem::MaybeUninit::<[u32; 4]>::uninit() }; MAX_HEADERS];
     let count = response.headers.len();
     for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
         let name = offset(h.name.as_ptr());
         let value = offset(h.value.as_ptr());
-        *span = (
+        span.write([
             name,
             name + h.name.len() as u32,
             value,
             value + h.value.len() as u32,
-        );
+        ]);
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
+    for span in &spans[..count] {
+        // SAFETY: httparse parsed `count` headers into as many of the MAX_HEADERS slots,
+        // and the loop above wrote a span for each of them.
+        let [ns, ne, vs, ve] = unsafe { span.assume_init() }.map(|o| o as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "bad header name")?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "bad header value")?;
