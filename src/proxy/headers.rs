@@ -119,7 +119,11 @@ pub fn set_forwarding(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, trusted
     use std::fmt::Write as _;
 
     let set = ctx.set;
-    if !trusted {
+    let sent_by_client = |k: &HeaderName| {
+        k == X_FORWARDED_FOR || k == X_FORWARDED_PROTO || k == X_FORWARDED_HOST || k == FORWARDED
+    };
+    // Clients rarely send any: one pass over the names costs less than a lookup of each.
+    if !trusted && headers.keys().any(sent_by_client) {
         // A forwarding header we do not write must not reach the origin as an untrusted
         // client wrote it: the origin would take it for ours.
         for (on, name) in [

@@ -23,6 +23,7 @@ pub mod server;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod woken;
 
 use std::sync::Arc;
 

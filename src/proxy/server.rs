@@ -24,6 +24,7 @@ use super::forward::{self, ClientConn};
 use super::lazy_socket::{Acceptor, LazySocket};
 use super::tls::{self, CertStore};
 use super::tunnel::TunnelSlot;
+use super::woken::PollWhenWoken;
 use super::{checks, Shared};
 use crate::clock::coarse_ms;
 use crate::config::proxy::{Limits, ProxyConfig};
@@ -682,6 +683,14 @@ async fn drive<C, E>(
             }
         }
     };
+    let watchers = std::pin::pin!(async {
+        tokio::select! {
+            () = idle_watch => {}
+            () = stopping => {}
+        }
+    });
+    // Each tick still wakes the task, so the connection is polled (see above).
+    let mut watchers = PollWhenWoken::new(watchers);
     // The connection first: one answered and closed on its first poll never arms the
     // idle timer or subscribes to the stop signal.
     tokio::select! {
@@ -696,8 +705,7 @@ async fn drive<C, E>(
             }
             return;
         }
-        _ = idle_watch => {}
-        _ = stopping => {}
+        () = &mut watchers => {}
     }
     graceful(conn.as_mut());
     // Still ticking: a connection in the middle of a request head ends by its header

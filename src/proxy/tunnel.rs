@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use super::client_io::Activity;
 use super::upstream::InFlight;
+use super::woken::PollWhenWoken;
 use crate::clock::coarse_ms;
 
 /// Whether a client request asks to become a WebSocket: an HTTP/1.1 GET with `websocket`
@@ -132,12 +133,19 @@ impl Tunnel {
                 }
             }
         };
+        let watchers = std::pin::pin!(async {
+            tokio::select! {
+                () = idle_watch => Ended::Idle,
+                () = stopping => Ended::Stopped,
+            }
+        });
+        // Not polled for every chunk copied, only when a timer tick or the stop wakes it.
+        let mut watchers = PollWhenWoken::new(watchers);
         let ended = tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client, &mut origin) => {
                 copied.map(|_| Ended::Closed)
             }
-            () = idle_watch => Ok(Ended::Idle),
-            () = stopping => Ok(Ended::Stopped),
+            why = &mut watchers => Ok(why),
         };
         drop(in_flight);
         ended
