@@ -5,6 +5,7 @@ pub mod dns;
 mod forwarding;
 mod protect;
 pub mod proxy;
+mod regions;
 mod upstreams;
 
 use std::fmt;
