@@ -6,8 +6,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 
 use super::lazy_socket::Registered;
 use crate::clock::coarse_ms;
@@ -18,6 +20,30 @@ use crate::clock::coarse_ms;
 pub struct Activity {
     pub last_ms: AtomicU64,
     pub waiting: AtomicUsize,
+}
+
+impl Activity {
+    /// Resolves once no request waits for its response and nothing has been read or
+    /// written for `idle`, looking every `every`.
+    pub async fn idle_for(&self, idle: Duration, every: Duration) {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::time::sleep(every).await;
+            let quiet = coarse_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed));
+            if self.waiting.load(Ordering::Relaxed) == 0 && quiet >= idle_ms {
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves when the server asks its connections to stop, or is gone without a word.
+pub async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// A client stream that notes the time of every successful read and write (for the idle

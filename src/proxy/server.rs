@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::client_io::{Activity, CheckedTimer, Tracked, POLL_TICK_DIVISOR};
+use super::client_io::{stop_requested, Activity, CheckedTimer, Tracked, POLL_TICK_DIVISOR};
 use super::corked;
 use super::forward::{self, ClientConn};
 use super::lazy_socket::{Acceptor, LazySocket};
@@ -666,27 +666,10 @@ async fn drive<C, E>(
     // (`CheckedTimer`).
     let check_every =
         (idle.min(limits.header_read_timeout) / POLL_TICK_DIVISOR).max(Duration::from_millis(50));
-    let idle_watch = async {
-        loop {
-            tokio::time::sleep(check_every).await;
-            let quiet = coarse_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
-            if activity.waiting.load(Ordering::Relaxed) == 0 && quiet >= idle.as_millis() as u64 {
-                return;
-            }
-        }
-    };
-    let stopping = async {
-        while !*stop.borrow() {
-            if stop.changed().await.is_err() {
-                // The server is gone without a word: treat as a stop.
-                return;
-            }
-        }
-    };
     let watchers = std::pin::pin!(async {
         tokio::select! {
-            () = idle_watch => {}
-            () = stopping => {}
+            () = activity.idle_for(idle, check_every) => {}
+            () = stop_requested(&mut stop) => {}
         }
     });
     // Each tick still wakes the task, so the connection is polled (see above).

@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::client_io::Activity;
+use super::client_io::{stop_requested, Activity};
 use super::upstream::InFlight;
 use super::woken::PollWhenWoken;
 use crate::clock::coarse_ms;
@@ -115,28 +115,11 @@ impl Tunnel {
             client.write_all(&early).await?;
         }
         activity.last_ms.store(coarse_ms(), Ordering::Relaxed);
-        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         let check_every = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
-        let idle_watch = async {
-            loop {
-                tokio::time::sleep(check_every).await;
-                let quiet = coarse_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
-                if quiet >= idle_ms {
-                    return;
-                }
-            }
-        };
-        let stopping = async {
-            while !*stop.borrow() {
-                if stop.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
         let watchers = std::pin::pin!(async {
             tokio::select! {
-                () = idle_watch => Ended::Idle,
-                () = stopping => Ended::Stopped,
+                () = activity.idle_for(idle, check_every) => Ended::Idle,
+                () = stop_requested(&mut stop) => Ended::Stopped,
             }
         });
         // Not polled for every chunk copied, only when a timer tick or the stop wakes it.
