@@ -3,6 +3,7 @@
 
 pub mod dns;
 mod forwarding;
+mod limits;
 mod protect;
 pub mod proxy;
 mod regions;

@@ -492,7 +492,7 @@ async fn serve_connection(
         None => {
             let io = Tracked::new(stream, activity.clone());
             serve_http1(io, service, activity.clone(), limits, stop.clone()).await;
-            run_tunnel(&tunnel, shared, &activity, limits, stop).await;
+            tunnel.run_if_opened(shared, &activity, limits, stop).await;
         }
         Some(acceptor) => {
             // Boxed, in a statement of its own: the handshake and the HTTP/2 machinery
@@ -546,32 +546,12 @@ async fn serve_connection(
                     .await;
                 } else {
                     serve_http1(tracked, service, activity.clone(), limits, stop.clone()).await;
-                    run_tunnel(&tunnel, shared, &activity, limits, stop).await;
+                    tunnel.run_if_opened(shared, &activity, limits, stop).await;
                 }
             });
             tls_serving.await;
         }
     }
-}
-
-/// Runs the WebSocket tunnel a request on this connection opened, if one did (hyper has
-/// handed the socket over by the time its connection future ends).
-async fn run_tunnel(
-    slot: &TunnelSlot,
-    shared: &Shared,
-    activity: &Activity,
-    limits: &Limits,
-    stop: watch::Receiver<bool>,
-) {
-    let Some(tunnel) = slot.take() else {
-        return;
-    };
-    shared.metrics.tunnels_open.inc();
-    match tunnel.run(activity, limits.tunnel_idle_timeout, stop).await {
-        Ok(ended) => tracing::debug!(?ended, "tunnel ended"),
-        Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
-    }
-    shared.metrics.tunnels_open.dec();
 }
 
 /// Runs each HTTP/2 stream's first poll inside the connection's own poll, and spawns a

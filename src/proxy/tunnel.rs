@@ -27,7 +27,9 @@ use tokio::sync::watch;
 use super::client_io::{stop_requested, Activity};
 use super::upstream::InFlight;
 use super::woken::PollWhenWoken;
+use super::Shared;
 use crate::clock::coarse_ms;
+use crate::config::proxy::Limits;
 
 /// Whether a client request asks to become a WebSocket: an HTTP/1.1 GET with `websocket`
 /// among its Upgrade protocols and `upgrade` among its Connection options.
@@ -76,6 +78,26 @@ impl TunnelSlot {
 
     pub fn take(&self) -> Option<Tunnel> {
         self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    /// Runs the tunnel a request on this connection opened, if one did (hyper has handed
+    /// the socket over by the time its connection future ends).
+    pub async fn run_if_opened(
+        &self,
+        shared: &Shared,
+        activity: &Activity,
+        limits: &Limits,
+        stop: watch::Receiver<bool>,
+    ) {
+        let Some(tunnel) = self.take() else {
+            return;
+        };
+        shared.metrics.tunnels_open.inc();
+        match tunnel.run(activity, limits.tunnel_idle_timeout, stop).await {
+            Ok(ended) => tracing::debug!(?ended, "tunnel ended"),
+            Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+        }
+        shared.metrics.tunnels_open.dec();
     }
 }
 
