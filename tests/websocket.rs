@@ -7,72 +7,24 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{http_get, wait_for, Proc};
+use common::proxy_world::{self, Opts, World};
+use common::{http_get, wait_for};
 
-struct World {
-    _dir: tempfile::TempDir,
-    _origins: Vec<Proc>,
-    proxy: Proc,
+fn world(names: &[&'static str], limits: &str) -> World {
+    proxy_world::world(Opts {
+        names: names.to_vec(),
+        extra: format!("[limits]\n{limits}\n"),
+        ..Opts::default()
+    })
 }
 
-fn world(names: &[&str], limits: &str) -> World {
-    world_on(names, limits, false)
-}
-
-fn world_on(names: &[&str], limits: &str, https: bool) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let mut origins = Vec::new();
-    let mut blocks = String::new();
-    for name in names {
-        let p = Proc::start(
-            &["origin", "--listen", "127.0.0.1:0", "--name", name],
-            dir.path(),
-            1,
-        );
-        let addr = p.addr(&format!("HTTP (origin {name})"));
-        blocks.push_str(&format!(
-            "[[upstreams.web.origins]]\nname = \"{name}\"\naddr = \"{addr}\"\n"
-        ));
-        origins.push(p);
-    }
-    let config = format!(
-        r#"[node]
-name = "w-1"
-region = "w"
-workers = 1
-[listen]
-http = ["127.0.0.1:0"]
-{https_listen}
-admin = "127.0.0.1:0"
-{tls}
-[limits]
-{limits}
-[[routes]]
-hosts = ["www.example.test"]
-upstream = "web"
-[upstreams.web]
-connect_timeout = "500ms"
-response_timeout = "5s"
-{blocks}"#,
-        https_listen = if https {
-            "https = [\"127.0.0.1:0\"]"
-        } else {
-            ""
-        },
-        tls = if https {
-            "[[tls.certificates]]\nself_signed = [\"www.example.test\"]"
-        } else {
-            ""
-        },
-    );
-    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
-    let sockets = if https { 3 } else { 2 };
-    let proxy = Proc::start(&["proxy", "--config", "proxy.toml"], dir.path(), sockets);
-    World {
-        _dir: dir,
-        _origins: origins,
-        proxy,
-    }
+fn tls_world() -> World {
+    proxy_world::world(Opts {
+        names: vec!["o1"],
+        https: true,
+        extra: "[[tls.certificates]]\nself_signed = [\"www.example.test\"]\n".into(),
+        ..Opts::default()
+    })
 }
 
 fn metric(admin: SocketAddr, line_start: &str) -> Option<f64> {
@@ -239,7 +191,7 @@ fn an_origin_that_refuses_the_upgrade_is_an_ordinary_answer() {
 #[test]
 fn a_websocket_over_tls_crosses_the_proxy() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let w = world_on(&["o1"], "", true);
+    let w = tls_world();
     let addr = w.proxy.addr("HTTPS");
     common::http::runtime().block_on(async {
         let config = common::http::tls_client_config(&[b"http/1.1"], rustls::DEFAULT_VERSIONS);

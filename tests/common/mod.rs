@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod proxy_world;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,143 @@
+//! A `geoedge proxy` in front of `geoedge origin` processes, configured per test: the
+//! world of `tests/proxy.rs` and `tests/proxy_tls.rs`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::http as h;
+use super::Proc;
+
+pub struct Origins {
+    pub procs: Vec<Proc>,
+    pub addrs: Vec<SocketAddr>,
+}
+
+pub fn start_origins(dir: &Path, names: &[&str]) -> Origins {
+    let mut procs = Vec::new();
+    let mut addrs = Vec::new();
+    for name in names {
+        let p = Proc::start(
+            &["origin", "--listen", "127.0.0.1:0", "--name", name],
+            dir,
+            1,
+        );
+        addrs.push(p.addr(&format!("HTTP (origin {name})")));
+        procs.push(p);
+    }
+    Origins { procs, addrs }
+}
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub origins: Origins,
+    pub proxy: Proc,
+}
+
+pub struct Opts {
+    pub names: Vec<&'static str>,
+    pub upstream: String,
+    pub extra: String,
+    pub https: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            names: vec!["o1", "o2"],
+            upstream: String::new(),
+            extra: String::new(),
+            https: false,
+        }
+    }
+}
+
+pub fn origin_block(names: &[&str], addrs: &[SocketAddr], weights: &[u32]) -> String {
+    names
+        .iter()
+        .zip(addrs)
+        .enumerate()
+        .map(|(i, (n, a))| {
+            format!(
+                "[[upstreams.web.origins]]\nname = \"{n}\"\naddr = \"{a}\"\nweight = {}\n",
+                weights.get(i).copied().unwrap_or(1)
+            )
+        })
+        .collect()
+}
+
+pub fn world(opts: Opts) -> World {
+    world_with_weights(opts, &[])
+}
+
+pub fn world_with_weights(opts: Opts, weights: &[u32]) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let origins = start_origins(dir.path(), &opts.names);
+    let listen = if opts.https {
+        "http = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]"
+    } else {
+        "http = [\"127.0.0.1:0\"]"
+    };
+    let config = format!(
+        r#"[node]
+name = "t-1"
+region = "t"
+workers = 1
+
+[listen]
+{listen}
+admin = "127.0.0.1:0"
+
+{extra}
+
+[[routes]]
+hosts = ["www.example.test", "*.example.test"]
+upstream = "web"
+
+[upstreams.web]
+connect_timeout = "500ms"
+response_timeout = "5s"
+{upstream}
+{origins}
+"#,
+        extra = opts.extra,
+        upstream = opts.upstream,
+        origins = origin_block(&opts.names, &origins.addrs, weights),
+    );
+    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+    let expect = if opts.https { 3 } else { 2 };
+    let proxy = Proc::start(&["proxy", "--config", "proxy.toml"], dir.path(), expect);
+    World {
+        dir,
+        origins,
+        proxy,
+    }
+}
+
+impl World {
+    pub fn http(&self) -> SocketAddr {
+        self.proxy.addr("HTTP")
+    }
+    pub fn admin(&self) -> SocketAddr {
+        self.proxy.addr("HTTP (admin)")
+    }
+    pub fn kill_origin(&mut self, i: usize) {
+        let _ = self.origins.procs[i].child.kill();
+        let _ = self.origins.procs[i].child.wait();
+    }
+}
+
+pub fn tally(replies: &[h::Reply]) -> HashMap<String, usize> {
+    let mut t = HashMap::new();
+    for r in replies {
+        *t.entry(r.origin()).or_insert(0) += 1;
+    }
+    t
+}
+
+pub async fn post(addr: SocketAddr, path: &str) {
+    let mut s = h::connect(addr).await;
+    h::send(&mut s, h::request("POST", "origin", path, &[], b""))
+        .await
+        .expect("origin control");
+}
