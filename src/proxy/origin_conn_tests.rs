@@ -184,6 +184,14 @@ async fn get_from(addr: std::net::SocketAddr) -> (OriginConn, ResponseHead) {
     (conn, head)
 }
 
+/// The head and body of the answer `reply` gives to `GET /`.
+async fn answer_to_get(reply: &'static [u8]) -> (ResponseHead, ResponseBody) {
+    let (addr, _task) = origin(vec![reply]).await;
+    let (conn, head) = get_from(addr).await;
+    let body = conn.into_body(head.framing);
+    (head, body)
+}
+
 async fn collect(body: &mut ResponseBody) -> Result<Vec<u8>, BoxError> {
     let mut all = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -260,13 +268,8 @@ async fn the_response_timeout_is_kept_across_requests_and_fires() {
 
 #[tokio::test]
 async fn chunked_bodies_are_decoded_and_trailers_dropped() {
-    let (addr, _task) = origin(vec![
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n",
-    ])
-    .await;
-    let (conn, head) = get_from(addr).await;
+    let (head, mut body) = answer_to_get(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n").await;
     assert_eq!(head.framing, Framing::Chunked);
-    let mut body = conn.into_body(head.framing);
     assert_eq!(collect(&mut body).await.unwrap(), b"hello world");
     assert!(body.is_end_stream());
     assert!(body.take_reusable().is_some());
@@ -274,14 +277,9 @@ async fn chunked_bodies_are_decoded_and_trailers_dropped() {
 
 #[tokio::test]
 async fn with_both_framings_chunked_wins_and_the_length_is_dropped() {
-    let (addr, _task) = origin(vec![
-        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    ])
-    .await;
-    let (conn, head) = get_from(addr).await;
+    let (head, mut body) = answer_to_get(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
     assert_eq!(head.framing, Framing::Chunked);
     assert!(!head.parts.headers.contains_key("content-length"));
-    let mut body = conn.into_body(head.framing);
     assert_eq!(collect(&mut body).await.unwrap(), b"hello");
     assert!(
         body.take_reusable().is_none(),
@@ -291,24 +289,17 @@ async fn with_both_framings_chunked_wins_and_the_length_is_dropped() {
 
 #[tokio::test]
 async fn a_body_without_length_runs_to_the_close_and_ends_the_connection() {
-    let (addr, _task) = origin(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"]).await;
-    let (conn, head) = get_from(addr).await;
+    let (head, mut body) = answer_to_get(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
     assert_eq!(head.framing, Framing::Close);
-    let mut body = conn.into_body(head.framing);
     assert_eq!(collect(&mut body).await.unwrap(), b"until the end");
     assert!(body.take_reusable().is_none());
 }
 
 #[tokio::test]
 async fn interim_responses_are_skipped() {
-    let (addr, _task) = origin(vec![
-        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
-    ])
-    .await;
-    let (conn, head) = get_from(addr).await;
+    let (head, mut body) = answer_to_get(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok").await;
     assert_eq!(head.parts.status, StatusCode::CREATED);
     assert!(!head.parts.headers.contains_key("link"));
-    let mut body = conn.into_body(head.framing);
     assert_eq!(collect(&mut body).await.unwrap(), b"ok");
 }
 
