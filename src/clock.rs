@@ -39,3 +39,50 @@ pub fn coarse_ms() -> u64 {
 pub fn coarse_ms() -> u64 {
     now_ms()
 }
+
+/// The current time as an IMF-fixdate (RFC 9110 §5.6.7), for the Date header of the
+/// responses we write ourselves: formatted once a second per thread, not per response.
+pub fn http_date() -> [u8; HTTP_DATE_LEN] {
+    use std::cell::Cell;
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; HTTP_DATE_LEN])> = const { Cell::new((u64::MAX, [0; HTTP_DATE_LEN])) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    CACHED.with(|c| {
+        let (at, text) = c.get();
+        if at == secs {
+            return text;
+        }
+        let mut fresh = [0; HTTP_DATE_LEN];
+        let formatted = httpdate::fmt_http_date(now);
+        if formatted.len() == HTTP_DATE_LEN {
+            fresh.copy_from_slice(formatted.as_bytes());
+        }
+        c.set((secs, fresh));
+        fresh
+    })
+}
+
+/// Length of an IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT".
+pub const HTTP_DATE_LEN: usize = 29;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_date_is_an_imf_fixdate_of_now() {
+        let date = http_date();
+        let text = std::str::from_utf8(&date).unwrap();
+        let parsed = httpdate::parse_http_date(text).unwrap();
+        let skew = std::time::SystemTime::now()
+            .duration_since(parsed)
+            .unwrap_or_default();
+        assert!(skew.as_secs() <= 2, "{text}");
+        assert!(text.ends_with(" GMT"), "{text}");
+    }
+}

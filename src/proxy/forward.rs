@@ -19,7 +19,7 @@ use http::header::{
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 
 use super::body::{empty, full, OriginBody, ProxyBody};
 use super::error::ProxyError;
@@ -38,11 +38,23 @@ pub struct ClientConn {
     pub tls: bool,
 }
 
-pub async fn handle(
+/// A request body as a client sends it: hyper's, or none (`fast_h1` serves only
+/// requests without one).
+pub trait ClientBody:
+    Body<Data = Bytes, Error: Into<super::body::BoxError>> + Send + 'static
+{
+}
+
+impl<B> ClientBody for B where
+    B: Body<Data = Bytes, Error: Into<super::body::BoxError>> + Send + 'static
+{
+}
+
+pub async fn handle<B: ClientBody>(
     shared: &Arc<Shared>,
     conn: ClientConn,
     tunnel: &TunnelSlot,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let state = shared.state.load_full();
@@ -136,12 +148,12 @@ impl LoggedRequest {
 
 type Outcome = (Response<ProxyBody>, Option<usize>);
 
-async fn proxy(
+async fn proxy<B: ClientBody>(
     shared: &Arc<Shared>,
     state: &Arc<ProxyState>,
     conn: ClientConn,
     tunnel: &TunnelSlot,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
 ) -> Result<Outcome, (ProxyError, Option<usize>)> {
     check_framing(&req).map_err(|e| (e, None))?;
     let host = headers::request_host(req.uri(), req.headers()).map(str::to_ascii_lowercase);

@@ -10,6 +10,7 @@ pub mod checks;
 pub mod client_io;
 pub mod corked;
 pub mod error;
+pub mod fast_h1;
 pub mod forward;
 pub mod guard;
 pub mod headers;

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::client_io::{stop_requested, Activity, CheckedTimer, Tracked, POLL_TICK_DIVISOR};
 use super::corked;
+use super::fast_h1;
 use super::forward::{self, ClientConn};
 use super::lazy_socket::{Acceptor, LazySocket};
 use super::tls::{self, CertStore};
@@ -491,7 +492,12 @@ async fn serve_connection(
     match tls {
         None => {
             let io = Tracked::new(stream, activity.clone());
-            serve_http1(io, service, activity.clone(), limits, stop.clone()).await;
+            let fast = FastContext {
+                shared,
+                conn,
+                tunnel: &tunnel,
+            };
+            serve_http1(io, &fast, service, activity.clone(), limits, stop.clone()).await;
             tunnel.run_if_opened(shared, &activity, limits, stop).await;
         }
         Some(acceptor) => {
@@ -545,7 +551,20 @@ async fn serve_connection(
                     )
                     .await;
                 } else {
-                    serve_http1(tracked, service, activity.clone(), limits, stop.clone()).await;
+                    let fast = FastContext {
+                        shared,
+                        conn,
+                        tunnel: &tunnel,
+                    };
+                    serve_http1(
+                        tracked,
+                        &fast,
+                        service,
+                        activity.clone(),
+                        limits,
+                        stop.clone(),
+                    )
+                    .await;
                     tunnel.run_if_opened(shared, &activity, limits, stop).await;
                 }
             });
@@ -579,9 +598,18 @@ where
     }
 }
 
-/// Serves HTTP/1.1 on a plain or TLS stream.
+/// What `fast_h1` needs to forward a request itself.
+struct FastContext<'a> {
+    shared: &'a Arc<Shared>,
+    conn: ClientConn,
+    tunnel: &'a TunnelSlot,
+}
+
+/// Serves HTTP/1.1 on a plain or TLS stream: requests without a body by `fast_h1`, and
+/// the rest of the connection by hyper from the first request that needs it.
 async fn serve_http1<I, S>(
     io: I,
+    fast: &FastContext<'_>,
     service: S,
     activity: Arc<Activity>,
     limits: &Limits,
@@ -594,6 +622,29 @@ async fn serve_http1<I, S>(
         Error = Infallible,
     >,
 {
+    let stopping = AtomicBool::new(false);
+    let serving = fast_h1::Serving {
+        shared: fast.shared,
+        conn: fast.conn,
+        tunnel: fast.tunnel,
+        activity: &activity,
+        header_read_timeout: limits.header_read_timeout,
+        max_headers: limits.max_headers,
+        max_header_bytes: limits.max_header_bytes,
+        stopping: &stopping,
+    };
+    let ended = drive(
+        fast_h1::serve(io, &serving),
+        activity.clone(),
+        limits,
+        stop.clone(),
+        |_| stopping.store(true, Ordering::Relaxed),
+        |_| {},
+    )
+    .await;
+    let Some(fast_h1::Ended::Hyper(io)) = ended else {
+        return;
+    };
     let conn = http1_builder(limits)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -629,15 +680,16 @@ const HYPER_MAX_HEADERS: usize = 100;
 
 /// Runs a connection until it ends, it has been idle too long, or shutdown asks it to
 /// finish its current requests and close. `after_poll` runs after every poll of it.
-async fn drive<C, E>(
+async fn drive<C, T, E>(
     conn: C,
     activity: Arc<Activity>,
     limits: &Limits,
     mut stop: watch::Receiver<bool>,
     graceful: impl Fn(Pin<&mut C>),
     mut after_poll: impl FnMut(&mut Context<'_>),
-) where
-    C: Future<Output = Result<(), E>>,
+) -> Option<T>
+where
+    C: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
     let mut conn = std::pin::pin!(conn);
@@ -662,12 +714,7 @@ async fn drive<C, E>(
             let polled = conn.as_mut().poll(cx);
             after_poll(cx);
             polled
-        }) => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "client connection ended with an error");
-            }
-            return;
-        }
+        }) => return ended(res),
         () = &mut watchers => {}
     }
     graceful(conn.as_mut());
@@ -679,11 +726,16 @@ async fn drive<C, E>(
         }
     };
     tokio::select! {
-        _ = std::future::poll_fn(|cx| {
+        res = std::future::poll_fn(|cx| {
             let polled = conn.as_mut().poll(cx);
             after_poll(cx);
             polled
-        }) => {}
-        _ = ticker => {}
+        }) => ended(res),
+        () = ticker => None,
     }
+}
+
+fn ended<T, E: std::fmt::Display>(res: Result<T, E>) -> Option<T> {
+    res.map_err(|e| tracing::debug!(error = %e, "client connection ended with an error"))
+        .ok()
 }

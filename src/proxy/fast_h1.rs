@@ -1,0 +1,782 @@
+//! HTTP/1.1 requests without a body, read and answered without hyper; anything else
+//! hands the connection, bytes already read included, to hyper for the rest of its life.
+//!
+//! Almost every request a GSLB edge sees is a GET with no body on a keep-alive
+//! connection. For those, hyper's server machinery (its dispatcher, the boxed service
+//! future, its read and write buffers) cost more user CPU per request than our whole
+//! forwarding path, and kept the uncached path level with HAProxy's instead of ahead.
+//! This loop does only what such a request needs: parse the head with `httparse`, hand
+//! it to `forward::handle`, write the response with its framing.
+//!
+//! Everything else stays hyper's, unchanged: a request with a body, `Content-Length` or
+//! `Transfer-Encoding` (and so every framing attack), `Expect`, `Upgrade`, `CONNECT`,
+//! HTTP/1.0, too many or too large headers, and any head `httparse` or the `http` types
+//! reject. Such a head is not answered here: the connection goes to hyper with the head
+//! still unread, so hyper's parser makes the decision (400, 431, ...) as it always did.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::Empty;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::body::ProxyBody;
+use super::client_io::Activity;
+use super::forward::{self, ClientConn};
+use super::tunnel::TunnelSlot;
+use super::Shared;
+use crate::clock::{coarse_ms, http_date};
+
+/// Header slots on the stack; a head with more goes to hyper, which applies the
+/// configured limit.
+const HEADER_SLOTS: usize = 100;
+
+/// Read buffer: room for a typical head, grown for larger ones up to the header limit.
+const READ_BUF: usize = 8192;
+
+/// A request this loop serves.
+pub type SimpleRequest = Request<Empty<Bytes>>;
+
+/// What a buffer holds.
+#[derive(Debug)]
+// Returned once per request and matched at once: boxing the request would cost an
+// allocation each time to save a move.
+#[allow(clippy::large_enum_variant)]
+pub enum Parsed {
+    /// A whole head of a request we serve (consumed from the buffer), and whether the
+    /// client asked to close after it.
+    Simple(SimpleRequest, bool),
+    /// Not a whole head yet.
+    Partial,
+    /// A head that is hyper's to judge; the buffer is untouched.
+    Hyper,
+}
+
+/// Where a header's name and value lie in the head.
+type HeaderSpan = [usize; 4];
+
+/// Parses the head at the start of `buf`, within `max_headers` headers.
+pub fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Hyper,
+    };
+    if req.version != Some(1) || req.headers.len() > max_headers {
+        return Parsed::Hyper;
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::Hyper;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Hyper;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Hyper;
+    }
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| s.as_ptr() as usize - base;
+    let path = at(path.as_bytes())..at(path.as_bytes()) + path.len();
+    let mut close = false;
+    // Not zeroed: only the first `count` are written, and only those are read.
+    let mut spans = [const { MaybeUninit::<HeaderSpan>::uninit() }; HEADER_SLOTS];
+    let count = req.headers.len();
+    for (slot, h) in spans.iter_mut().zip(req.headers.iter()) {
+        let name = h.name.as_bytes();
+        // Bodies, and the requests whose framing or protocol switch hyper must judge.
+        let hypers = ["content-length", "transfer-encoding", "expect", "upgrade"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
+        if hypers {
+            return Parsed::Hyper;
+        }
+        if name.eq_ignore_ascii_case(b"connection") && has_close(h.value) {
+            close = true;
+        }
+        slot.write([at(name), name.len(), at(h.value), h.value.len()]);
+    }
+    // SAFETY: the loop wrote the first `count` slots (there are as many headers as that,
+    // and at most HEADER_SLOTS), and [usize; 4] needs no drop.
+    let spans: &[HeaderSpan] =
+        unsafe { &*(std::ptr::from_ref(&spans[..count]) as *const [HeaderSpan]) };
+    let head = buf.split_to(len).freeze();
+    match build(&head, method, path, spans) {
+        Some(req) => Parsed::Simple(req, close),
+        None => {
+            // Put the head back for hyper: it is still the first thing on the wire.
+            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            Parsed::Hyper
+        }
+    }
+}
+
+fn build(
+    head: &Bytes,
+    method: Method,
+    path: std::ops::Range<usize>,
+    spans: &[HeaderSpan],
+) -> Option<SimpleRequest> {
+    let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &[name, name_len, value, value_len] in spans {
+        let name = HeaderName::from_bytes(&head[name..name + name_len]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len)).ok()?;
+        headers.append(name, value);
+    }
+    let mut req = Request::new(Empty::new());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
+fn has_close(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body goes out: HEAD, 1xx, 204, 304.
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Whether a response to `method` with `status` carries a body (RFC 9110 §6.4.1).
+fn carries_body(head_request: bool, status: StatusCode) -> bool {
+    !(head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+/// Writes a response head to `out` and says how its body must be framed.
+///
+/// The body decides the framing, not the headers it came with: a body of known size
+/// gets its `Content-Length`, any other one is chunked; the response's own framing
+/// headers are dropped. A response without a body (HEAD, 304) keeps its
+/// `Content-Length`, which describes the representation, but never a
+/// `Transfer-Encoding`; 1xx and 204 keep neither (RFC 9110 §8.6).
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &impl Body,
+    head_request: bool,
+    close: bool,
+) -> Framing {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let framing = if !carries_body(head_request, status) {
+        Framing::None
+    } else if body.is_end_stream() {
+        Framing::Length(0)
+    } else {
+        body.size_hint()
+            .exact()
+            .map_or(Framing::Chunked, Framing::Length)
+    };
+    let keep_length =
+        framing == Framing::None && !status.is_informational() && status != StatusCode::NO_CONTENT;
+    let mut has_date = false;
+    let mut said_close = false;
+    for (name, value) in headers {
+        if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && !keep_length) {
+            continue;
+        }
+        if name == DATE {
+            has_date = true;
+        } else if name == CONNECTION && has_close(value.as_bytes()) {
+            said_close = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None => {}
+    }
+    if close && !said_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&http_date());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// How the loop ended.
+pub enum Ended<I> {
+    /// The connection is done (closed by either side, timed out, or stopped).
+    Closed,
+    /// hyper takes over the connection; the reader yields the bytes already read first.
+    Hyper(Prefixed<I>),
+}
+
+/// What the loop needs from the connection it serves.
+pub struct Serving<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub conn: ClientConn,
+    pub tunnel: &'a TunnelSlot,
+    pub activity: &'a Activity,
+    pub header_read_timeout: std::time::Duration,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    /// Set when the connection should finish the request in hand and close.
+    pub stopping: &'a AtomicBool,
+}
+
+/// Serves simple requests on `io` until the connection ends or a request needs hyper.
+pub async fn serve<I>(mut io: I, s: &Serving<'_>) -> io::Result<Ended<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let mut out = Vec::with_capacity(512);
+    let header_ms = u64::try_from(s.header_read_timeout.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        // As hyper's header timeout: from the end of the previous response.
+        let deadline = coarse_ms().saturating_add(header_ms);
+        let (req, asked_close) = loop {
+            if !buf.is_empty() {
+                match parse(&mut buf, s.max_headers) {
+                    Parsed::Simple(req, close) => break (req, close),
+                    Parsed::Hyper => return Ok(Ended::Hyper(Prefixed::new(buf.freeze(), io))),
+                    Parsed::Partial if buf.len() >= s.max_header_bytes => {
+                        // hyper answers 431.
+                        return Ok(Ended::Hyper(Prefixed::new(buf.freeze(), io)));
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            if buf.capacity() - buf.len() < READ_BUF / 4 {
+                buf.reserve(READ_BUF);
+            }
+            let read = poll_fn(|cx| {
+                // A stop or an idle close between requests ends the connection; one in
+                // the middle of a head waits for the head (or its timeout).
+                if buf.is_empty() && s.stopping.load(Ordering::Relaxed) {
+                    return Poll::Ready(Ok(0));
+                }
+                match tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut buf) {
+                    Poll::Pending if coarse_ms() >= deadline => Poll::Ready(Ok(0)),
+                    polled => polled,
+                }
+            })
+            .await?;
+            if read == 0 {
+                return Ok(Ended::Closed);
+            }
+        };
+        let head_request = req.method() == Method::HEAD;
+        s.activity.waiting.fetch_add(1, Ordering::Relaxed);
+        let response = forward::handle(s.shared, s.conn, s.tunnel, req).await;
+        s.activity.waiting.fetch_sub(1, Ordering::Relaxed);
+        let close = asked_close || s.stopping.load(Ordering::Relaxed);
+        write_response(&mut io, &mut out, response, head_request, close).await?;
+        if close {
+            let _ = io.shutdown().await;
+            return Ok(Ended::Closed);
+        }
+    }
+}
+
+/// Writes one response whole. An error (the client went away, the body failed or did
+/// not match its length) leaves the connection unusable: the caller closes it.
+async fn write_response<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    response: Response<ProxyBody>,
+    head_request: bool,
+    close: bool,
+) -> io::Result<()>
+where
+    I: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    out.clear();
+    let framing = encode_head(
+        out,
+        parts.status,
+        &parts.headers,
+        &body,
+        head_request,
+        close,
+    );
+    let mut left = match framing {
+        Framing::None => {
+            write_all(io, &mut [IoSlice::new(out)]).await?;
+            return io.flush().await;
+        }
+        Framing::Length(n) => Some(n),
+        Framing::Chunked => None,
+    };
+    // The head goes out with the first bytes of the body, in one write.
+    let mut head: &[u8] = out;
+    loop {
+        let frame = if left == Some(0) && body.is_end_stream() {
+            None
+        } else {
+            poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        };
+        let data = match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers are not forwarded.
+                Err(_) => continue,
+            },
+            Some(Err(e)) => return Err(io::Error::other(format!("response body: {e}"))),
+            None => {
+                if left.is_some_and(|n| n > 0) {
+                    return Err(io::Error::other("response body ended short of its length"));
+                }
+                let last: &[u8] = if left.is_none() { b"0\r\n\r\n" } else { b"" };
+                write_all(io, &mut [IoSlice::new(head), IoSlice::new(last)]).await?;
+                return io.flush().await;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if let Some(n) = left.as_mut() {
+            *n = n
+                .checked_sub(data.len() as u64)
+                .ok_or_else(|| io::Error::other("response body longer than its length"))?;
+            write_all(io, &mut [IoSlice::new(head), IoSlice::new(&data)]).await?;
+        } else {
+            let mut size = [0; 18];
+            let prefix = chunk_prefix(&mut size, data.len());
+            let mut bufs = [
+                IoSlice::new(head),
+                IoSlice::new(prefix),
+                IoSlice::new(&data),
+                IoSlice::new(b"\r\n"),
+            ];
+            write_all(io, &mut bufs).await?;
+        }
+        head = &[];
+        // What was written reaches the client before waiting for more (TLS buffers).
+        io.flush().await?;
+    }
+}
+
+/// "SIZE\r\n" for a chunk of `len` bytes, in hex.
+fn chunk_prefix(buf: &mut [u8; 18], len: usize) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut i = 16;
+    let mut n = len;
+    loop {
+        i -= 1;
+        buf[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[16] = b'\r';
+    buf[17] = b'\n';
+    &buf[i..]
+}
+
+/// Writes every byte of `bufs`, in as few vectored writes as the socket allows.
+async fn write_all<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    mut bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// A stream whose first reads return bytes read before hyper took it over.
+pub struct Prefixed<I> {
+    prefix: Bytes,
+    inner: I,
+}
+
+impl<I> Prefixed<I> {
+    pub fn new(prefix: Bytes, inner: I) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::body::{empty, full, BoxError};
+    use http_body::Frame;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+
+    fn parsed(bytes: &[u8]) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        (parse(&mut buf, 100), buf)
+    }
+
+    #[test]
+    fn a_get_without_body_is_ours_and_leaves_the_next_request_in_the_buffer() {
+        let wire =
+            b"GET /a?b=c HTTP/1.1\r\nHost: Example.test\r\nX-Two: 1\r\nX-Two: 2\r\n\r\nGET /next";
+        let (p, rest) = parsed(wire);
+        let Parsed::Simple(req, close) = p else {
+            panic!("{p:?}")
+        };
+        assert!(!close);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/a?b=c");
+        assert_eq!(req.version(), http::Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "Example.test");
+        let twos: Vec<_> = req.headers().get_all("x-two").iter().collect();
+        assert_eq!(twos, ["1", "2"]);
+        assert_eq!(&rest[..], b"GET /next");
+    }
+
+    #[test]
+    fn connection_close_is_noticed_among_other_options() {
+        let (p, _) = parsed(b"HEAD / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n");
+        assert!(matches!(p, Parsed::Simple(_, true)), "{p:?}");
+        let (p, _) = parsed(b"GET / HTTP/1.1\r\nConnection: closed\r\n\r\n");
+        assert!(matches!(p, Parsed::Simple(_, false)), "{p:?}");
+    }
+
+    #[test]
+    fn an_unfinished_head_asks_for_more() {
+        assert!(matches!(
+            parsed(b"GET / HTTP/1.1\r\nHost: a").0,
+            Parsed::Partial
+        ));
+        assert!(matches!(parsed(b"GE").0, Parsed::Partial));
+    }
+
+    #[test]
+    fn bodies_protocol_switches_and_anything_odd_go_to_hyper_untouched() {
+        let cases: [&[u8]; 12] = [
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"CONNECT example.test:443 HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\n folded: x\r\n\r\n",
+        ];
+        for wire in cases {
+            let (p, rest) = parsed(wire);
+            assert!(
+                matches!(p, Parsed::Hyper),
+                "{:?}: {p:?}",
+                String::from_utf8_lossy(wire)
+            );
+            assert_eq!(&rest[..], wire, "the buffer is left as it was");
+        }
+    }
+
+    #[test]
+    fn a_head_the_http_types_reject_is_put_back_whole_for_hyper() {
+        // httparse takes a target of any length; `Uri` none over 64 KiB.
+        let wire = format!(
+            "GET /{} HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            "a".repeat(70_000)
+        );
+        let wire = wire.as_bytes();
+        let (p, rest) = parsed(wire);
+        assert!(matches!(p, Parsed::Hyper), "{p:?}");
+        assert_eq!(&rest[..], wire);
+    }
+
+    #[test]
+    fn more_headers_than_the_limit_go_to_hyper() {
+        let mut wire = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..5 {
+            wire.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+        let mut buf = BytesMut::from(&wire[..]);
+        assert!(matches!(parse(&mut buf, 4), Parsed::Hyper));
+        assert!(matches!(parse(&mut buf, 5), Parsed::Simple(..)));
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..HEADER_SLOTS + 1 {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        let mut buf = BytesMut::from(&many[..]);
+        assert!(matches!(parse(&mut buf, 1000), Parsed::Hyper));
+    }
+
+    fn head_of(
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &ProxyBody,
+        head_request: bool,
+        close: bool,
+    ) -> (String, Framing) {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let mut out = Vec::new();
+        let status = StatusCode::from_u16(status).unwrap();
+        let framing = encode_head(&mut out, status, &map, body, head_request, close);
+        (String::from_utf8(out).unwrap(), framing)
+    }
+
+    #[test]
+    fn the_body_decides_the_framing_and_stale_framing_headers_are_dropped() {
+        let date = ("date", "Sun, 06 Nov 1994 08:49:37 GMT");
+        let (head, framing) = head_of(
+            200,
+            &[
+                ("content-length", "999"),
+                ("transfer-encoding", "chunked"),
+                date,
+            ],
+            &full("hello"),
+            false,
+            false,
+        );
+        assert_eq!(framing, Framing::Length(5));
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 5\r\n\r\n"
+        );
+        let (head, framing) = head_of(404, &[date], &empty(), false, true);
+        assert_eq!(framing, Framing::Length(0));
+        assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+        assert!(
+            head.contains("content-length: 0\r\nconnection: close\r\n"),
+            "{head}"
+        );
+        let (head, framing) = head_of(200, &[date], &unsized_body(&["a"]), false, false);
+        assert_eq!(framing, Framing::Chunked);
+        assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    }
+
+    #[test]
+    fn responses_without_a_body_keep_or_drop_content_length_as_rfc_9110_says() {
+        let cl = [("content-length", "1234"), ("transfer-encoding", "chunked")];
+        for (status, head_request, keeps) in [
+            (200, true, true),
+            (304, false, true),
+            (204, false, false),
+            (103, false, false),
+        ] {
+            let (head, framing) = head_of(status, &cl, &empty(), head_request, false);
+            assert_eq!(framing, Framing::None, "{status}");
+            assert_eq!(head.contains("content-length: 1234"), keeps, "{head}");
+            assert!(!head.contains("transfer-encoding"), "{head}");
+        }
+    }
+
+    #[test]
+    fn a_date_is_added_only_when_missing_and_close_is_said_once() {
+        let (head, _) = head_of(200, &[("connection", "close")], &empty(), false, true);
+        assert_eq!(head.matches("date: ").count(), 1, "{head}");
+        assert_eq!(head.matches("connection: close").count(), 1, "{head}");
+    }
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex() {
+        let mut b = [0; 18];
+        assert_eq!(chunk_prefix(&mut b, 0), b"0\r\n");
+        assert_eq!(chunk_prefix(&mut b, 255), b"ff\r\n");
+        assert_eq!(chunk_prefix(&mut b, 4096), b"1000\r\n");
+        assert_eq!(chunk_prefix(&mut b, usize::MAX), b"ffffffffffffffff\r\n");
+    }
+
+    /// A body of the given chunks whose size is not known up front.
+    fn unsized_body(chunks: &[&'static str]) -> ProxyBody {
+        Chunks(
+            chunks
+                .iter()
+                .map(|c| Bytes::from_static(c.as_bytes()))
+                .collect(),
+        )
+        .boxed_unsync()
+    }
+
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    async fn written(
+        response: Response<ProxyBody>,
+        head_request: bool,
+    ) -> (io::Result<()>, String) {
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let mut out = Vec::new();
+        let res = write_response(&mut ours, &mut out, response, head_request, false).await;
+        drop(ours);
+        let mut wire = Vec::new();
+        theirs.read_to_end(&mut wire).await.unwrap();
+        (res, String::from_utf8(wire).unwrap())
+    }
+
+    #[tokio::test]
+    async fn bodies_go_out_whole_with_their_framing() {
+        let (res, wire) = written(Response::new(full("hello")), false).await;
+        res.unwrap();
+        assert!(wire.starts_with("HTTP/1.1 200 OK\r\n"), "{wire}");
+        assert!(wire.contains("content-length: 5\r\n"), "{wire}");
+        assert!(wire.ends_with("\r\n\r\nhello"), "{wire}");
+
+        let (res, wire) = written(Response::new(unsized_body(&["ab", "", "cde"])), false).await;
+        res.unwrap();
+        assert!(
+            wire.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
+            "{wire}"
+        );
+
+        let (res, wire) = written(Response::new(full("hello")), true).await;
+        res.unwrap();
+        assert!(
+            wire.ends_with("\r\n\r\n"),
+            "a HEAD answer has no body: {wire}"
+        );
+        assert!(!wire.contains("hello"), "{wire}");
+    }
+
+    /// Claims `claimed` bytes and sends `sent`.
+    struct Lying {
+        claimed: u64,
+        sent: Option<Bytes>,
+    }
+
+    impl Body for Lying {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.sent.take().map(|b| Ok(Frame::data(b))))
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.claimed)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_its_length_is_an_error_not_a_misframed_stream() {
+        for (claimed, sent) in [(10, "short"), (2, "too long")] {
+            let body = Lying {
+                claimed,
+                sent: Some(Bytes::from_static(sent.as_bytes())),
+            };
+            let (res, wire) = written(Response::new(body.boxed_unsync()), false).await;
+            assert!(res.is_err(), "{claimed} {sent}: {wire}");
+            assert!(
+                !wire.contains("too long"),
+                "no bytes past the length: {wire}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn prefixed_reads_the_saved_bytes_first() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b" world").await.unwrap();
+        drop(a);
+        let mut p = Prefixed::new(Bytes::from_static(b"hello"), b);
+        let mut got = String::new();
+        p.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello world");
+    }
+}

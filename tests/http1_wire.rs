@@ -1,0 +1,142 @@
+//! What an HTTP/1.1 client sees on the wire from `geoedge proxy`: requests without a body
+//! are answered by our own loop, the rest of a connection by hyper from the first request
+//! that needs it. Raw sockets, so framing is checked byte for byte.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::proxy_world::{world, Opts};
+
+fn connect(addr: std::net::SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Reads one response: its head, and a body by its Content-Length (none for HEAD).
+fn read_response(s: &mut TcpStream, head_request: bool) -> (String, String) {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            other => panic!("connection ended inside a head ({other:?}): {got:?}"),
+        }
+    }
+    let head = String::from_utf8(got).unwrap().to_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|v| v.trim().parse::<usize>().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0u8; if head_request { 0 } else { len }];
+    s.read_exact(&mut body).unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+fn closed(s: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    matches!(s.read_to_end(&mut rest), Ok(0))
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_head_gets_no_body() {
+    let w = world(Opts::default());
+    let mut s = connect(w.http());
+    s.write_all(
+        b"GET /first HTTP/1.1\r\nHost: www.example.test\r\n\r\n\
+          HEAD /second HTTP/1.1\r\nHost: www.example.test\r\n\r\n\
+          GET /third HTTP/1.1\r\nHost: www.example.test\r\n\r\n",
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(body.contains("for GET /first"), "{body}");
+    let (head, _) = read_response(&mut s, true);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(
+        head.contains("content-length: "),
+        "HEAD keeps the length of what GET would send: {head}"
+    );
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.contains("date: "), "{head}");
+    assert!(
+        body.contains("for GET /third"),
+        "no HEAD body bytes in between: {body}"
+    );
+}
+
+#[test]
+fn a_request_with_a_body_hands_the_connection_over_without_losing_a_byte() {
+    let w = world(Opts::default());
+    let mut s = connect(w.http());
+    // A bodiless GET, then a POST with a body, then a GET pipelined behind it: the POST
+    // and everything after it are hyper's, read from the bytes we had already taken.
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("for GET /one"), "{body}");
+    s.write_all(
+        b"POST /two HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 5\r\n\r\nhello\
+          GET /three HTTP/1.1\r\nHost: www.example.test\r\n\r\n",
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("for POST /two (5 bytes in)"), "{body}");
+    let (_, body) = read_response(&mut s, false);
+    assert!(body.contains("for GET /three"), "{body}");
+}
+
+#[test]
+fn connection_close_is_answered_in_kind_and_the_connection_closes() {
+    let w = world(Opts::default());
+    let mut s = connect(w.http());
+    s.write_all(b"GET / HTTP/1.1\r\nHost: www.example.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(body.contains("served by"), "{body}");
+    assert!(closed(&mut s), "the proxy closes after the response");
+}
+
+#[test]
+fn a_malformed_head_gets_400_from_hyper_after_a_good_one() {
+    let w = world(Opts::default());
+    let mut s = connect(w.http());
+    s.write_all(b"GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+        .unwrap();
+    let (head, _) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    s.write_all(b"GET / HTTP/1.1\r\nHost www.example.test\r\n\r\n")
+        .unwrap();
+    let (head, _) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert!(closed(&mut s), "no request after a malformed one");
+}
+
+#[test]
+fn an_unknown_host_and_a_missing_route_are_framed_answers_on_a_live_connection() {
+    let w = world(Opts::default());
+    let mut s = connect(w.http());
+    s.write_all(b"GET / HTTP/1.1\r\nHost: nowhere.invalid\r\n\r\n")
+        .unwrap();
+    let (head, _) = read_response(&mut s, false);
+    assert!(
+        head.starts_with("http/1.1 421") || head.starts_with("http/1.1 404"),
+        "{head}"
+    );
+    assert!(head.contains("content-length: "), "{head}");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        body.contains("served by"),
+        "the connection stays usable: {body}"
+    );
+}
