@@ -140,3 +140,39 @@ fn an_unknown_host_and_a_missing_route_are_framed_answers_on_a_live_connection()
         "the connection stays usable: {body}"
     );
 }
+
+fn open_connections(w: &common::proxy_world::World) -> Option<u64> {
+    let (_, metrics) = common::http_get(w.admin(), "/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("geoedge_proxy_connections_open "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_client_that_stops_reading_its_response_is_cut_after_the_idle_timeout() {
+    let w = world(Opts {
+        extra: "[limits]\nidle_timeout = \"300ms\"".into(),
+        ..Opts::default()
+    });
+    let mut s = connect(w.http());
+    // 40 MB: far more than the socket buffers between us hold, so the proxy's write
+    // blocks for as long as this client does not read.
+    s.write_all(b"GET /big?size=40000000 HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+        .unwrap();
+    common::wait_for(Duration::from_secs(10), "the response to start", || {
+        (open_connections(&w) == Some(1)).then_some(())
+    });
+    common::wait_for(
+        Duration::from_secs(10),
+        "the stalled connection to be closed",
+        || (open_connections(&w) == Some(0)).then_some(()),
+    );
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        rest.len() < 40_000_000,
+        "the response was cut, not finished: {} bytes",
+        rest.len()
+    );
+}

@@ -719,19 +719,16 @@ where
     }
     graceful(conn.as_mut());
     // Still ticking: a connection in the middle of a request head ends by its header
-    // timeout, which only a poll can notice.
-    let ticker = async {
-        loop {
-            tokio::time::sleep(check_every).await;
-        }
-    };
+    // timeout, which only a poll can notice. A graceful finish that moves no byte for
+    // another idle period (a client that stopped reading its response) is cut: asking
+    // nicely does not unblock a write.
     tokio::select! {
         res = std::future::poll_fn(|cx| {
             let polled = conn.as_mut().poll(cx);
             after_poll(cx);
             polled
         }) => ended(res),
-        () = ticker => None,
+        () = activity.idle_for(idle, check_every) => None,
     }
 }
 
