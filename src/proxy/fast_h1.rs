@@ -302,13 +302,25 @@ where
         s.activity.waiting.fetch_add(1, Ordering::Relaxed);
         let response = forward::handle(s.shared, s.conn, s.tunnel, req).await;
         s.activity.waiting.fetch_sub(1, Ordering::Relaxed);
-        let close = asked_close || s.stopping.load(Ordering::Relaxed);
+        let stopping = s.stopping.load(Ordering::Relaxed);
+        let close = closes_after(asked_close, stopping, response.headers());
         write_response(&mut io, &mut out, response, head_request, close).await?;
         if close {
             let _ = io.shutdown().await;
             return Ok(Ended::Closed);
         }
     }
+}
+
+/// Whether the connection closes after this response: the client asked, the server is
+/// stopping, or the response says so (as hyper does, whoever wrote it).
+fn closes_after(asked: bool, stopping: bool, response: &HeaderMap) -> bool {
+    asked
+        || stopping
+        || response
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| has_close(v.as_bytes()))
 }
 
 /// Writes one response whole. An error (the client went away, the body failed or did
@@ -661,6 +673,17 @@ mod tests {
         let (head, _) = head_of(200, &[("connection", "close")], &empty(), false, true);
         assert_eq!(head.matches("date: ").count(), 1, "{head}");
         assert_eq!(head.matches("connection: close").count(), 1, "{head}");
+    }
+
+    #[test]
+    fn the_connection_closes_when_client_server_or_response_says_so() {
+        let mut says = HeaderMap::new();
+        says.insert(CONNECTION, HeaderValue::from_static("Close"));
+        let quiet = HeaderMap::new();
+        assert!(!closes_after(false, false, &quiet));
+        assert!(closes_after(true, false, &quiet));
+        assert!(closes_after(false, true, &quiet));
+        assert!(closes_after(false, false, &says));
     }
 
     #[test]
