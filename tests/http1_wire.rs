@@ -176,3 +176,25 @@ fn a_client_that_stops_reading_its_response_is_cut_after_the_idle_timeout() {
         rest.len()
     );
 }
+
+#[test]
+fn a_whole_head_over_max_header_bytes_gets_431_however_it_arrives() {
+    let w = world(Opts {
+        extra: "[limits]\nmax_header_bytes = 4096".into(),
+        ..Opts::default()
+    });
+    // Under the read buffer's size, so it can arrive complete in one read.
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: www.example.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(4500)
+    );
+    for pieces in [1, 3] {
+        let mut s = connect(w.http());
+        for chunk in big.as_bytes().chunks(big.len().div_ceil(pieces)) {
+            s.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (head, _) = read_response(&mut s, false);
+        assert!(head.starts_with("http/1.1 431"), "{pieces} pieces: {head}");
+    }
+}

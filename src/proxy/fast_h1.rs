@@ -64,8 +64,9 @@ pub enum Parsed {
 /// Where a header's name and value lie in the head.
 type HeaderSpan = [usize; 4];
 
-/// Parses the head at the start of `buf`, within `max_headers` headers.
-pub fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
+/// Parses the head at the start of `buf`; one over `max_headers` headers or
+/// `max_head_bytes` bytes is hyper's to refuse (431).
+pub fn parse(buf: &mut BytesMut, max_headers: usize, max_head_bytes: usize) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
@@ -73,7 +74,7 @@ pub fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Hyper,
     };
-    if req.version != Some(1) || req.headers.len() > max_headers {
+    if req.version != Some(1) || req.headers.len() > max_headers || len > max_head_bytes {
         return Parsed::Hyper;
     }
     let (Some(method), Some(path)) = (req.method, req.path) else {
@@ -269,7 +270,7 @@ where
         let deadline = coarse_ms().saturating_add(header_ms);
         let (req, asked_close) = loop {
             if !buf.is_empty() {
-                match parse(&mut buf, s.max_headers) {
+                match parse(&mut buf, s.max_headers, s.max_header_bytes) {
                     Parsed::Simple(req, close) => break (req, close),
                     Parsed::Hyper => return Ok(Ended::Hyper(Prefixed::new(buf.freeze(), io))),
                     Parsed::Partial if buf.len() >= s.max_header_bytes => {
@@ -504,7 +505,7 @@ mod tests {
 
     fn parsed(bytes: &[u8]) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(bytes);
-        (parse(&mut buf, 100), buf)
+        (parse(&mut buf, 100, 64 * 1024), buf)
     }
 
     #[test]
@@ -583,22 +584,24 @@ mod tests {
     }
 
     #[test]
-    fn more_headers_than_the_limit_go_to_hyper() {
+    fn heads_over_either_limit_go_to_hyper() {
         let mut wire = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..5 {
             wire.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
         wire.extend_from_slice(b"\r\n");
         let mut buf = BytesMut::from(&wire[..]);
-        assert!(matches!(parse(&mut buf, 4), Parsed::Hyper));
-        assert!(matches!(parse(&mut buf, 5), Parsed::Simple(..)));
+        assert!(matches!(parse(&mut buf, 4, 1024), Parsed::Hyper));
+        assert!(matches!(parse(&mut buf, 5, wire.len() - 1), Parsed::Hyper));
+        assert_eq!(&buf[..], &wire[..], "left for hyper");
+        assert!(matches!(parse(&mut buf, 5, wire.len()), Parsed::Simple(..)));
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..HEADER_SLOTS + 1 {
             many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
         let mut buf = BytesMut::from(&many[..]);
-        assert!(matches!(parse(&mut buf, 1000), Parsed::Hyper));
+        assert!(matches!(parse(&mut buf, 1000, 1 << 20), Parsed::Hyper));
     }
 
     fn head_of(
