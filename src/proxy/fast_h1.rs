@@ -43,6 +43,10 @@ const HEADER_SLOTS: usize = 100;
 /// Read buffer: room for a typical head, grown for larger ones up to the header limit.
 const READ_BUF: usize = 8192;
 
+/// Body chunks up to this size are copied behind the head (or chunk size) and sent in
+/// one plain write; larger ones go out by `writev` without a copy.
+const COPY_MAX: usize = 4096;
+
 /// A request this loop serves.
 pub type SimpleRequest = Request<Empty<Bytes>>;
 
@@ -354,50 +358,66 @@ where
         Framing::Length(n) => Some(n),
         Framing::Chunked => None,
     };
-    // The head goes out with the first bytes of the body, in one write.
-    let mut head: &[u8] = out;
+    // `out` holds what goes before the next body bytes: at first the head, which so
+    // leaves with the first bytes of the body, in one write.
+    let mut head_sent = false;
     loop {
         let frame = if left == Some(0) && body.is_end_stream() {
             None
         } else {
             poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
         };
+        if std::mem::replace(&mut head_sent, true) {
+            out.clear();
+        }
         let data = match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 // Trailers are not forwarded.
-                Err(_) => continue,
+                Err(_) => {
+                    head_sent = false;
+                    continue;
+                }
             },
             Some(Err(e)) => return Err(io::Error::other(format!("response body: {e}"))),
             None => {
                 if left.is_some_and(|n| n > 0) {
                     return Err(io::Error::other("response body ended short of its length"));
                 }
-                let last: &[u8] = if left.is_none() { b"0\r\n\r\n" } else { b"" };
-                write_all(io, &mut [IoSlice::new(head), IoSlice::new(last)]).await?;
+                if left.is_none() {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                write_all(io, &mut [IoSlice::new(out)]).await?;
                 return io.flush().await;
             }
         };
         if data.is_empty() {
+            head_sent = false;
             continue;
         }
-        if let Some(n) = left.as_mut() {
-            *n = n
-                .checked_sub(data.len() as u64)
-                .ok_or_else(|| io::Error::other("response body longer than its length"))?;
-            write_all(io, &mut [IoSlice::new(head), IoSlice::new(&data)]).await?;
+        let mut size = [0; 18];
+        let suffix: &[u8] = match left.as_mut() {
+            Some(n) => {
+                *n = n
+                    .checked_sub(data.len() as u64)
+                    .ok_or_else(|| io::Error::other("response body longer than its length"))?;
+                b""
+            }
+            None => {
+                out.extend_from_slice(chunk_prefix(&mut size, data.len()));
+                b"\r\n"
+            }
+        };
+        if data.len() <= COPY_MAX {
+            // One buffer and a plain send: writev's way through the VFS costs more than
+            // copying a few KiB (about 1 % of a proxied request's CPU).
+            out.extend_from_slice(&data);
+            out.extend_from_slice(suffix);
+            write_all(io, &mut [IoSlice::new(out)]).await?;
         } else {
-            let mut size = [0; 18];
-            let prefix = chunk_prefix(&mut size, data.len());
-            let mut bufs = [
-                IoSlice::new(head),
-                IoSlice::new(prefix),
-                IoSlice::new(&data),
-                IoSlice::new(b"\r\n"),
-            ];
+            let mut bufs = [IoSlice::new(out), IoSlice::new(&data), IoSlice::new(suffix)];
             write_all(io, &mut bufs).await?;
         }
-        head = &[];
         // What was written reaches the client before waiting for more (TLS buffers).
         io.flush().await?;
     }
@@ -421,14 +441,18 @@ fn chunk_prefix(buf: &mut [u8; 18], len: usize) -> &[u8] {
     &buf[i..]
 }
 
-/// Writes every byte of `bufs`, in as few vectored writes as the socket allows.
+/// Writes every byte of `bufs`, in as few writes as the socket allows: a plain write
+/// when one buffer is left, a vectored one otherwise.
 async fn write_all<I: AsyncWrite + Unpin>(
     io: &mut I,
     mut bufs: &mut [IoSlice<'_>],
 ) -> io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs)).await?;
+        let n = match &*bufs {
+            [one] => poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, one)).await?,
+            _ => poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs)).await?,
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -748,6 +772,24 @@ mod tests {
         assert!(
             wire.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
             "{wire}"
+        );
+
+        // Past COPY_MAX the body is written from its own buffer, not copied.
+        let big = "x".repeat(COPY_MAX * 3);
+        let (res, wire) = written(Response::new(full(big.clone())), false).await;
+        res.unwrap();
+        assert!(
+            wire.contains(&format!("content-length: {}\r\n", big.len())),
+            "{wire}"
+        );
+        assert!(wire.ends_with(&format!("\r\n\r\n{big}")));
+        let leaked: &'static str = big.leak();
+        let (res, wire) = written(Response::new(unsized_body(&["ab", leaked])), false).await;
+        res.unwrap();
+        assert!(
+            wire.ends_with(&format!("\r\n\r\n2\r\nab\r\n3000\r\n{leaked}\r\n0\r\n\r\n")),
+            "{}",
+            &wire[..200]
         );
 
         let (res, wire) = written(Response::new(full("hello")), true).await;
