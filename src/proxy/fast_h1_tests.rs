@@ -1,0 +1,325 @@
+//! Tests of `fast_h1.rs`: what it takes and leaves to hyper, and the bytes it writes.
+
+use super::*;
+use crate::proxy::body::{empty, full, BoxError};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::io::AsyncReadExt;
+
+fn parsed(bytes: &[u8]) -> (Parsed, BytesMut) {
+    let mut buf = BytesMut::from(bytes);
+    (parse(&mut buf, 100, 64 * 1024), buf)
+}
+
+#[test]
+fn a_get_without_body_is_ours_and_leaves_the_next_request_in_the_buffer() {
+    let wire =
+        b"GET /a?b=c HTTP/1.1\r\nHost: Example.test\r\nX-Two: 1\r\nX-Two: 2\r\n\r\nGET /next";
+    let (p, rest) = parsed(wire);
+    let Parsed::Simple(req, close) = p else {
+        panic!("{p:?}")
+    };
+    assert!(!close);
+    assert_eq!(req.method(), Method::GET);
+    assert_eq!(req.uri(), "/a?b=c");
+    assert_eq!(req.version(), http::Version::HTTP_11);
+    assert_eq!(req.headers()["host"], "Example.test");
+    let twos: Vec<_> = req.headers().get_all("x-two").iter().collect();
+    assert_eq!(twos, ["1", "2"]);
+    assert_eq!(&rest[..], b"GET /next");
+}
+
+#[test]
+fn connection_close_is_noticed_among_other_options() {
+    let (p, _) = parsed(b"HEAD / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n");
+    assert!(matches!(p, Parsed::Simple(_, true)), "{p:?}");
+    let (p, _) = parsed(b"GET / HTTP/1.1\r\nConnection: closed\r\n\r\n");
+    assert!(matches!(p, Parsed::Simple(_, false)), "{p:?}");
+}
+
+#[test]
+fn an_unfinished_head_asks_for_more() {
+    assert!(matches!(
+        parsed(b"GET / HTTP/1.1\r\nHost: a").0,
+        Parsed::Partial
+    ));
+    assert!(matches!(parsed(b"GE").0, Parsed::Partial));
+}
+
+#[test]
+fn bodies_protocol_switches_and_anything_odd_go_to_hyper_untouched() {
+    let cases: [&[u8]; 12] = [
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+        b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"CONNECT example.test:443 HTTP/1.1\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+        b"GET /a b HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\n folded: x\r\n\r\n",
+    ];
+    for wire in cases {
+        let (p, rest) = parsed(wire);
+        assert!(
+            matches!(p, Parsed::Hyper),
+            "{:?}: {p:?}",
+            String::from_utf8_lossy(wire)
+        );
+        assert_eq!(&rest[..], wire, "the buffer is left as it was");
+    }
+}
+
+#[test]
+fn a_head_the_http_types_reject_is_put_back_whole_for_hyper() {
+    // httparse takes a target of any length; `Uri` none over 64 KiB.
+    let wire = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let wire = wire.as_bytes();
+    let (p, rest) = parsed(wire);
+    assert!(matches!(p, Parsed::Hyper), "{p:?}");
+    assert_eq!(&rest[..], wire);
+}
+
+#[test]
+fn heads_over_either_limit_go_to_hyper() {
+    let mut wire = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..5 {
+        wire.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    wire.extend_from_slice(b"\r\n");
+    let mut buf = BytesMut::from(&wire[..]);
+    assert!(matches!(parse(&mut buf, 4, 1024), Parsed::Hyper));
+    assert!(matches!(parse(&mut buf, 5, wire.len() - 1), Parsed::Hyper));
+    assert_eq!(&buf[..], &wire[..], "left for hyper");
+    assert!(matches!(parse(&mut buf, 5, wire.len()), Parsed::Simple(..)));
+    let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..HEADER_SLOTS + 1 {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let mut buf = BytesMut::from(&many[..]);
+    assert!(matches!(parse(&mut buf, 1000, 1 << 20), Parsed::Hyper));
+}
+
+fn head_of(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &ProxyBody,
+    head_request: bool,
+    close: bool,
+) -> (String, Framing) {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let mut out = Vec::new();
+    let status = StatusCode::from_u16(status).unwrap();
+    let framing = encode_head(&mut out, status, &map, body, head_request, close);
+    (String::from_utf8(out).unwrap(), framing)
+}
+
+#[test]
+fn the_body_decides_the_framing_and_stale_framing_headers_are_dropped() {
+    let date = ("date", "Sun, 06 Nov 1994 08:49:37 GMT");
+    let (head, framing) = head_of(
+        200,
+        &[
+            ("content-length", "999"),
+            ("transfer-encoding", "chunked"),
+            date,
+        ],
+        &full("hello"),
+        false,
+        false,
+    );
+    assert_eq!(framing, Framing::Length(5));
+    assert_eq!(
+        head,
+        "HTTP/1.1 200 OK\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 5\r\n\r\n"
+    );
+    let (head, framing) = head_of(404, &[date], &empty(), false, true);
+    assert_eq!(framing, Framing::Length(0));
+    assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    assert!(
+        head.contains("content-length: 0\r\nconnection: close\r\n"),
+        "{head}"
+    );
+    let (head, framing) = head_of(200, &[date], &unsized_body(&["a"]), false, false);
+    assert_eq!(framing, Framing::Chunked);
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+}
+
+#[test]
+fn responses_without_a_body_keep_or_drop_content_length_as_rfc_9110_says() {
+    let cl = [("content-length", "1234"), ("transfer-encoding", "chunked")];
+    for (status, head_request, keeps) in [
+        (200, true, true),
+        (304, false, true),
+        (204, false, false),
+        (103, false, false),
+    ] {
+        let (head, framing) = head_of(status, &cl, &empty(), head_request, false);
+        assert_eq!(framing, Framing::None, "{status}");
+        assert_eq!(head.contains("content-length: 1234"), keeps, "{head}");
+        assert!(!head.contains("transfer-encoding"), "{head}");
+    }
+}
+
+#[test]
+fn a_date_is_added_only_when_missing_and_close_is_said_once() {
+    let (head, _) = head_of(200, &[("connection", "close")], &empty(), false, true);
+    assert_eq!(head.matches("date: ").count(), 1, "{head}");
+    assert_eq!(head.matches("connection: close").count(), 1, "{head}");
+}
+
+#[test]
+fn the_connection_closes_when_client_server_or_response_says_so() {
+    let mut says = HeaderMap::new();
+    says.insert(CONNECTION, HeaderValue::from_static("Close"));
+    let quiet = HeaderMap::new();
+    assert!(!closes_after(false, false, &quiet));
+    assert!(closes_after(true, false, &quiet));
+    assert!(closes_after(false, true, &quiet));
+    assert!(closes_after(false, false, &says));
+}
+
+#[test]
+fn chunk_sizes_are_lowercase_hex() {
+    let mut b = [0; 18];
+    assert_eq!(chunk_prefix(&mut b, 0), b"0\r\n");
+    assert_eq!(chunk_prefix(&mut b, 255), b"ff\r\n");
+    assert_eq!(chunk_prefix(&mut b, 4096), b"1000\r\n");
+    assert_eq!(chunk_prefix(&mut b, usize::MAX), b"ffffffffffffffff\r\n");
+}
+
+/// A body of the given chunks whose size is not known up front.
+fn unsized_body(chunks: &[&'static str]) -> ProxyBody {
+    Chunks(
+        chunks
+            .iter()
+            .map(|c| Bytes::from_static(c.as_bytes()))
+            .collect(),
+    )
+    .boxed_unsync()
+}
+
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+async fn written(response: Response<ProxyBody>, head_request: bool) -> (io::Result<()>, String) {
+    let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+    let mut out = Vec::new();
+    let res = write_response(&mut ours, &mut out, response, head_request, false).await;
+    drop(ours);
+    let mut wire = Vec::new();
+    theirs.read_to_end(&mut wire).await.unwrap();
+    (res, String::from_utf8(wire).unwrap())
+}
+
+#[tokio::test]
+async fn bodies_go_out_whole_with_their_framing() {
+    let (res, wire) = written(Response::new(full("hello")), false).await;
+    res.unwrap();
+    assert!(wire.starts_with("HTTP/1.1 200 OK\r\n"), "{wire}");
+    assert!(wire.contains("content-length: 5\r\n"), "{wire}");
+    assert!(wire.ends_with("\r\n\r\nhello"), "{wire}");
+
+    let (res, wire) = written(Response::new(unsized_body(&["ab", "", "cde"])), false).await;
+    res.unwrap();
+    assert!(
+        wire.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
+        "{wire}"
+    );
+
+    // Past COPY_MAX the body is written from its own buffer, not copied.
+    let big = "x".repeat(COPY_MAX * 3);
+    let (res, wire) = written(Response::new(full(big.clone())), false).await;
+    res.unwrap();
+    assert!(
+        wire.contains(&format!("content-length: {}\r\n", big.len())),
+        "{wire}"
+    );
+    assert!(wire.ends_with(&format!("\r\n\r\n{big}")));
+    let leaked: &'static str = big.leak();
+    let (res, wire) = written(Response::new(unsized_body(&["ab", leaked])), false).await;
+    res.unwrap();
+    assert!(
+        wire.ends_with(&format!("\r\n\r\n2\r\nab\r\n3000\r\n{leaked}\r\n0\r\n\r\n")),
+        "{}",
+        &wire[..200]
+    );
+
+    let (res, wire) = written(Response::new(full("hello")), true).await;
+    res.unwrap();
+    assert!(
+        wire.ends_with("\r\n\r\n"),
+        "a HEAD answer has no body: {wire}"
+    );
+    assert!(!wire.contains("hello"), "{wire}");
+}
+
+/// Claims `claimed` bytes and sends `sent`.
+struct Lying {
+    claimed: u64,
+    sent: Option<Bytes>,
+}
+
+impl Body for Lying {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.sent.take().map(|b| Ok(Frame::data(b))))
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.claimed)
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_its_length_is_an_error_not_a_misframed_stream() {
+    for (claimed, sent) in [(10, "short"), (2, "too long")] {
+        let body = Lying {
+            claimed,
+            sent: Some(Bytes::from_static(sent.as_bytes())),
+        };
+        let (res, wire) = written(Response::new(body.boxed_unsync()), false).await;
+        assert!(res.is_err(), "{claimed} {sent}: {wire}");
+        assert!(
+            !wire.contains("too long"),
+            "no bytes past the length: {wire}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn prefixed_reads_the_saved_bytes_first() {
+    let (mut a, b) = tokio::io::duplex(64);
+    a.write_all(b" world").await.unwrap();
+    drop(a);
+    let mut p = Prefixed::new(Bytes::from_static(b"hello"), b);
+    let mut got = String::new();
+    p.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "hello world");
+}
