@@ -1,6 +1,7 @@
 //! `geoedge proxy`: the regional reverse proxy.
 
 pub mod access_log;
+pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod body;

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::admin::{ProxyAdmin, Reloader};
 use super::client_io::{stop_requested, Activity, CheckedTimer, Tracked, POLL_TICK_DIVISOR};
 use super::corked;
 use super::fast_h1;
@@ -26,211 +27,10 @@ use super::lazy_socket::{Acceptor, LazySocket};
 use super::tls::{self, CertStore};
 use super::tunnel::TunnelSlot;
 use super::woken::PollWhenWoken;
-use super::{checks, Shared};
+use super::Shared;
 use crate::clock::coarse_ms;
 use crate::config::proxy::{Limits, ProxyConfig};
-use crate::control::{self, Admin};
-
-struct ProxyAdmin {
-    shared: Arc<Shared>,
-    reloader: Arc<Reloader>,
-}
-
-/// Reloads the proxy's configuration: validated whole first; on any error the running
-/// configuration stays. Open connections and in-flight requests finish on the state they
-/// started with (each request holds its own snapshot); origins that still exist keep
-/// their in-flight counts and health. Listener addresses, workers, the cache's size and
-/// the access log file are set at start and need a restart to change.
-pub struct Reloader {
-    shared: Arc<Shared>,
-    certs: Option<Arc<CertStore>>,
-    path: std::path::PathBuf,
-    background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
-}
-
-impl Reloader {
-    pub fn reload(&self) -> Result<(), String> {
-        let cfg = ProxyConfig::load(&self.path).map_err(|e| e.to_string())?;
-        let old = self.shared.state.load_full();
-        if let Some(store) = &self.certs {
-            store
-                .set_sources(cfg.certificates.clone())
-                .map_err(|e| e.to_string())?;
-        } else if !cfg.https.is_empty() {
-            return Err("HTTPS listeners were added: that needs a restart".into());
-        }
-        let state = super::ProxyState::build(cfg, &self.shared.origins, &self.shared.metrics)
-            .map_err(|e| format!("{e:#}"))?;
-        let o = &old.config;
-        let n = &state.config;
-        if o.http != n.http || o.https != n.https || o.admin != n.admin || o.workers != n.workers {
-            tracing::warn!("listener and worker changes take effect on restart only");
-        }
-        let state = Arc::new(state);
-        self.shared.state.store(state.clone());
-        self.restart_background(&state);
-        Ok(())
-    }
-
-    fn restart_background(&self, state: &super::ProxyState) {
-        let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
-        for t in tasks.drain(..) {
-            t.abort();
-        }
-        *tasks = checks::spawn(&state.upstreams);
-        if let Some(reports) = state.config.reports.clone() {
-            match super::report::spawn(self.shared.clone(), reports) {
-                Ok(t) => tasks.push(t),
-                Err(e) => tracing::error!(error = %e, "health reports not started"),
-            }
-        }
-    }
-
-    pub fn reload_and_report(&self) -> Result<(), String> {
-        match self.reload() {
-            Ok(()) => {
-                self.shared.metrics.reloads.with_label_values(&["ok"]).inc();
-                tracing::info!("configuration reloaded");
-                Ok(())
-            }
-            Err(e) => {
-                self.shared
-                    .metrics
-                    .reloads
-                    .with_label_values(&["error"])
-                    .inc();
-                tracing::error!(error = %e, "configuration reload failed; the previous configuration stays in force");
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Admin for ProxyAdmin {
-    fn metrics(&self) -> String {
-        self.shared.refresh_gauges();
-        crate::metrics::render(&self.shared.registry)
-    }
-
-    fn route(&self, req: &control::ControlRequest) -> Option<hyper::Response<control::Body>> {
-        use hyper::StatusCode;
-        match req.path.as_str() {
-            "/cache/purge" => Some(purge(&self.shared, req)),
-            "/admin/reload" => {
-                if req.method != hyper::Method::POST {
-                    return Some(control::text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"));
-                }
-                let token = self
-                    .shared
-                    .state
-                    .load()
-                    .config
-                    .admin_token_file
-                    .as_deref()
-                    .and_then(|p| std::fs::read(p).ok())
-                    .map(|t| t.trim_ascii().to_vec());
-                let Some(token) = token else {
-                    return Some(control::text(
-                        StatusCode::FORBIDDEN,
-                        "admin endpoints are disabled: set node.admin_token_file\n",
-                    ));
-                };
-                if !control::token_matches(req.header("authorization"), &token) {
-                    return Some(control::text(
-                        StatusCode::UNAUTHORIZED,
-                        "bad or missing bearer token\n",
-                    ));
-                }
-                Some(match self.reloader.reload_and_report() {
-                    Ok(()) => control::text(StatusCode::OK, "reloaded\n"),
-                    Err(e) => control::text(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        format!("reload refused, previous configuration kept: {e}\n"),
-                    ),
-                })
-            }
-            _ => None,
-        }
-    }
-
-    fn healthz(&self) -> (bool, String) {
-        let (ok, problems) = self.shared.state.load().can_serve();
-        if ok {
-            (true, "ok\n".into())
-        } else {
-            (false, problems.join("\n") + "\n")
-        }
-    }
-}
-
-/// `POST /cache/purge?url=https://host/path` drops a URL with all its variants;
-/// `?prefix=host/path/` drops everything under a prefix. Both schemes are purged: it is
-/// one resource behind either listener.
-fn purge(shared: &Shared, req: &control::ControlRequest) -> hyper::Response<control::Body> {
-    use hyper::StatusCode;
-    if req.method != hyper::Method::POST {
-        return control::text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
-    }
-    let Some(cache) = &shared.cache else {
-        return control::text(StatusCode::NOT_FOUND, "no route caches\n");
-    };
-    let Some(token) = &cache.purge_token else {
-        return control::text(
-            StatusCode::FORBIDDEN,
-            "purge is disabled: set cache.purge_token_file\n",
-        );
-    };
-    if !control::token_matches(req.header("authorization"), token) {
-        return control::text(StatusCode::UNAUTHORIZED, "bad or missing bearer token\n");
-    }
-    let purged = match (req.param_decoded("url"), req.param_decoded("prefix")) {
-        (Some(url), None) => {
-            let Ok(uri) = url.parse::<http::Uri>() else {
-                return control::text(StatusCode::BAD_REQUEST, "url is not a URL\n");
-            };
-            let (Some(host), Some(pq)) = (uri.host(), uri.path_and_query()) else {
-                return control::text(StatusCode::BAD_REQUEST, "url needs a host and a path\n");
-            };
-            ["http", "https"]
-                .iter()
-                .filter(|s| cache.store.purge(&crate::cache::key(s, host, pq.as_str())))
-                .count() as u64
-        }
-        (None, Some(prefix)) => {
-            let prefix = prefix
-                .trim_start_matches("http://")
-                .trim_start_matches("https://")
-                .to_string();
-            let prefix = prefix.as_str();
-            if prefix.is_empty() {
-                return control::text(StatusCode::BAD_REQUEST, "empty prefix\n");
-            }
-            let (host, path) = prefix
-                .split_once('/')
-                .map(|(h, p)| (h, format!("/{p}")))
-                .unwrap_or((prefix, String::new()));
-            let prefixes = vec![
-                crate::cache::key("http", host, &path),
-                crate::cache::key("https", host, &path),
-            ];
-            cache.store.purge_prefixes(prefixes)
-        }
-        _ => {
-            return control::text(
-                StatusCode::BAD_REQUEST,
-                "give url=URL or prefix=HOST/PATH\n",
-            )
-        }
-    };
-    shared.metrics.cache_purges.inc_by(purged);
-    tracing::info!(
-        purged,
-        url = req.param("url").unwrap_or(""),
-        prefix = req.param("prefix").unwrap_or(""),
-        "cache purge"
-    );
-    control::text(StatusCode::OK, format!("purged {purged}\n"))
-}
+use crate::control;
 
 pub struct ProxyServer {
     pub shared: Arc<Shared>,
@@ -261,12 +61,11 @@ impl ProxyServer {
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        let reloader = Arc::new(Reloader {
-            shared: self.shared.clone(),
-            certs: self.certs.clone(),
-            path: cfg.path.clone(),
-            background: std::sync::Mutex::new(Vec::new()),
-        });
+        let reloader = Arc::new(Reloader::new(
+            self.shared.clone(),
+            self.certs.clone(),
+            cfg.path.clone(),
+        ));
 
         for addr in &cfg.http {
             let listener = bind_clients(*addr, &limits).await?;
@@ -336,14 +135,7 @@ impl ProxyServer {
                 limits.drain_timeout
             );
         }
-        for t in reloader
-            .background
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            t.abort();
-        }
+        reloader.stop_background();
         Ok(())
     }
 }
