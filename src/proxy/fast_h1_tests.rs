@@ -202,17 +202,26 @@ fn chunk_sizes_are_lowercase_hex() {
 }
 
 /// A body of the given chunks whose size is not known up front.
+/// A body of the given chunks whose size is not known up front.
 fn unsized_body(chunks: &[&'static str]) -> ProxyBody {
-    Chunks(
-        chunks
-            .iter()
-            .map(|c| Bytes::from_static(c.as_bytes()))
-            .collect(),
-    )
-    .boxed_unsync()
+    Chunks::new(chunks, None).boxed_unsync()
 }
 
-struct Chunks(std::collections::VecDeque<Bytes>);
+/// Sends its chunks, and claims an exact size if given one (true or not).
+struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    claimed: Option<u64>,
+}
+
+impl Chunks {
+    fn new(chunks: &[&'static str], claimed: Option<u64>) -> Self {
+        let chunks = chunks.iter().map(|c| Bytes::from_static(c.as_bytes()));
+        Self {
+            chunks: chunks.collect(),
+            claimed,
+        }
+    }
+}
 
 impl Body for Chunks {
     type Data = Bytes;
@@ -221,7 +230,11 @@ impl Body for Chunks {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        Poll::Ready(self.chunks.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.claimed
+            .map_or_else(http_body::SizeHint::new, http_body::SizeHint::with_exact)
     }
 }
 
@@ -277,33 +290,10 @@ async fn bodies_go_out_whole_with_their_framing() {
     assert!(!wire.contains("hello"), "{wire}");
 }
 
-/// Claims `claimed` bytes and sends `sent`.
-struct Lying {
-    claimed: u64,
-    sent: Option<Bytes>,
-}
-
-impl Body for Lying {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.sent.take().map(|b| Ok(Frame::data(b))))
-    }
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.claimed)
-    }
-}
-
 #[tokio::test]
 async fn a_body_that_breaks_its_length_is_an_error_not_a_misframed_stream() {
     for (claimed, sent) in [(10, "short"), (2, "too long")] {
-        let body = Lying {
-            claimed,
-            sent: Some(Bytes::from_static(sent.as_bytes())),
-        };
+        let body = Chunks::new(&[sent], Some(claimed));
         let (res, wire) = written(Response::new(body.boxed_unsync()), false).await;
         assert!(res.is_err(), "{claimed} {sent}: {wire}");
         assert!(
