@@ -1,8 +1,8 @@
 //! Tests of `fast_h1.rs`: what it takes and leaves to hyper, and the bytes it writes.
 
 use super::*;
-use crate::proxy::body::{empty, full, BoxError};
-use http_body::Frame;
+use crate::proxy::body::{empty, full};
+use crate::proxy::test_bodies::{unsized_body, Chunks};
 use http_body_util::BodyExt;
 use tokio::io::AsyncReadExt;
 
@@ -153,7 +153,7 @@ fn the_body_decides_the_framing_and_stale_framing_headers_are_dropped() {
         head.contains("content-length: 0\r\nconnection: close\r\n"),
         "{head}"
     );
-    let (head, framing) = head_of(200, &[date], &unsized_body(&["a"]), false, false);
+    let (head, framing) = head_of(200, &[date], &unsized_body(&[b"a"]), false, false);
     assert_eq!(framing, Framing::Chunked);
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
 }
@@ -201,43 +201,6 @@ fn chunk_sizes_are_lowercase_hex() {
     assert_eq!(chunk_prefix(&mut b, usize::MAX), b"ffffffffffffffff\r\n");
 }
 
-/// A body of the given chunks whose size is not known up front.
-/// A body of the given chunks whose size is not known up front.
-fn unsized_body(chunks: &[&'static str]) -> ProxyBody {
-    Chunks::new(chunks, None).boxed_unsync()
-}
-
-/// Sends its chunks, and claims an exact size if given one (true or not).
-struct Chunks {
-    chunks: std::collections::VecDeque<Bytes>,
-    claimed: Option<u64>,
-}
-
-impl Chunks {
-    fn new(chunks: &[&'static str], claimed: Option<u64>) -> Self {
-        let chunks = chunks.iter().map(|c| Bytes::from_static(c.as_bytes()));
-        Self {
-            chunks: chunks.collect(),
-            claimed,
-        }
-    }
-}
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.chunks.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.claimed
-            .map_or_else(http_body::SizeHint::new, http_body::SizeHint::with_exact)
-    }
-}
-
 async fn written(response: Response<ProxyBody>, head_request: bool) -> (io::Result<()>, String) {
     let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
     let mut out = Vec::new();
@@ -256,7 +219,7 @@ async fn bodies_go_out_whole_with_their_framing() {
     assert!(wire.contains("content-length: 5\r\n"), "{wire}");
     assert!(wire.ends_with("\r\n\r\nhello"), "{wire}");
 
-    let (res, wire) = written(Response::new(unsized_body(&["ab", "", "cde"])), false).await;
+    let (res, wire) = written(Response::new(unsized_body(&[b"ab", b"", b"cde"])), false).await;
     res.unwrap();
     assert!(
         wire.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
@@ -273,7 +236,11 @@ async fn bodies_go_out_whole_with_their_framing() {
     );
     assert!(wire.ends_with(&format!("\r\n\r\n{big}")));
     let leaked: &'static str = big.leak();
-    let (res, wire) = written(Response::new(unsized_body(&["ab", leaked])), false).await;
+    let (res, wire) = written(
+        Response::new(unsized_body(&[b"ab", leaked.as_bytes()])),
+        false,
+    )
+    .await;
     res.unwrap();
     assert!(
         wire.ends_with(&format!("\r\n\r\n2\r\nab\r\n3000\r\n{leaked}\r\n0\r\n\r\n")),
@@ -293,7 +260,7 @@ async fn bodies_go_out_whole_with_their_framing() {
 #[tokio::test]
 async fn a_body_that_breaks_its_length_is_an_error_not_a_misframed_stream() {
     for (claimed, sent) in [(10, "short"), (2, "too long")] {
-        let body = Chunks::new(&[sent], Some(claimed));
+        let body = Chunks::new(&[sent.as_bytes()], Some(claimed));
         let (res, wire) = written(Response::new(body.boxed_unsync()), false).await;
         assert!(res.is_err(), "{claimed} {sent}: {wire}");
         assert!(

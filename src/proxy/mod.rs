@@ -22,6 +22,8 @@ pub mod report;
 pub mod router;
 pub mod rules;
 pub mod server;
+#[cfg(test)]
+mod test_bodies;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

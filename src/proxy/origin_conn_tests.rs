@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::proxy::body::{empty, full};
-use std::collections::VecDeque;
+use crate::proxy::test_bodies::unsized_body;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -103,24 +103,6 @@ fn request_heads_announce_their_body() {
     let up = encode_head(&mut out, &parts("POST", "/", &[]), false);
     assert_eq!(up, Upload::Chunked);
     assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
-}
-
-/// A body of the given frames, as a client that streams without a length would send.
-struct Frames(VecDeque<Bytes>);
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
-
-fn frames(parts: &[&'static [u8]]) -> ProxyBody {
-    Frames(parts.iter().map(|p| Bytes::from_static(p)).collect()).boxed_unsync()
 }
 
 /// Reads one request head (and nothing more) from the origin side.
@@ -487,7 +469,7 @@ async fn bodies_go_out_with_their_length_or_chunked() {
         .expect("reusable");
     let post = parts("POST", "/", &[]);
     let head = conn
-        .send(&post, frames(&[b"hello", b"", b" world"]), false)
+        .send(&post, unsized_body(&[b"hello", b"", b" world"]), false)
         .await
         .unwrap();
     assert_eq!(head.parts.status, StatusCode::OK);
@@ -503,7 +485,7 @@ async fn a_body_longer_than_announced_is_the_clients_fault() {
     let mut conn = connect(addr).await;
     let put = parts("PUT", "/", &[("content-length", "2")]);
     let err = conn
-        .send(&put, frames(&[b"abc"]), false)
+        .send(&put, unsized_body(&[b"abc"]), false)
         .await
         .err()
         .expect("sent");
