@@ -1,6 +1,7 @@
-//! What an HTTP/1.1 client sees on the wire from `geoedge proxy`: requests without a body
-//! are answered by our own loop, the rest of a connection by hyper from the first request
-//! that needs it. Raw sockets, so framing is checked byte for byte.
+//! What an HTTP/1.1 client sees on the wire from `geoedge proxy`: requests without a body,
+//! or with a small Content-Length one, are answered by our own loop, the rest of a
+//! connection by hyper from the first request that needs it. Raw sockets, so framing is
+//! checked byte for byte.
 
 mod common;
 
@@ -70,18 +71,19 @@ fn pipelined_requests_are_answered_in_order_and_head_gets_no_body() {
 }
 
 #[test]
-fn a_request_with_a_body_hands_the_connection_over_without_losing_a_byte() {
+fn a_chunked_request_hands_the_connection_over_without_losing_a_byte() {
     let w = world(Opts::default());
     let mut s = connect(w.http());
-    // A bodiless GET, then a POST with a body, then a GET pipelined behind it: the POST
-    // and everything after it are hyper's, read from the bytes we had already taken.
+    // A bodiless GET, then a chunked POST, then a GET pipelined behind it: the POST and
+    // everything after it are hyper's, read from the bytes we had already taken.
     s.write_all(b"GET /one HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
         .unwrap();
     let (head, body) = read_response(&mut s, false);
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(body.contains("for GET /one"), "{body}");
     s.write_all(
-        b"POST /two HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 5\r\n\r\nhello\
+        b"POST /two HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n\
           GET /three HTTP/1.1\r\nHost: www.example.test\r\n\r\n",
     )
     .unwrap();
@@ -90,6 +92,38 @@ fn a_request_with_a_body_hands_the_connection_over_without_losing_a_byte() {
     assert!(body.contains("for POST /two (5 bytes in)"), "{body}");
     let (_, body) = read_response(&mut s, false);
     assert!(body.contains("for GET /three"), "{body}");
+}
+
+#[test]
+fn small_bodies_are_forwarded_whole_whether_they_come_with_the_head_or_after_it() {
+    let w = world(Opts::default());
+    let mut s = connect(w.http());
+    // Body with its head, and a GET pipelined behind it.
+    s.write_all(
+        b"POST /one HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 5\r\n\r\nhello\
+          GET /two HTTP/1.1\r\nHost: www.example.test\r\n\r\n",
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("for POST /one (5 bytes in)"), "{body}");
+    let (_, body) = read_response(&mut s, false);
+    assert!(body.contains("for GET /two"), "{body}");
+    // The head, then the body in two later writes: the request waits for all of it. The
+    // pauses only keep the writes apart on the wire, so the proxy reads them separately.
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"PUT /three HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 6\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    s.write_all(b"abc").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    s.write_all(b"defGET /four HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("for PUT /three (6 bytes in)"), "{body}");
+    let (_, body) = read_response(&mut s, false);
+    assert!(body.contains("for GET /four"), "{body}");
 }
 
 #[test]

@@ -1,19 +1,24 @@
-//! HTTP/1.1 requests without a body, read and answered without hyper; anything else
-//! hands the connection, bytes already read included, to hyper for the rest of its life.
+//! HTTP/1.1 requests without a body, or with a small `Content-Length` body that arrives
+//! with its head, read and answered without hyper; anything else hands the connection,
+//! bytes already read included, to hyper for the rest of its life.
 //!
 //! Almost every request a GSLB edge sees is a GET with no body on a keep-alive
-//! connection. For those, hyper's server machinery (its dispatcher, the boxed service
-//! future, its read and write buffers) cost more user CPU per request than our whole
-//! forwarding path: 16.4 µs of user CPU per uncached request through hyper, 11.6 here
-//! (HAProxy: 12.1).
+//! connection, and most of the rest are small API calls. For those, hyper's server
+//! machinery (its dispatcher, the boxed service future, its read and write buffers) cost
+//! more user CPU per request than our whole forwarding path: 16.4 µs of user CPU per
+//! uncached request through hyper, 11.6 here (HAProxy: 12.1).
 //! This loop does only what such a request needs: parse the head with `httparse`, hand
 //! it to `forward::handle`, write the response with its framing.
 //!
-//! Everything else stays hyper's, unchanged: a request with a body, `Content-Length` or
-//! `Transfer-Encoding` (and so every framing attack), `Expect`, `Upgrade`, `CONNECT`,
-//! HTTP/1.0, too many or too large headers, and any head `httparse` or the `http` types
-//! reject. Such a head is not answered here: the connection goes to hyper with the head
-//! still unread, so hyper's parser makes the decision (400, 431, ...) as it always did.
+//! A body is taken only under one `Content-Length` of plain digits, and only once all of
+//! it is in the read buffer (a head and body of up to `READ_BUF` bytes are waited for,
+//! under the head's deadline, as HAProxy's `timeout http-request` covers a buffered
+//! body). Everything else stays hyper's, unchanged: a larger or later body,
+//! `Transfer-Encoding` or several `Content-Length`s (and so every framing attack),
+//! `Expect`, `Upgrade`, `CONNECT`, HTTP/1.0, too many or too large headers, and any head
+//! `httparse` or the `http` types reject. Such a head is not answered here: the
+//! connection goes to hyper with the head still unread, so hyper's parser makes the
+//! decision (400, 431, ...) as it always did.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -27,7 +32,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use http_body_util::Empty;
+use http_body_util::Full;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::ProxyBody;
@@ -48,8 +53,8 @@ const READ_BUF: usize = 8192;
 /// one plain write; larger ones go out by `writev` without a copy.
 const COPY_MAX: usize = 4096;
 
-/// A request this loop serves.
-pub type SimpleRequest = Request<Empty<Bytes>>;
+/// A request this loop serves, with its whole body (most often none).
+pub type SimpleRequest = Request<Full<Bytes>>;
 
 /// What a buffer holds.
 #[derive(Debug)]
@@ -57,10 +62,10 @@ pub type SimpleRequest = Request<Empty<Bytes>>;
 // allocation each time to save a move.
 #[allow(clippy::large_enum_variant)]
 pub enum Parsed {
-    /// A whole head of a request we serve (consumed from the buffer), and whether the
-    /// client asked to close after it.
+    /// A whole request we serve (consumed from the buffer), and whether the client asked
+    /// to close after it.
     Simple(SimpleRequest, bool),
-    /// Not a whole head yet.
+    /// Not a whole head yet, or a small body not all here yet.
     Partial,
     /// A head that is hyper's to judge; the buffer is untouched.
     Hyper,
@@ -69,9 +74,19 @@ pub enum Parsed {
 /// Where a header's name and value lie in the head.
 type HeaderSpan = [usize; 4];
 
-/// Parses the head at the start of `buf`; one over `max_headers` headers or
-/// `max_head_bytes` bytes is hyper's to refuse (431).
-pub fn parse(buf: &mut BytesMut, max_headers: usize, max_head_bytes: usize) -> Parsed {
+/// The configured limits a request is held to here; hyper refuses what goes past them.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Over this many headers: 431.
+    pub headers: usize,
+    /// A head over this many bytes: 431.
+    pub head_bytes: usize,
+    /// A declared body over this many bytes: 413, at once, without waiting for it.
+    pub body_bytes: u64,
+}
+
+/// Parses the request at the start of `buf`.
+pub fn parse(buf: &mut BytesMut, limits: &RequestLimits) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
@@ -79,7 +94,7 @@ pub fn parse(buf: &mut BytesMut, max_headers: usize, max_head_bytes: usize) -> P
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Hyper,
     };
-    if req.version != Some(1) || req.headers.len() > max_headers || len > max_head_bytes {
+    if req.version != Some(1) || req.headers.len() > limits.headers || len > limits.head_bytes {
         return Parsed::Hyper;
     }
     let (Some(method), Some(path)) = (req.method, req.path) else {
@@ -95,34 +110,57 @@ pub fn parse(buf: &mut BytesMut, max_headers: usize, max_head_bytes: usize) -> P
     let at = |s: &[u8]| s.as_ptr() as usize - base;
     let path = at(path.as_bytes())..at(path.as_bytes()) + path.len();
     let mut close = false;
+    let mut content_length = None;
     // Not zeroed: only the first `count` are written, and only those are read.
     let mut spans = [const { MaybeUninit::<HeaderSpan>::uninit() }; HEADER_SLOTS];
     let count = req.headers.len();
     for (slot, h) in spans.iter_mut().zip(req.headers.iter()) {
         let name = h.name.as_bytes();
-        // Bodies, and the requests whose framing or protocol switch hyper must judge.
-        let hypers = ["content-length", "transfer-encoding", "expect", "upgrade"]
+        // The requests whose framing or protocol switch hyper must judge.
+        let hypers = ["transfer-encoding", "expect", "upgrade"]
             .iter()
             .any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
         if hypers {
             return Parsed::Hyper;
         }
-        if name.eq_ignore_ascii_case(b"connection") && has_close(h.value) {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // A second one, or anything but digits, is a framing question: hyper's.
+            match (content_length, plain_length(h.value)) {
+                (None, Some(n)) => content_length = Some(n),
+                _ => return Parsed::Hyper,
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") && has_close(h.value) {
             close = true;
         }
         slot.write([at(name), name.len(), at(h.value), h.value.len()]);
+    }
+    let body_len = content_length.unwrap_or(0);
+    let Some(total) = len.checked_add(body_len) else {
+        return Parsed::Hyper;
+    };
+    if body_len as u64 > limits.body_bytes {
+        return Parsed::Hyper;
+    }
+    if buf.len() < total {
+        return if total <= READ_BUF {
+            Parsed::Partial
+        } else {
+            Parsed::Hyper
+        };
     }
     // SAFETY: the loop wrote the first `count` slots (there are as many headers as that,
     // and at most HEADER_SLOTS), and [usize; 4] needs no drop.
     let spans: &[HeaderSpan] =
         unsafe { &*(std::ptr::from_ref(&spans[..count]) as *const [HeaderSpan]) };
     let head = buf.split_to(len).freeze();
-    match build(&head, method, path, spans) {
+    let body = buf.split_to(body_len).freeze();
+    match build(&head, method, path, spans, body.clone()) {
         Some(req) => Parsed::Simple(req, close),
         None => {
-            // Put the head back for hyper: it is still the first thing on the wire.
-            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+            // Put the request back for hyper: it is still the first thing on the wire.
+            let mut whole = BytesMut::with_capacity(head.len() + body.len() + buf.len());
             whole.extend_from_slice(&head);
+            whole.extend_from_slice(&body);
             whole.extend_from_slice(buf);
             *buf = whole;
             Parsed::Hyper
@@ -130,11 +168,21 @@ pub fn parse(buf: &mut BytesMut, max_headers: usize, max_head_bytes: usize) -> P
     }
 }
 
+/// A Content-Length value we take without a second opinion: plain ASCII digits that fit
+/// a `usize` (httparse has trimmed the surrounding whitespace).
+fn plain_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 fn build(
     head: &Bytes,
     method: Method,
     path: std::ops::Range<usize>,
     spans: &[HeaderSpan],
+    body: Bytes,
 ) -> Option<SimpleRequest> {
     let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
     let mut headers = HeaderMap::with_capacity(spans.len());
@@ -143,7 +191,7 @@ fn build(
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len)).ok()?;
         headers.append(name, value);
     }
-    let mut req = Request::new(Empty::new());
+    let mut req = Request::new(Full::new(body));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
@@ -256,8 +304,7 @@ pub struct Serving<'a> {
     pub tunnel: &'a TunnelSlot,
     pub activity: &'a Activity,
     pub header_read_timeout: std::time::Duration,
-    pub max_headers: usize,
-    pub max_header_bytes: usize,
+    pub limits: RequestLimits,
     /// Set when the connection should finish the request in hand and close.
     pub stopping: &'a AtomicBool,
 }
@@ -275,10 +322,10 @@ where
         let deadline = coarse_ms().saturating_add(header_ms);
         let (req, asked_close) = loop {
             if !buf.is_empty() {
-                match parse(&mut buf, s.max_headers, s.max_header_bytes) {
+                match parse(&mut buf, &s.limits) {
                     Parsed::Simple(req, close) => break (req, close),
                     Parsed::Hyper => return Ok(Ended::Hyper(Prefixed::new(buf.freeze(), io))),
-                    Parsed::Partial if buf.len() >= s.max_header_bytes => {
+                    Parsed::Partial if buf.len() >= s.limits.head_bytes => {
                         // hyper answers 431.
                         return Ok(Ended::Hyper(Prefixed::new(buf.freeze(), io)));
                     }

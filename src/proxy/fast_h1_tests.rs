@@ -6,9 +6,17 @@ use crate::proxy::test_bodies::{unsized_body, Chunks};
 use http_body_util::BodyExt;
 use tokio::io::AsyncReadExt;
 
+fn limits(headers: usize, head_bytes: usize) -> RequestLimits {
+    RequestLimits {
+        headers,
+        head_bytes,
+        body_bytes: 1000,
+    }
+}
+
 fn parsed(bytes: &[u8]) -> (Parsed, BytesMut) {
     let mut buf = BytesMut::from(bytes);
-    (parse(&mut buf, 100, 64 * 1024), buf)
+    (parse(&mut buf, &limits(100, 64 * 1024)), buf)
 }
 
 #[test]
@@ -47,11 +55,15 @@ fn an_unfinished_head_asks_for_more() {
 }
 
 #[test]
-fn bodies_protocol_switches_and_anything_odd_go_to_hyper_untouched() {
-    let cases: [&[u8]; 12] = [
-        b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
-        b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+fn odd_framing_protocol_switches_and_anything_odd_go_to_hyper_untouched() {
+    let cases: [&[u8]; 18] = [
         b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nContent-Length: 0x3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\nabc",
         b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
         b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
         b"GET / HTTP/1.0\r\n\r\n",
@@ -61,6 +73,10 @@ fn bodies_protocol_switches_and_anything_odd_go_to_hyper_untouched() {
         b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
         b"GET /a b HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\n folded: x\r\n\r\n",
+        // A body larger than the read buffer streams, through hyper.
+        b"POST / HTTP/1.1\r\nContent-Length: 9000\r\n\r\nabc",
+        // One over the body limit gets hyper's 413 at once, not a wait for its bytes.
+        b"POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\nabc",
     ];
     for wire in cases {
         let (p, rest) = parsed(wire);
@@ -71,6 +87,43 @@ fn bodies_protocol_switches_and_anything_odd_go_to_hyper_untouched() {
         );
         assert_eq!(&rest[..], wire, "the buffer is left as it was");
     }
+}
+
+#[tokio::test]
+async fn a_small_body_that_came_with_its_head_is_ours_and_ends_where_its_length_says() {
+    let wire = b"POST /api HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /next";
+    let (p, rest) = parsed(wire);
+    let Parsed::Simple(req, false) = p else {
+        panic!("{p:?}")
+    };
+    assert_eq!(req.method(), Method::POST);
+    assert_eq!(req.headers()["content-length"], "5");
+    assert_eq!(req.body().size_hint().exact(), Some(5));
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    assert_eq!(body.ok().as_deref(), Some(&b"hello"[..]));
+    assert_eq!(&rest[..], b"GET /next");
+
+    let (p, rest) = parsed(b"GET / HTTP/1.1\r\ncontent-length: 000\r\n\r\n");
+    let Parsed::Simple(req, _) = p else {
+        panic!("{p:?}")
+    };
+    assert!(req.body().is_end_stream(), "a zero length is no body");
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn a_small_body_not_all_here_is_waited_for_and_the_buffer_kept() {
+    let wire = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel";
+    let (p, rest) = parsed(wire);
+    assert!(matches!(p, Parsed::Partial), "{p:?}");
+    assert_eq!(&rest[..], wire);
+    let mut buf = rest;
+    buf.extend_from_slice(b"lo");
+    assert!(matches!(
+        parse(&mut buf, &limits(100, 64 * 1024)),
+        Parsed::Simple(..)
+    ));
+    assert!(buf.is_empty());
 }
 
 #[test]
@@ -94,17 +147,26 @@ fn heads_over_either_limit_go_to_hyper() {
     }
     wire.extend_from_slice(b"\r\n");
     let mut buf = BytesMut::from(&wire[..]);
-    assert!(matches!(parse(&mut buf, 4, 1024), Parsed::Hyper));
-    assert!(matches!(parse(&mut buf, 5, wire.len() - 1), Parsed::Hyper));
+    assert!(matches!(parse(&mut buf, &limits(4, 1024)), Parsed::Hyper));
+    assert!(matches!(
+        parse(&mut buf, &limits(5, wire.len() - 1)),
+        Parsed::Hyper
+    ));
     assert_eq!(&buf[..], &wire[..], "left for hyper");
-    assert!(matches!(parse(&mut buf, 5, wire.len()), Parsed::Simple(..)));
+    assert!(matches!(
+        parse(&mut buf, &limits(5, wire.len())),
+        Parsed::Simple(..)
+    ));
     let mut many = b"GET / HTTP/1.1\r\n".to_vec();
     for i in 0..HEADER_SLOTS + 1 {
         many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
     }
     many.extend_from_slice(b"\r\n");
     let mut buf = BytesMut::from(&many[..]);
-    assert!(matches!(parse(&mut buf, 1000, 1 << 20), Parsed::Hyper));
+    assert!(matches!(
+        parse(&mut buf, &limits(1000, 1 << 20)),
+        Parsed::Hyper
+    ));
 }
 
 fn head_of(

@@ -421,8 +421,11 @@ async fn serve_http1<I, S>(
         tunnel: fast.tunnel,
         activity: &activity,
         header_read_timeout: limits.header_read_timeout,
-        max_headers: limits.max_headers,
-        max_header_bytes: limits.max_header_bytes,
+        limits: fast_h1::RequestLimits {
+            headers: limits.max_headers,
+            head_bytes: limits.max_header_bytes,
+            body_bytes: limits.max_body_bytes,
+        },
         stopping: &stopping,
     };
     let ended = drive(
