@@ -162,8 +162,12 @@ enum Upload {
     Chunked,
 }
 
-/// Writes the request line and headers. The caller has removed hop-by-hop headers, so the
-/// framing header here is the only one.
+/// Writes the request line and headers. The caller has removed hop-by-hop headers.
+///
+/// The body sent decides the framing, not the client's headers: a request whose body is
+/// not forwarded (a GET on a caching route, a revalidation) must not keep the client's
+/// `Content-Length`, or the origin would take that many bytes of the next request on this
+/// connection, perhaps another client's, as its body.
 fn encode_head(out: &mut Vec<u8>, head: &http::request::Parts, bodyless: bool) -> Upload {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
@@ -171,6 +175,9 @@ fn encode_head(out: &mut Vec<u8>, head: &http::request::Parts, bodyless: bool) -
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &head.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -184,14 +191,19 @@ fn encode_head(out: &mut Vec<u8>, head: &http::request::Parts, bodyless: bool) -
     let upload = match (bodyless, declared) {
         (true, _) => {
             // RFC 9110 §8.6: a request whose method expects content says its length.
-            if declared.is_none()
-                && matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
+            if declared.is_some()
+                || matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
             {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
             Upload::None
         }
-        (false, Some(n)) => Upload::Length(n),
+        (false, Some(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            Upload::Length(n)
+        }
         (false, None) => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             Upload::Chunked

@@ -105,6 +105,31 @@ fn request_heads_announce_their_body() {
     assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
 }
 
+#[test]
+fn a_request_sent_without_its_body_does_not_keep_the_clients_length() {
+    // A GET with a body on a caching route goes to the origin without it: a kept
+    // `Content-Length: 5` would make the origin read the next request's first 5 bytes.
+    let mut out = Vec::new();
+    let get = parts("GET", "/", &[("content-length", "5"), ("host", "x")]);
+    assert_eq!(encode_head(&mut out, &get, true), Upload::None);
+    assert_eq!(
+        out,
+        b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+    );
+
+    out.clear();
+    let up = encode_head(
+        &mut out,
+        &parts("PUT", "/", &[("content-length", "3"), ("x-a", "b")]),
+        false,
+    );
+    assert_eq!(up, Upload::Length(3));
+    assert_eq!(
+        out,
+        b"PUT / HTTP/1.1\r\nx-a: b\r\ncontent-length: 3\r\n\r\n"
+    );
+}
+
 /// Reads one request head (and nothing more) from the origin side.
 async fn read_request_head(s: &mut TcpStream) -> Vec<u8> {
     let mut head = Vec::new();
