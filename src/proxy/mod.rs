@@ -17,6 +17,7 @@ pub mod guard;
 pub mod headers;
 pub mod lazy_socket;
 pub mod origin_conn;
+mod origin_wire;
 pub mod ratelimit;
 pub mod report;
 pub mod router;
