@@ -396,23 +396,8 @@ async fn a_body_longer_than_announced_is_the_clients_fault() {
     assert!(!conn.is_reusable());
 }
 
-/// A client body that never ends (bounded at 64 MiB).
-struct Endless(usize);
-
-impl Body for Endless {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.0 == 0 {
-            return Poll::Ready(None);
-        }
-        self.0 -= 1;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))))
-    }
-}
+/// 64 KiB of a client body that does not end before the socket blocks (64 MiB in all).
+static BLOCK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
 
 #[tokio::test]
 async fn an_answer_before_the_body_is_sent_is_heard() {
@@ -430,7 +415,7 @@ async fn an_answer_before_the_body_is_sent_is_heard() {
     let post = parts("POST", "/upload", &[]);
     let head = tokio::time::timeout(
         Duration::from_secs(10),
-        conn.send(&post, Endless(1024).boxed_unsync(), false),
+        conn.send(&post, unsized_body(&[&BLOCK[..]; 1024]), false),
     )
     .await
     .expect("hung on a blocked upload")
