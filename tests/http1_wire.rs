@@ -109,14 +109,12 @@ fn small_bodies_are_forwarded_whole_whether_they_come_with_the_head_or_after_it(
     assert!(body.contains("for POST /one (5 bytes in)"), "{body}");
     let (_, body) = read_response(&mut s, false);
     assert!(body.contains("for GET /two"), "{body}");
-    // The head, then the body in two later writes: the request waits for all of it. The
-    // pauses only keep the writes apart on the wire, so the proxy reads them separately.
+    // The head, then the body in two later writes (separate segments: no Nagle), which
+    // the request waits for whole.
     s.set_nodelay(true).unwrap();
     s.write_all(b"PUT /three HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 6\r\n\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(20));
     s.write_all(b"abc").unwrap();
-    std::thread::sleep(Duration::from_millis(20));
     s.write_all(b"defGET /four HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
         .unwrap();
     let (head, body) = read_response(&mut s, false);
@@ -224,9 +222,9 @@ fn a_whole_head_over_max_header_bytes_gets_431_however_it_arrives() {
     );
     for pieces in [1, 3] {
         let mut s = connect(w.http());
+        s.set_nodelay(true).unwrap();
         for chunk in big.as_bytes().chunks(big.len().div_ceil(pieces)) {
             s.write_all(chunk).unwrap();
-            std::thread::sleep(Duration::from_millis(20));
         }
         let (head, _) = read_response(&mut s, false);
         assert!(head.starts_with("http/1.1 431"), "{pieces} pieces: {head}");
