@@ -6,6 +6,10 @@
 //!   another origin, whatever its method: it is still whole;
 //! - an idempotent request without a body whose connection broke before response headers
 //!   is retried once on another origin (its head is kept for that);
+//! - when the connection that broke was a pooled keep-alive one that the origin closed
+//!   before answering (or answered with 408 and a close: its idle timeout met our request),
+//!   the origin is not at fault: the request goes to it again on a new connection, and
+//!   the retry on another origin is still to be had;
 //! - nothing else is retried: a request whose body was sent may have had its effect.
 
 use std::net::SocketAddr;
@@ -252,6 +256,30 @@ async fn proxy<B: ClientBody>(
     response.map(|r| (r, Some(route_index))).map_err(fail)
 }
 
+/// How far the retry rule has gone for one request. A stale keep-alive connection costs no
+/// failover: the next attempt goes to the same origin on a new connection, which is never
+/// stale, so the attempts stay bounded (at most three).
+#[derive(Default)]
+struct Attempts {
+    attempts: u32,
+    failed_over: bool,
+    /// The origin whose pooled connection was stale: the next attempt opens a new one to it.
+    again_on: Option<usize>,
+}
+
+impl Attempts {
+    /// Whether the one retry on another origin is still to be had (and takes it).
+    fn take_failover(&mut self) -> bool {
+        !std::mem::replace(&mut self.failed_over, true)
+    }
+}
+
+/// A 408 that closes the connection: the origin's answer to a request that reached a
+/// keep-alive connection as it was timed out, not to the request itself.
+fn idle_timed_out(head: &ResponseHead, conn: &OriginConn) -> bool {
+    head.parts.status == StatusCode::REQUEST_TIMEOUT && !conn.is_reusable()
+}
+
 /// Everything needed to send one request to a route's upstream; cheap to clone (a cache
 /// refresh in the background takes its own copy).
 #[derive(Clone)]
@@ -347,18 +375,24 @@ impl Origin {
         let replayable = bodyless && is_idempotent(&parts.method);
         let mut body = Some(body);
         let mut exclude = None;
+        let mut plan = Attempts::default();
 
-        for attempt in 0..2 {
-            let Some(index) = upstream.choose(self.sticky.as_deref(), exclude) else {
-                return Err(ProxyError::NoHealthyOrigin(upstream.name.clone()));
+        loop {
+            let (index, fresh) = match plan.again_on.take() {
+                Some(index) => (index, true),
+                None => match upstream.choose(self.sticky.as_deref(), exclude) {
+                    Some(index) => (index, false),
+                    None => return Err(ProxyError::NoHealthyOrigin(upstream.name.clone())),
+                },
             };
-            if attempt > 0 {
+            if plan.attempts > 0 {
                 shared
                     .metrics
                     .retries
                     .with_label_values(&[&upstream.name])
                     .inc();
             }
+            plan.attempts += 1;
             let origin = &upstream.origins[index];
             let gauge = state
                 .in_flight_gauges
@@ -366,12 +400,12 @@ impl Origin {
                 .and_then(|g| g.get(index))
                 .cloned();
             let in_flight = InFlight::new(origin.state.clone(), gauge);
-            let (mut conn, reused) = match upstream.connection(index).await {
+            let (mut conn, reused) = match upstream.connection(index, fresh).await {
                 Ok(c) => c,
                 Err(e) => {
                     count_failure(shared, upstream, index, "connect");
                     exclude = Some(index);
-                    if attempt == 0 {
+                    if plan.take_failover() {
                         continue;
                     }
                     return Err(ProxyError::Connect {
@@ -391,6 +425,12 @@ impl Origin {
                 .send_within(upstream.response_timeout, &parts, body, bodyless)
                 .await;
             match sent {
+                Ok(head) if reused && replayable && idle_timed_out(&head, &conn) => {
+                    // The origin timed out the idle connection just as the request came:
+                    // the same race as a close, told with a 408 (RFC 9110 §15.5.9 lets
+                    // the client repeat the request). Not the origin's fault either.
+                    plan.again_on = Some(index);
+                }
                 Ok(head) => {
                     if head.parts.status.is_server_error() {
                         count_failure(shared, upstream, index, "5xx");
@@ -417,18 +457,26 @@ impl Origin {
                         seconds: upstream.response_timeout.as_secs_f64(),
                     });
                 }
-                Err(e) => {
-                    // A reused keep-alive connection the origin had just closed is not the
-                    // origin's fault; anything else counts against it.
-                    if !(reused && e.is_closed()) {
-                        let kind = match e {
-                            SendError::Malformed(_) => "bad_response",
-                            _ => "reset",
-                        };
-                        count_failure(shared, upstream, index, kind);
+                Err(e) if reused && e.is_closed() => {
+                    // A keep-alive connection the origin had just closed is not the
+                    // origin's fault: a replayable request goes to it again on a new
+                    // connection (as nginx does), which a single-origin upstream needs.
+                    if !replayable {
+                        return Err(ProxyError::Upstream {
+                            origin: origin.name.clone(),
+                            message: e.to_string(),
+                        });
                     }
+                    plan.again_on = Some(index);
+                }
+                Err(e) => {
+                    let kind = match e {
+                        SendError::Malformed(_) => "bad_response",
+                        _ => "reset",
+                    };
+                    count_failure(shared, upstream, index, kind);
                     exclude = Some(index);
-                    if attempt == 0 && replayable {
+                    if replayable && plan.take_failover() {
                         continue;
                     }
                     return Err(ProxyError::Upstream {
@@ -438,7 +486,6 @@ impl Origin {
                 }
             }
         }
-        Err(ProxyError::NoHealthyOrigin(upstream.name.clone()))
     }
 
     fn client_response(&self, exchanged: Exchanged) -> Response<ProxyBody> {

@@ -297,12 +297,18 @@ impl Upstream {
         z ^ (z >> 31)
     }
 
-    /// An HTTP/1.1 connection to the origin: an idle one, or a new one within the
-    /// connect timeout.
-    pub async fn connection(&self, index: usize) -> Result<(OriginConn, bool), ConnectError> {
+    /// An HTTP/1.1 connection to the origin: an idle one unless `fresh`, or a new one
+    /// within the connect timeout. The flag says whether it was an idle one.
+    pub async fn connection(
+        &self,
+        index: usize,
+        fresh: bool,
+    ) -> Result<(OriginConn, bool), ConnectError> {
         let origin = &self.origins[index];
-        if let Some(conn) = origin.state.take_idle() {
-            return Ok((conn, true));
+        if !fresh {
+            if let Some(conn) = origin.state.take_idle() {
+                return Ok((conn, true));
+            }
         }
         let addr = origin.addr;
         let stream =
