@@ -136,6 +136,51 @@ fn connection_close_is_answered_in_kind_and_the_connection_closes() {
     assert!(closed(&mut s), "the proxy closes after the response");
 }
 
+/// Segments a socket has received, by the kernel's count.
+#[cfg(target_os = "linux")]
+fn segments_in(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain old data; the kernel fills at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::from_mut(&mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    info.tcpi_segs_in
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_one_request_connection_gets_its_answer_and_the_close_in_one_segment() {
+    let w = world(Opts::default());
+    // Handshake reply, then the response carrying both the request's ACK and the FIN:
+    // two segments, where a separate ACK and a bare FIN would make four. The kernel may
+    // still acknowledge on its own if the answer is slower than its 40 ms delayed-ACK
+    // timer (a busy test machine), so one connection of a few must show it.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let mut s = connect(w.http());
+        s.write_all(b"GET /one HTTP/1.1\r\nHost: www.example.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut all = String::new();
+        s.read_to_string(&mut all).unwrap();
+        assert!(all.contains("for GET /one"), "{all}");
+        seen.push(segments_in(&s));
+        if seen.last() == Some(&2) {
+            return;
+        }
+    }
+    panic!("segments received per connection: {seen:?}");
+}
+
 #[test]
 fn a_malformed_head_gets_400_from_hyper_after_a_good_one() {
     let w = world(Opts::default());

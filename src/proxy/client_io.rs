@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use super::lazy_socket::Registered;
+use super::lazy_socket::{LastWrites, Registered};
 use crate::clock::coarse_ms;
 
 /// Activity of one client connection, for the idle timeout: the last read or write, and
@@ -93,6 +93,12 @@ impl<S> Tracked<S> {
 
     fn touch(&self) {
         self.activity.last_ms.store(coarse_ms(), Ordering::Relaxed);
+    }
+}
+
+impl<S: LastWrites> LastWrites for Tracked<S> {
+    fn hold_until_shutdown(&self) {
+        self.inner.hold_until_shutdown();
     }
 }
 

@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::body::ProxyBody;
 use super::client_io::Activity;
 use super::forward::{self, ClientConn};
+use super::lazy_socket::LastWrites;
 use super::tunnel::TunnelSlot;
 use super::Shared;
 use crate::clock::{coarse_ms, http_date};
@@ -312,7 +313,7 @@ pub struct Serving<'a> {
 /// Serves simple requests on `io` until the connection ends or a request needs hyper.
 pub async fn serve<I>(mut io: I, s: &Serving<'_>) -> io::Result<Ended<I>>
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + LastWrites + Unpin,
 {
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut out = Vec::with_capacity(512);
@@ -357,6 +358,9 @@ where
         s.activity.waiting.fetch_sub(1, Ordering::Relaxed);
         let stopping = s.stopping.load(Ordering::Relaxed);
         let close = closes_after(asked_close, stopping, response.headers());
+        if close {
+            io.hold_until_shutdown();
+        }
         write_response(&mut io, &mut out, response, head_request, close).await?;
         if close {
             let _ = io.shutdown().await;

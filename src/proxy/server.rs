@@ -23,7 +23,7 @@ use super::client_io::{stop_requested, Activity, CheckedTimer, Tracked, POLL_TIC
 use super::corked;
 use super::fast_h1;
 use super::forward::{self, ClientConn};
-use super::lazy_socket::{Acceptor, LazySocket};
+use super::lazy_socket::{Acceptor, LastWrites, LazySocket};
 use super::tls::{self, CertStore};
 use super::tunnel::TunnelSlot;
 use super::woken::PollWhenWoken;
@@ -147,8 +147,7 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 async fn bind_clients(addr: SocketAddr, limits: &Limits) -> anyhow::Result<Acceptor> {
-    let acceptor =
-        Acceptor::new(bind(addr).await?).with_context(|| format!("listening on {addr}"))?;
+    let acceptor = Acceptor::bind(addr).with_context(|| format!("binding {addr}"))?;
     // A client that connects and sends nothing waits in the kernel no longer than it
     // would have waited here for its request head.
     if let Err(e) = acceptor.defer_until_data(limits.header_read_timeout) {
@@ -407,7 +406,7 @@ async fn serve_http1<I, S>(
     limits: &Limits,
     stop: watch::Receiver<bool>,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + LastWrites + Unpin + Send + 'static,
     S: hyper::service::Service<
         http::Request<hyper::body::Incoming>,
         Response = http::Response<super::body::ProxyBody>,
