@@ -242,3 +242,45 @@ fn responses_and_runts_get_no_answer() {
     assert!(out.is_empty());
     assert!(!handler.answer_datagram(&bytes[..11], src, &mut out, &mut cache));
 }
+
+#[test]
+fn damaged_queries_get_the_same_answer_from_both_paths() {
+    let (_, fast, general) = handlers();
+    let mut cache = DecisionCache::new(64);
+    let seeds: Vec<Vec<u8>> = queries()
+        .into_iter()
+        .filter(|q| fast::parse(q).is_some())
+        .collect();
+    let mut m = crate::test_support::Mutator::new(0x5851_f42d_4c95_7f2d);
+    let src: SocketAddr = "203.0.113.7:5000".parse().unwrap();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let (mut fast_taken, mut answered) = (0, 0);
+    for i in 0..20_000 {
+        let query = m.mutate(&seeds[i % seeds.len()]);
+        if fast::parse(&query).is_some() {
+            fast_taken += 1;
+        }
+        let sent_a = fast.answer_datagram(&query, src, &mut a, &mut cache);
+        let sent_b = general.answer(&query, src, false, &mut b, None);
+        assert_eq!(sent_a, sent_b, "{query:?}");
+        if !sent_a {
+            continue;
+        }
+        answered += 1;
+        assert_eq!(a[..2], query[..2], "the answer carries the query's id");
+        match (Message::from_vec(&a), Message::from_vec(&b)) {
+            (Ok(ma), Ok(mb)) => {
+                assert_eq!(ma.metadata, mb.metadata, "{query:?}");
+                assert_eq!(ma.queries, mb.queries, "{query:?}");
+                assert_eq!(ma.answers, mb.answers, "{query:?}");
+                assert_eq!(ma.edns, mb.edns, "{query:?}");
+            }
+            (ra, rb) => assert_eq!(a, b, "{query:?}: {:?} / {:?}", ra.err(), rb.err()),
+        }
+    }
+    // Damage both kept queries on the fast path and pushed them off it.
+    assert!(
+        fast_taken > 200 && answered > fast_taken,
+        "{fast_taken} fast of {answered}"
+    );
+}

@@ -137,6 +137,12 @@ fn a_head_the_http_types_reject_is_put_back_whole_for_hyper() {
     let (p, rest) = parsed(wire);
     assert!(matches!(p, Parsed::Hyper), "{p:?}");
     assert_eq!(&rest[..], wire);
+    // httparse takes `<` in a target, `Uri` does not; the body goes back too.
+    let wire =
+        b"POST /a<b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n";
+    let (p, rest) = parsed(wire);
+    assert!(matches!(p, Parsed::Hyper), "{p:?}");
+    assert_eq!(&rest[..], wire);
 }
 
 #[test]
@@ -341,4 +347,49 @@ async fn prefixed_reads_the_saved_bytes_first() {
     let mut got = String::new();
     p.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "hello world");
+}
+
+#[test]
+fn damaged_requests_are_taken_whole_or_left_whole_for_hyper() {
+    let seeds: [&[u8]; 7] = [
+        b"POST /a<b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n",
+        b"GET /a?b=c HTTP/1.1\r\nHost: example.test\r\nX-Two: 1\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET /n HTTP/1.1\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, close\r\n\r\n",
+        b"PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Type: a/b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET http://h/abs HTTP/1.1\r\nHost: h\r\nCookie: a=1; b=2\r\n\r\n",
+    ];
+    let mut m = crate::test_support::Mutator::new(0x9e37_79b9_7f4a_7c15);
+    let (mut simple, mut other) = (0, 0);
+    for i in 0..20_000 {
+        let wire = m.mutate(seeds[i % seeds.len()]);
+        let limits = RequestLimits {
+            headers: 1 + m.below(8),
+            head_bytes: 16 + m.below(128),
+            body_bytes: m.below(8) as u64,
+        };
+        let mut buf = BytesMut::from(&wire[..]);
+        match parse(&mut buf, &limits) {
+            Parsed::Simple(req, _) => {
+                simple += 1;
+                // What was taken is a prefix; the rest stays for the next request.
+                let taken = wire.len() - buf.len();
+                assert!(taken > 0, "{wire:?}");
+                assert_eq!(&wire[taken..], &buf[..], "{wire:?}");
+                let declared = req
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .map_or(0, |v| v.to_str().unwrap().parse::<usize>().unwrap());
+                assert!(declared as u64 <= limits.body_bytes, "{wire:?}");
+                assert_eq!(req.body().size_hint().exact(), Some(declared as u64));
+            }
+            Parsed::Partial | Parsed::Hyper => {
+                other += 1;
+                assert_eq!(&buf[..], &wire[..], "hyper must see every byte");
+            }
+        }
+    }
+    // Both outcomes were exercised, not just refusals.
+    assert!(simple > 1000 && other > 1000, "{simple} taken, {other} not");
 }

@@ -355,4 +355,38 @@ pub(super) mod tests {
             b"PUT / HTTP/1.1\r\nx-a: b\r\ncontent-length: 3\r\n\r\n"
         );
     }
+
+    #[test]
+    fn damaged_response_heads_are_refused_or_taken_exactly() {
+        let seeds: [&[u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: o\r\n\r\nhello",
+            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+        ];
+        let mut m = crate::test_support::Mutator::new(0x2545_f491_4f6c_dd1d);
+        let (mut taken, mut refused) = (0, 0);
+        for i in 0..20_000 {
+            let wire = m.mutate(seeds[i % seeds.len()]);
+            let mut buf = BytesMut::from(&wire[..]);
+            match parse_head(&mut buf) {
+                Ok(Some((status, _, headers))) => {
+                    taken += 1;
+                    let used = wire.len() - buf.len();
+                    assert!(used > 0, "{wire:?}");
+                    assert_eq!(&wire[used..], &buf[..], "{wire:?}");
+                    for method in [Method::GET, Method::HEAD] {
+                        let _ = framing(&method, status, &headers);
+                    }
+                    let _ = keeps_alive(Version::HTTP_11, &headers);
+                }
+                Ok(None) => assert_eq!(&buf[..], &wire[..], "nothing taken"),
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(
+            taken > 1000 && refused > 100,
+            "{taken} taken, {refused} refused"
+        );
+    }
 }
