@@ -427,3 +427,43 @@ async fn an_answer_before_the_body_is_sent_is_heard() {
     assert!(body.take_reusable().is_none());
     let _ = done_tx.send(());
 }
+
+#[tokio::test]
+async fn damaged_responses_end_in_a_body_or_an_error_never_a_hang() {
+    let seeds: [&[u8]; 3] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n3\r\nabc\r\n0\r\nX-T: t\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nServer: o\r\n\r\nuntil the close",
+    ];
+    let mut m = crate::test_support::Mutator::new(0x1405_7b7e_f767_814f);
+    let (mut bodies, mut errors) = (0, 0);
+    for i in 0..600 {
+        let reply: &'static [u8] = Box::leak(m.mutate(seeds[i % seeds.len()]).into_boxed_slice());
+        // The origin's task ends after the reply, which closes the connection: every
+        // case has an end, and reaching it is the test.
+        let (addr, _task) = origin(vec![reply]).await;
+        let mut conn = connect(addr).await;
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            let head = conn.send(&parts("GET", "/", &[]), empty(), true).await?;
+            let framing = head.framing;
+            let mut body = conn.into_body(framing);
+            let bytes = collect(&mut body).await.map_err(SendError::ClientBody)?;
+            Ok::<_, SendError>((framing, bytes))
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no end to {:?}", String::from_utf8_lossy(reply)));
+        match outcome {
+            Ok((framing, bytes)) => {
+                bodies += 1;
+                if let Framing::Length(n) = framing {
+                    assert_eq!(bytes.len() as u64, n, "{reply:?}");
+                }
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    assert!(
+        bodies > 100 && errors > 50,
+        "{bodies} bodies, {errors} errors"
+    );
+}
