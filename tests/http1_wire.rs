@@ -182,6 +182,32 @@ fn a_one_request_connection_gets_its_answer_and_the_close_in_one_segment() {
 }
 
 #[test]
+fn an_http_1_0_client_gets_keep_alive_when_it_asks_and_a_close_when_not() {
+    let w = world(Opts::default());
+    let mut s = connect(w.http());
+    for path in ["/ten/a", "/ten/b"] {
+        s.write_all(
+            format!(
+                "GET {path} HTTP/1.0\r\nHost: www.example.test\r\nConnection: keep-alive\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let (head, body) = read_response(&mut s, false);
+        assert!(head.starts_with("http/1.0 200"), "{head}");
+        assert!(head.contains("connection: keep-alive\r\n"), "{head}");
+        assert!(body.contains(&format!("for GET {path}")), "{body}");
+    }
+    let mut s = connect(w.http());
+    s.write_all(b"GET /ten/c HTTP/1.0\r\nHost: www.example.test\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert!(body.contains("for GET /ten/c"), "{body}");
+    assert!(closed(&mut s), "HTTP/1.0 closes unless asked not to");
+}
+
+#[test]
 fn a_malformed_head_gets_400_from_hyper_after_a_good_one() {
     let w = world(Opts::default());
     let mut s = connect(w.http());

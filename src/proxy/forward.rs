@@ -528,7 +528,13 @@ impl Origin {
                 }
             }
         }
-        parts.version = self.client_version;
+        // An HTTP/1.0 client still gets a 1.1 response head from us: hyper then writes it as
+        // 1.0 and keeps the connection alive when the client asked (`Connection:
+        // keep-alive`, as `ab -k` sends); a 1.0 head would make hyper close it.
+        parts.version = match self.client_version {
+            Version::HTTP_2 => Version::HTTP_2,
+            _ => Version::HTTP_11,
+        };
         if self.shared.access_log.is_some() {
             // Only for the access log: a first extension allocates a map.
             parts
