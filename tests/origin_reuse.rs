@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use common::proxy_world::{proxy_for, Opts};
 use common::{http_get, Proc};
 
 /// What the origin does with the second request on a connection.
@@ -84,30 +85,13 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> Option<String> {
 }
 
 fn proxy_to(origin: SocketAddr, dir: &std::path::Path) -> Proc {
-    let config = format!(
-        r#"[node]
-name = "t-1"
-region = "t"
-workers = 1
-
-[listen]
-http = ["127.0.0.1:0"]
-admin = "127.0.0.1:0"
-
-[[routes]]
-hosts = ["*"]
-upstream = "web"
-
-[upstreams.web]
-connect_timeout = "500ms"
-response_timeout = "5s"
-[[upstreams.web.origins]]
-name = "only"
-addr = "{origin}"
-"#
-    );
-    std::fs::write(dir.join("proxy.toml"), config).unwrap();
-    Proc::start(&["proxy", "--config", "proxy.toml"], dir, 2)
+    let opts = Opts {
+        names: vec!["only"],
+        // `http_get` asks for Host `test`.
+        extra: "[[routes]]\nhosts = [\"*\"]\nupstream = \"web\"".into(),
+        ..Opts::default()
+    };
+    proxy_for(dir, &opts, &[origin], &[])
 }
 
 fn retries(admin: SocketAddr) -> f64 {

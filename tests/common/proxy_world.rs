@@ -73,6 +73,17 @@ pub fn world(opts: Opts) -> World {
 pub fn world_with_weights(opts: Opts, weights: &[u32]) -> World {
     let dir = tempfile::tempdir().unwrap();
     let origins = start_origins(dir.path(), &opts.names);
+    let proxy = proxy_for(dir.path(), &opts, &origins.addrs, weights);
+    World {
+        dir,
+        origins,
+        proxy,
+    }
+}
+
+/// A proxy in `dir` whose upstream `web` is the origins `opts.names` at `addrs`, serving
+/// `www.example.test` and `*.example.test`.
+pub fn proxy_for(dir: &Path, opts: &Opts, addrs: &[SocketAddr], weights: &[u32]) -> Proc {
     let listen = if opts.https {
         "http = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]"
     } else {
@@ -102,16 +113,11 @@ response_timeout = "5s"
 "#,
         extra = opts.extra,
         upstream = opts.upstream,
-        origins = origin_block(&opts.names, &origins.addrs, weights),
+        origins = origin_block(&opts.names, addrs, weights),
     );
-    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+    std::fs::write(dir.join("proxy.toml"), config).unwrap();
     let expect = if opts.https { 3 } else { 2 };
-    let proxy = Proc::start(&["proxy", "--config", "proxy.toml"], dir.path(), expect);
-    World {
-        dir,
-        origins,
-        proxy,
-    }
+    Proc::start(&["proxy", "--config", "proxy.toml"], dir, expect)
 }
 
 impl World {
