@@ -2,9 +2,90 @@
 //! read (plus host, duration, origin and cache result), or as JSON.
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
+use http::{Request, Response, Version};
+use hyper::body::Body;
+
+use super::headers;
 use crate::config::proxy::AccessLogFormat;
 use crate::logfile::{clf_time, json_str, rfc3339};
+
+/// The origin that answered, left in the response's extensions for the log.
+#[derive(Clone)]
+pub struct ServedBy(pub Arc<str>);
+
+/// What the log needs of a request, copied before the request is taken apart to be
+/// forwarded (and only when there is a log to write).
+pub struct LoggedRequest {
+    method: String,
+    target: String,
+    host: String,
+    version: &'static str,
+    referer: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl LoggedRequest {
+    pub fn of<B>(req: &Request<B>) -> Self {
+        let header = |name: http::header::HeaderName| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Self {
+            method: req.method().to_string(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            host: headers::request_host(req.uri(), req.headers())
+                .unwrap_or("-")
+                .to_string(),
+            version: match req.version() {
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+        }
+    }
+
+    /// The log line for this request and the response head going out.
+    pub fn line<B: Body>(
+        &self,
+        response: &Response<B>,
+        client: IpAddr,
+        started: Instant,
+        format: AccessLogFormat,
+    ) -> String {
+        let cache = response
+            .headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .map(cache_result);
+        let entry = AccessEntry {
+            unix_ms: crate::clock::unix_ms(),
+            client,
+            host: &self.host,
+            method: &self.method,
+            target: &self.target,
+            version: self.version,
+            status: response.status().as_u16(),
+            bytes: response.body().size_hint().exact(),
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            origin: response.extensions().get::<ServedBy>().map(|s| &*s.0),
+            cache,
+            referer: self.referer.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+        };
+        self::format(&entry, format)
+    }
+}
 
 /// What is known of a request and its answer when the response head goes out. `bytes`
 /// is the Content-Length when there is one: a streamed body's size is not known then.

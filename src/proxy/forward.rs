@@ -25,6 +25,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 
+use super::access_log::ServedBy;
 use super::body::{empty, full, OriginBody, ProxyBody};
 use super::error::ProxyError;
 use super::headers::{self, ForwardContext};
@@ -64,7 +65,10 @@ pub async fn handle<B: ClientBody>(
     let state = shared.state.load_full();
     let method = method_index(req.method());
     // Only copied when someone will read it.
-    let logged = shared.access_log.as_ref().map(|_| LoggedRequest::of(&req));
+    let logged = shared
+        .access_log
+        .as_ref()
+        .map(|_| super::access_log::LoggedRequest::of(&req));
     let (response, route) = match proxy(shared, &state, conn, tunnel, req).await {
         Ok(outcome) => outcome,
         Err((e, route)) => {
@@ -83,71 +87,10 @@ pub async fn handle<B: ClientBody>(
             .observe(started.elapsed().as_secs_f64());
     }
     if let (Some((log, format)), Some(r)) = (&shared.access_log, logged) {
-        let cache_status = response
-            .headers()
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok())
-            .map(super::access_log::cache_result);
-        let entry = super::access_log::AccessEntry {
-            unix_ms: crate::clock::unix_ms(),
-            client: conn.peer.ip(),
-            host: &r.host,
-            method: &r.method,
-            target: &r.target,
-            version: r.version,
-            status: response.status().as_u16(),
-            bytes: response.body().size_hint().exact(),
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            origin: response.extensions().get::<ServedBy>().map(|s| &*s.0),
-            cache: cache_status,
-            referer: r.referer.as_deref(),
-            user_agent: r.user_agent.as_deref(),
-        };
-        log.write(super::access_log::format(&entry, *format));
+        let line = r.line(&response, conn.peer.ip(), started, *format);
+        log.write(line);
     }
     response
-}
-
-/// The origin that answered, for the access log.
-#[derive(Clone)]
-pub struct ServedBy(pub Arc<str>);
-
-struct LoggedRequest {
-    method: String,
-    target: String,
-    host: String,
-    version: &'static str,
-    referer: Option<String>,
-    user_agent: Option<String>,
-}
-
-impl LoggedRequest {
-    fn of<B>(req: &Request<B>) -> Self {
-        let header = |name: http::header::HeaderName| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        Self {
-            method: req.method().to_string(),
-            target: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
-            host: headers::request_host(req.uri(), req.headers())
-                .unwrap_or("-")
-                .to_string(),
-            version: match req.version() {
-                Version::HTTP_2 => "HTTP/2.0",
-                Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            },
-            referer: header(http::header::REFERER),
-            user_agent: header(http::header::USER_AGENT),
-        }
-    }
 }
 
 type Outcome = (Response<ProxyBody>, Option<usize>);
