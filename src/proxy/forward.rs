@@ -201,7 +201,8 @@ async fn proxy<B: ClientBody>(
 
 /// How far the retry rule has gone for one request. A stale keep-alive connection costs no
 /// failover: the next attempt goes to the same origin on a new connection, which is never
-/// stale, so the attempts stay bounded (at most three).
+/// stale, so the attempts stay bounded (at most four: a stale connection and a new one, at
+/// each of two origins).
 #[derive(Default)]
 struct Attempts {
     attempts: u32,
