@@ -223,6 +223,32 @@ fn a_malformed_head_gets_400_from_hyper_after_a_good_one() {
 }
 
 #[test]
+fn a_request_line_past_the_head_limit_gets_414_and_the_connection_closes() {
+    let w = world(Opts::default());
+    let mut s = connect(w.http());
+    // Far past any max_header_bytes, and no end of line in sight.
+    let target = format!("/{}", "a".repeat(70_000));
+    let _ = s.write_all(format!("GET {target}").as_bytes());
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 414"), "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(body.contains("414"), "{body}");
+    assert!(closed(&mut s));
+    // A long target whose line ends within the limit is the route's to judge.
+    let mut s = connect(w.http());
+    s.write_all(
+        format!(
+            "GET /{} HTTP/1.1\r\nHost: www.example.test\r\n\r\n",
+            "a".repeat(2000)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (head, _) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+}
+
+#[test]
 fn an_unknown_host_and_a_missing_route_are_framed_answers_on_a_live_connection() {
     let w = world(Opts::default());
     let mut s = connect(w.http());

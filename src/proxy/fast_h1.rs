@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::ProxyBody;
 use super::client_io::Activity;
+use super::error::ProxyError;
 use super::forward::{self, ClientConn};
 use super::lazy_socket::LastWrites;
 use super::tunnel::TunnelSlot;
@@ -327,6 +328,16 @@ where
                     Parsed::Simple(req, close) => break (req, close),
                     Parsed::Hyper => return Ok(Ended::Hyper(Prefixed::new(buf.freeze(), io))),
                     Parsed::Partial if buf.len() >= s.limits.head_bytes => {
+                        if !buf.contains(&b'\n') {
+                            // The request line alone is past the limit: its target is
+                            // too long, which RFC 9112 §3 answers with 414 (as nginx
+                            // does); hyper would say 431 for the head as a whole.
+                            let refusal = forward::error_response(&ProxyError::UriTooLong);
+                            io.hold_until_shutdown();
+                            write_response(&mut io, &mut out, refusal, false, true).await?;
+                            let _ = io.shutdown().await;
+                            return Ok(Ended::Closed);
+                        }
                         // hyper answers 431.
                         return Ok(Ended::Hyper(Prefixed::new(buf.freeze(), io)));
                     }
