@@ -18,7 +18,8 @@
 //! `Expect`, `Upgrade`, `CONNECT`, HTTP/1.0, too many or too large headers, and any head
 //! `httparse` or the `http` types reject. Such a head is not answered here: the
 //! connection goes to hyper with the head still unread, so hyper's parser makes the
-//! decision (400, 431, ...) as it always did.
+//! decision (400, 431, ...) as it always did. The one refusal made here is a request line
+//! that alone runs past the head limit: 414, which hyper would not say.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -333,9 +334,7 @@ where
                             // too long, which RFC 9112 §3 answers with 414 (as nginx
                             // does); hyper would say 431 for the head as a whole.
                             let refusal = forward::error_response(&ProxyError::UriTooLong);
-                            io.hold_until_shutdown();
-                            write_response(&mut io, &mut out, refusal, false, true).await?;
-                            let _ = io.shutdown().await;
+                            write_last(&mut io, &mut out, refusal, false).await?;
                             return Ok(Ended::Closed);
                         }
                         // hyper answers 431.
@@ -370,14 +369,28 @@ where
         let stopping = s.stopping.load(Ordering::Relaxed);
         let close = closes_after(asked_close, stopping, response.headers());
         if close {
-            io.hold_until_shutdown();
-        }
-        write_response(&mut io, &mut out, response, head_request, close).await?;
-        if close {
-            let _ = io.shutdown().await;
+            write_last(&mut io, &mut out, response, head_request).await?;
             return Ok(Ended::Closed);
         }
+        write_response(&mut io, &mut out, response, head_request, false).await?;
     }
+}
+
+/// Writes a connection's last response and closes its sending side; the response and
+/// the FIN leave in one segment.
+async fn write_last<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    response: Response<ProxyBody>,
+    head_request: bool,
+) -> io::Result<()>
+where
+    I: AsyncWrite + LastWrites + Unpin,
+{
+    io.hold_until_shutdown();
+    write_response(io, out, response, head_request, true).await?;
+    let _ = io.shutdown().await;
+    Ok(())
 }
 
 /// Whether the connection closes after this response: the client asked, the server is
