@@ -13,13 +13,18 @@
 //! A body is taken only under one `Content-Length` of plain digits, and only once all of
 //! it is in the read buffer (a head and body of up to `READ_BUF` bytes are waited for,
 //! under the head's deadline, as HAProxy's `timeout http-request` covers a buffered
-//! body). Everything else stays hyper's, unchanged: a larger or later body,
-//! `Transfer-Encoding` or several `Content-Length`s (and so every framing attack),
-//! `Expect`, `Upgrade`, `CONNECT`, HTTP/1.0, too many or too large headers, and any head
-//! `httparse` or the `http` types reject. Such a head is not answered here: the
+//! body). Everything else stays hyper's, unchanged: a larger or later body, a chunked
+//! one, `Expect`, `Upgrade`, `CONNECT`, HTTP/1.0, too many or too large headers, and any
+//! head `httparse` or the `http` types reject. Such a head is not answered here: the
 //! connection goes to hyper with the head still unread, so hyper's parser makes the
-//! decision (400, 431, ...) as it always did. The one refusal made here is a request line
-//! that alone runs past the head limit: 414, which hyper would not say.
+//! decision (400, 431, ...) as it always did.
+//!
+//! Two refusals are made here, as hyper would not make them: a request line that alone
+//! runs past the head limit gets 414, and a head whose body could be read two ways
+//! (Content-Length with Transfer-Encoding, or several Content-Lengths) gets 400 and a
+//! closed connection, where hyper would settle it and forward it. Requests on a
+//! connection already handed to hyper are settled by hyper as RFC 9112 §6.1 allows
+//! (Transfer-Encoding wins, the connection closes after).
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -68,6 +73,10 @@ pub enum Parsed {
     /// A whole request we serve (consumed from the buffer), and whether the client asked
     /// to close after it.
     Simple(SimpleRequest, bool),
+    /// A head whose body could be read two ways (Content-Length with Transfer-Encoding,
+    /// or several Content-Lengths), taken from the buffer without its body: it is to be
+    /// refused with 400 and its connection closed, as its body's end is unknown.
+    Ambiguous(SimpleRequest),
     /// Not a whole head yet, or a small body not all here yet.
     Partial,
     /// A head that is hyper's to judge; the buffer is untouched.
@@ -113,29 +122,48 @@ pub fn parse(buf: &mut BytesMut, limits: &RequestLimits) -> Parsed {
     let at = |s: &[u8]| s.as_ptr() as usize - base;
     let path = at(path.as_bytes())..at(path.as_bytes()) + path.len();
     let mut close = false;
+    let mut lengths = 0;
     let mut content_length = None;
+    let mut chunked = false;
+    let mut switches = false;
     // Not zeroed: only the first `count` are written, and only those are read.
     let mut spans = [const { MaybeUninit::<HeaderSpan>::uninit() }; HEADER_SLOTS];
     let count = req.headers.len();
     for (slot, h) in spans.iter_mut().zip(req.headers.iter()) {
         let name = h.name.as_bytes();
-        // The requests whose framing or protocol switch hyper must judge.
-        let hypers = ["transfer-encoding", "expect", "upgrade"]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
-        if hypers {
-            return Parsed::Hyper;
-        }
         if name.eq_ignore_ascii_case(b"content-length") {
-            // A second one, or anything but digits, is a framing question: hyper's.
-            match (content_length, plain_length(h.value)) {
-                (None, Some(n)) => content_length = Some(n),
-                _ => return Parsed::Hyper,
-            }
+            lengths += 1;
+            content_length = plain_length(h.value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"expect") || name.eq_ignore_ascii_case(b"upgrade") {
+            switches = true;
         } else if name.eq_ignore_ascii_case(b"connection") && has_close(h.value) {
             close = true;
         }
         slot.write([at(name), name.len(), at(h.value), h.value.len()]);
+    }
+    // SAFETY: the loop wrote the first `count` slots (there are as many headers as that,
+    // and at most HEADER_SLOTS), and [usize; 4] needs no drop.
+    let spans: &[HeaderSpan] =
+        unsafe { &*(std::ptr::from_ref(&spans[..count]) as *const [HeaderSpan]) };
+    // Refused here rather than left to hyper, which would settle both headers as RFC
+    // 9112 §6.1 allows (Transfer-Encoding wins) and forward the request: what the
+    // origin or a proxy in front of us made of the same bytes is not known.
+    if lengths > 1 || (lengths == 1 && chunked) {
+        let head = buf.split_to(len).freeze();
+        return match build(&head, method, path, spans, Bytes::new()) {
+            Some(req) => Parsed::Ambiguous(req),
+            None => {
+                *buf = put_back(&head, &[], buf);
+                Parsed::Hyper
+            }
+        };
+    }
+    // A chunked body or a protocol switch is hyper's, as is a length that is not plain
+    // digits (hyper refuses it).
+    if chunked || switches || (lengths == 1 && content_length.is_none()) {
+        return Parsed::Hyper;
     }
     let body_len = content_length.unwrap_or(0);
     let Some(total) = len.checked_add(body_len) else {
@@ -151,24 +179,25 @@ pub fn parse(buf: &mut BytesMut, limits: &RequestLimits) -> Parsed {
             Parsed::Hyper
         };
     }
-    // SAFETY: the loop wrote the first `count` slots (there are as many headers as that,
-    // and at most HEADER_SLOTS), and [usize; 4] needs no drop.
-    let spans: &[HeaderSpan] =
-        unsafe { &*(std::ptr::from_ref(&spans[..count]) as *const [HeaderSpan]) };
     let head = buf.split_to(len).freeze();
     let body = buf.split_to(body_len).freeze();
     match build(&head, method, path, spans, body.clone()) {
         Some(req) => Parsed::Simple(req, close),
         None => {
-            // Put the request back for hyper: it is still the first thing on the wire.
-            let mut whole = BytesMut::with_capacity(head.len() + body.len() + buf.len());
-            whole.extend_from_slice(&head);
-            whole.extend_from_slice(&body);
-            whole.extend_from_slice(buf);
-            *buf = whole;
+            *buf = put_back(&head, &body, buf);
             Parsed::Hyper
         }
     }
+}
+
+/// The buffer as it was before `head` and `body` were taken from its front: a request
+/// put back for hyper, as it is still the first thing on the wire.
+fn put_back(head: &[u8], body: &[u8], rest: &[u8]) -> BytesMut {
+    let mut whole = BytesMut::with_capacity(head.len() + body.len() + rest.len());
+    whole.extend_from_slice(head);
+    whole.extend_from_slice(body);
+    whole.extend_from_slice(rest);
+    whole
 }
 
 /// A Content-Length value we take without a second opinion: plain ASCII digits that fit
@@ -327,6 +356,9 @@ where
             if !buf.is_empty() {
                 match parse(&mut buf, &s.limits) {
                     Parsed::Simple(req, close) => break (req, close),
+                    // `forward::handle` refuses it (and logs it); the unread body makes
+                    // the connection unusable after.
+                    Parsed::Ambiguous(req) => break (req, true),
                     Parsed::Hyper => return Ok(Ended::Hyper(Prefixed::new(buf.freeze(), io))),
                     Parsed::Partial if buf.len() >= s.limits.head_bytes => {
                         if !buf.contains(&b'\n') {

@@ -515,7 +515,7 @@ fn count_failure(shared: &Shared, upstream: &Upstream, index: usize, kind: &str)
 /// HTTP/1.1 framing that different parsers could read differently is refused before
 /// anything is forwarded (RFC 9112 §6.3): both Content-Length and Transfer-Encoding, or
 /// several Content-Length values.
-fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
+pub(super) fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
     let h = req.headers();
     if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
         return Err(ProxyError::BadFraming(
