@@ -208,6 +208,23 @@ fn an_http_1_0_client_gets_keep_alive_when_it_asks_and_a_close_when_not() {
 }
 
 #[test]
+fn a_later_http_1_minor_version_is_answered_as_1_1_on_either_loop() {
+    let w = world(Opts::default());
+    let mut s = connect(w.http());
+    s.write_all(b"GET /twelve/a HTTP/1.2\r\nHost: www.example.test\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("for GET /twelve/a"), "{body}");
+    // With a chunked body, so hyper reads it: hyper alone would refuse the version.
+    s.write_all(b"POST /_origin/echo HTTP/1.3\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("body-bytes: 3"), "{body}");
+}
+
+#[test]
 fn a_malformed_head_gets_400_from_hyper_after_a_good_one() {
     let w = world(Opts::default());
     let mut s = connect(w.http());

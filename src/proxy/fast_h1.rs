@@ -104,6 +104,16 @@ pub fn parse(buf: &mut BytesMut, limits: &RequestLimits) -> Parsed {
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::Version) => {
+            return match later_minor_version(buf) {
+                Some(Some(at)) => {
+                    buf[at] = b'1';
+                    parse(buf, limits)
+                }
+                Some(None) => Parsed::Partial,
+                None => Parsed::Hyper,
+            };
+        }
         Err(_) => return Parsed::Hyper,
     };
     if req.version != Some(1) || req.headers.len() > limits.headers || len > limits.head_bytes {
@@ -198,6 +208,22 @@ fn put_back(head: &[u8], body: &[u8], rest: &[u8]) -> BytesMut {
     whole.extend_from_slice(body);
     whole.extend_from_slice(rest);
     whole
+}
+
+/// Where the minor version digit lies when the request line says HTTP/1.2 to HTTP/1.9,
+/// which RFC 9112 §2.3 says to serve as the highest 1.x we implement (nginx and HAProxy
+/// do); httparse knows only 1.0 and 1.1. `Some(None)`: the line is not all here yet.
+fn later_minor_version(buf: &[u8]) -> Option<Option<usize>> {
+    let end = buf.iter().position(|&b| b == b'\n');
+    let line = &buf[..end.unwrap_or(buf.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let version = line.len().checked_sub(9)?;
+    match &line[version..] {
+        [b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => {
+            Some(end.map(|_| version + 8))
+        }
+        _ => None,
+    }
 }
 
 /// A Content-Length value we take without a second opinion: plain ASCII digits that fit
