@@ -356,6 +356,19 @@ pub const PROXY_RATE_LIMIT_CLIENTS: &str = "geoedge_proxy_rate_limit_clients";
 pub const PROXY_AUTH_FAILURES: &str = "geoedge_proxy_auth_failures_total";
 pub const PROXY_ACCESS_DENIED: &str = "geoedge_proxy_access_denied_total";
 pub const PROXY_RELOADS: &str = "geoedge_proxy_config_reloads_total";
+pub const PROXY_REFUSED: &str = "geoedge_proxy_refused_requests_total";
+
+/// The `reason` labels of `PROXY_REFUSED`, in `proxy::refused::Refusal` order.
+pub const REFUSAL_REASONS: [&str; 5] = [
+    "malformed",
+    "head_too_large",
+    "uri_too_long",
+    "version",
+    "header_timeout",
+];
+
+/// The `route` label of requests no route took (421, 404, 400 before routing).
+pub const UNROUTED: &str = "-";
 pub const CACHE_REQUESTS: &str = "geoedge_proxy_cache_requests_total";
 pub const CACHE_STALE_SERVED: &str = "geoedge_proxy_cache_stale_served_total";
 pub const CACHE_REVALIDATIONS: &str = "geoedge_proxy_cache_revalidations_total";
@@ -430,6 +443,10 @@ pub struct ProxyMetrics {
     pub auth_failures: IntCounterVec,
     pub access_denied: IntCounter,
     pub reloads: IntCounterVec,
+    /// By `REFUSAL_REASONS` index.
+    pub refused: Vec<IntCounter>,
+    /// Requests no route took.
+    pub unrouted: RouteMetrics,
 }
 
 impl ProxyMetrics {
@@ -604,6 +621,18 @@ impl ProxyMetrics {
                 }
                 c
             },
+            refused: {
+                let c = v(
+                    PROXY_REFUSED,
+                    "Requests refused before they could be read: malformed, too large, unsupported version, or too slow",
+                    &["reason"],
+                );
+                REFUSAL_REASONS
+                    .iter()
+                    .map(|r| c.with_label_values(&[r]))
+                    .collect()
+            },
+            unrouted: route_metrics(&requests, &duration, UNROUTED),
             requests,
             duration,
             in_flight,
@@ -622,16 +651,24 @@ impl ProxyMetrics {
     }
 
     pub fn route(&self, route: &str) -> RouteMetrics {
-        let mut requests = Vec::new();
-        for m in METHOD_CLASSES {
-            for s in STATUS_CLASSES {
-                requests.push(self.requests.with_label_values(&[route, m, s]));
-            }
+        route_metrics(&self.requests, &self.duration, route)
+    }
+}
+
+fn route_metrics(
+    requests: &IntCounterVec,
+    duration: &prometheus::HistogramVec,
+    route: &str,
+) -> RouteMetrics {
+    let mut counters = Vec::new();
+    for m in METHOD_CLASSES {
+        for s in STATUS_CLASSES {
+            counters.push(requests.with_label_values(&[route, m, s]));
         }
-        RouteMetrics {
-            requests,
-            duration: self.duration.with_label_values(&[route]),
-        }
+    }
+    RouteMetrics {
+        requests: counters,
+        duration: duration.with_label_values(&[route]),
     }
 }
 

@@ -28,6 +28,8 @@ pub enum ProxyError {
     Timeout { origin: String, seconds: f64 },
     #[error("request target longer than allowed")]
     UriTooLong,
+    #[error("HTTP major version not supported")]
+    VersionNotSupported,
     #[error("too many query parameters")]
     TooManyParams,
     #[error("client address not allowed on this route")]
@@ -61,6 +63,7 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ProxyError::TooManyParams => StatusCode::BAD_REQUEST,
             ProxyError::AddressDenied => StatusCode::FORBIDDEN,
             ProxyError::RuleDenied { status, .. } => {
@@ -79,6 +82,7 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientBody(_)
             | ProxyError::UriTooLong
+            | ProxyError::VersionNotSupported
             | ProxyError::TooManyParams
             | ProxyError::AddressDenied
             | ProxyError::RuleDenied { .. }
@@ -102,6 +106,7 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "502 Bad Gateway\n",
             ProxyError::Timeout { .. } => "504 Gateway Timeout\n",
             ProxyError::UriTooLong => "414 URI Too Long\n",
+            ProxyError::VersionNotSupported => "505 HTTP Version Not Supported\n",
             ProxyError::TooManyParams => "400 Bad Request: too many query parameters\n",
             ProxyError::AddressDenied => "403 Forbidden\n",
             ProxyError::RuleDenied { .. } => "Request denied\n",

@@ -43,9 +43,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::ProxyBody;
 use super::client_io::Activity;
-use super::error::ProxyError;
 use super::forward::{self, ClientConn};
 use super::lazy_socket::LastWrites;
+use super::refused::{self, Refusal};
 use super::tunnel::TunnelSlot;
 use super::Shared;
 use crate::clock::{coarse_ms, http_date};
@@ -79,6 +79,8 @@ pub enum Parsed {
     Ambiguous(SimpleRequest),
     /// Not a whole head yet, or a small body not all here yet.
     Partial,
+    /// A head refused here, as hyper would not answer it the same way.
+    Refused(Refusal),
     /// A head that is hyper's to judge; the buffer is untouched.
     Hyper,
 }
@@ -105,13 +107,14 @@ pub fn parse(buf: &mut BytesMut, limits: &RequestLimits) -> Parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(httparse::Error::Version) => {
-            return match later_minor_version(buf) {
-                Some(Some(at)) => {
+            return match other_version(buf) {
+                OtherVersion::LaterMinor(at) => {
                     buf[at] = b'1';
                     parse(buf, limits)
                 }
-                Some(None) => Parsed::Partial,
-                None => Parsed::Hyper,
+                OtherVersion::NotYet => Parsed::Partial,
+                OtherVersion::Major => Parsed::Refused(Refusal::VersionNotSupported),
+                OtherVersion::Unknown => Parsed::Hyper,
             };
         }
         Err(_) => return Parsed::Hyper,
@@ -210,19 +213,42 @@ fn put_back(head: &[u8], body: &[u8], rest: &[u8]) -> BytesMut {
     whole
 }
 
-/// Where the minor version digit lies when the request line says HTTP/1.2 to HTTP/1.9,
-/// which RFC 9112 §2.3 says to serve as the highest 1.x we implement (nginx and HAProxy
-/// do); httparse knows only 1.0 and 1.1. `Some(None)`: the line is not all here yet.
-fn later_minor_version(buf: &[u8]) -> Option<Option<usize>> {
+/// What a request line whose version httparse refused says.
+enum OtherVersion {
+    /// HTTP/1.2 to HTTP/1.9, which RFC 9112 §2.3 says to serve as the highest 1.x we
+    /// implement (nginx and HAProxy do); httparse knows only 1.0 and 1.1. The index of
+    /// the minor digit.
+    LaterMinor(usize),
+    /// HTTP/2.0 to HTTP/9.9 in an HTTP/1 request line: 505 (RFC 9110 §15.6.6), as nginx
+    /// answers. Not the HTTP/2 preface (`PRI * HTTP/2.0`), which stays hyper's.
+    Major,
+    /// The line is not all here yet.
+    NotYet,
+    Unknown,
+}
+
+fn other_version(buf: &[u8]) -> OtherVersion {
     let end = buf.iter().position(|&b| b == b'\n');
     let line = &buf[..end.unwrap_or(buf.len())];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let version = line.len().checked_sub(9)?;
-    match &line[version..] {
+    let Some(version) = line.len().checked_sub(9) else {
+        return OtherVersion::Unknown;
+    };
+    let known = match &line[version..] {
         [b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => {
-            Some(end.map(|_| version + 8))
+            OtherVersion::LaterMinor(version + 8)
         }
-        _ => None,
+        [b' ', b'H', b'T', b'T', b'P', b'/', b'2'..=b'9', b'.', b'0'..=b'9']
+            if !line.starts_with(b"PRI ") =>
+        {
+            OtherVersion::Major
+        }
+        _ => return OtherVersion::Unknown,
+    };
+    if end.is_some() {
+        known
+    } else {
+        OtherVersion::NotYet
     }
 }
 
@@ -386,14 +412,13 @@ where
                     // the connection unusable after.
                     Parsed::Ambiguous(req) => break (req, true),
                     Parsed::Hyper => return Ok(Ended::Hyper(Prefixed::new(buf.freeze(), io))),
+                    Parsed::Refused(refusal) => return refuse(&mut io, &mut out, s, refusal).await,
                     Parsed::Partial if buf.len() >= s.limits.head_bytes => {
                         if !buf.contains(&b'\n') {
                             // The request line alone is past the limit: its target is
                             // too long, which RFC 9112 §3 answers with 414 (as nginx
                             // does); hyper would say 431 for the head as a whole.
-                            let refusal = forward::error_response(&ProxyError::UriTooLong);
-                            write_last(&mut io, &mut out, refusal, false).await?;
-                            return Ok(Ended::Closed);
+                            return refuse(&mut io, &mut out, s, Refusal::UriTooLong).await;
                         }
                         // hyper answers 431.
                         return Ok(Ended::Hyper(Prefixed::new(buf.freeze(), io)));
@@ -417,6 +442,11 @@ where
             })
             .await?;
             if read == 0 {
+                if !buf.is_empty() && coarse_ms() >= deadline {
+                    // Part of a head, then nothing until the deadline: closed without an
+                    // answer, as nginx does, and logged as its 408.
+                    refused::record(s.shared, s.conn.peer.ip(), Refusal::HeaderTimeout);
+                }
                 return Ok(Ended::Closed);
             }
         };
@@ -432,6 +462,23 @@ where
         }
         write_response(&mut io, &mut out, response, head_request, false).await?;
     }
+}
+
+/// Answers a head refused here, counts and logs it, and closes the connection.
+async fn refuse<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    s: &Serving<'_>,
+    refusal: Refusal,
+) -> io::Result<Ended<I>>
+where
+    I: AsyncWrite + LastWrites + Unpin,
+{
+    refused::record(s.shared, s.conn.peer.ip(), refusal);
+    if let Some(e) = refusal.answer() {
+        write_last(io, out, forward::error_response(&e), false).await?;
+    }
+    Ok(Ended::Closed)
 }
 
 /// Writes a connection's last response and closes its sending side; the response and

@@ -46,7 +46,7 @@ fn connection_close_is_noticed_among_other_options() {
 }
 
 #[test]
-fn a_later_http_1_minor_version_is_served_as_1_1() {
+fn a_later_minor_version_is_served_as_1_1_and_a_later_major_one_refused() {
     let (p, rest) = parsed(b"GET /v HTTP/1.2\r\nHost: a\r\n\r\nGET /next");
     let Parsed::Simple(req, false) = p else {
         panic!("{p:?}")
@@ -57,9 +57,18 @@ fn a_later_http_1_minor_version_is_served_as_1_1() {
     // Not all of the line is here yet.
     assert!(matches!(parsed(b"GET / HTTP/1.9").0, Parsed::Partial));
     assert!(matches!(parsed(b"GET / HTTP/1.9\r").0, Parsed::Partial));
+    // A later major version is refused here (505), once its line is all here.
+    for wire in [&b"GET / HTTP/2.0\r\n\r\n"[..], b"GET / HTTP/3.1\n\n"] {
+        let (p, _) = parsed(wire);
+        assert!(
+            matches!(p, Parsed::Refused(Refusal::VersionNotSupported)),
+            "{wire:?}: {p:?}"
+        );
+    }
+    assert!(matches!(parsed(b"GET / HTTP/2.0").0, Parsed::Partial));
     // Anything else with an unknown version stays hyper's (400, or HTTP/2's preface).
     for wire in [
-        &b"GET / HTTP/2.0\r\n\r\n"[..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
         b"GET / HTTP/1.x\r\n\r\n",
         b"GET / HTTPS/1.2\r\n\r\n",
         b"GET / HTTP/1.2 \r\n\r\n",
@@ -440,6 +449,10 @@ fn damaged_requests_are_taken_whole_or_left_whole_for_hyper() {
                 ambiguous += 1;
                 assert!(forward::check_framing(&req).is_err(), "{wire:?}");
                 assert!(buf.len() < wire.len() && wire.ends_with(&buf), "{wire:?}");
+            }
+            Parsed::Refused(refusal) => {
+                assert_eq!(refusal, Refusal::VersionNotSupported, "{wire:?}");
+                assert_eq!(&buf[..], &wire[..], "{wire:?}");
             }
             Parsed::Partial | Parsed::Hyper => {
                 other += 1;

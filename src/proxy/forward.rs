@@ -76,16 +76,14 @@ pub async fn handle<B: ClientBody>(
             (error_response(&e), route)
         }
     };
-    if let Some(route) = route.and_then(|r| state.routes.get(r)) {
-        route
-            .metrics
-            .request(method, status_index(response.status().as_u16()))
-            .inc();
-        route
-            .metrics
-            .duration
-            .observe(started.elapsed().as_secs_f64());
-    }
+    let metrics = match route.and_then(|r| state.routes.get(r)) {
+        Some(route) => &route.metrics,
+        None => &shared.metrics.unrouted,
+    };
+    metrics
+        .request(method, status_index(response.status().as_u16()))
+        .inc();
+    metrics.duration.observe(started.elapsed().as_secs_f64());
     if let (Some((log, format)), Some(r)) = (&shared.access_log, logged) {
         let line = r.line(&response, conn.peer.ip(), started, *format);
         log.write(line);

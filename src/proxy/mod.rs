@@ -19,6 +19,7 @@ pub mod lazy_socket;
 pub mod origin_conn;
 mod origin_wire;
 pub mod ratelimit;
+pub mod refused;
 pub mod report;
 pub mod router;
 pub mod rules;

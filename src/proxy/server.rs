@@ -24,6 +24,7 @@ use super::corked;
 use super::fast_h1;
 use super::forward::{self, ClientConn};
 use super::lazy_socket::{Acceptor, LastWrites, LazySocket};
+use super::refused::{self, Refusal};
 use super::tls::{self, CertStore};
 use super::tunnel::TunnelSlot;
 use super::woken::PollWhenWoken;
@@ -436,13 +437,13 @@ async fn serve_http1<I, S>(
         |_| {},
     )
     .await;
-    let Some(fast_h1::Ended::Hyper(io)) = ended else {
+    let Some(Ok(fast_h1::Ended::Hyper(io))) = ended else {
         return;
     };
     let conn = http1_builder(limits)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    drive(
+    let ended = drive(
         conn,
         activity,
         limits,
@@ -451,6 +452,12 @@ async fn serve_http1<I, S>(
         |_| {},
     )
     .await;
+    // hyper answered a head it could not take (400, 414, 431) and ended the connection.
+    if let Some(Err(e)) = ended {
+        if let Some(refusal) = Refusal::of_hyper(&e) {
+            refused::record(fast.shared, fast.conn.peer.ip(), refusal);
+        }
+    }
 }
 
 fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
@@ -474,6 +481,7 @@ const HYPER_MAX_HEADERS: usize = 100;
 
 /// Runs a connection until it ends, it has been idle too long, or shutdown asks it to
 /// finish its current requests and close. `after_poll` runs after every poll of it.
+/// `None`: cut for idleness.
 async fn drive<C, T, E>(
     conn: C,
     activity: Arc<Activity>,
@@ -481,7 +489,7 @@ async fn drive<C, T, E>(
     mut stop: watch::Receiver<bool>,
     graceful: impl Fn(Pin<&mut C>),
     mut after_poll: impl FnMut(&mut Context<'_>),
-) -> Option<T>
+) -> Option<Result<T, E>>
 where
     C: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
@@ -526,7 +534,9 @@ where
     }
 }
 
-fn ended<T, E: std::fmt::Display>(res: Result<T, E>) -> Option<T> {
-    res.map_err(|e| tracing::debug!(error = %e, "client connection ended with an error"))
-        .ok()
+fn ended<T, E: std::fmt::Display>(res: Result<T, E>) -> Option<Result<T, E>> {
+    if let Err(e) = &res {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+    Some(res)
 }
