@@ -359,12 +359,13 @@ pub const PROXY_RELOADS: &str = "geoedge_proxy_config_reloads_total";
 pub const PROXY_REFUSED: &str = "geoedge_proxy_refused_requests_total";
 
 /// The `reason` labels of `PROXY_REFUSED`, in `proxy::refused::Refusal` order.
-pub const REFUSAL_REASONS: [&str; 5] = [
+pub const REFUSAL_REASONS: [&str; 6] = [
     "malformed",
     "head_too_large",
     "uri_too_long",
     "version",
     "header_timeout",
+    "proxy_header",
 ];
 
 /// The `route` label of requests no route took (421, 404, 400 before routing).

@@ -75,6 +75,9 @@ struct RawListen {
     #[serde(default)]
     https: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
+    /// Client listeners expect a PROXY protocol header first (behind a TCP balancer).
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +194,9 @@ pub struct ProxyConfig {
     pub http: Vec<SocketAddr>,
     pub https: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// Every connection to the HTTP and HTTPS listeners starts with a PROXY protocol
+    /// header (v1 or v2) whose source address is the client's.
+    pub proxy_protocol: bool,
     pub certificates: Vec<CertificateSource>,
     pub limits: Limits,
     pub forwarding: Forwarding,
@@ -464,6 +470,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         http: raw.listen.http,
         https: raw.listen.https,
         admin: raw.listen.admin,
+        proxy_protocol: raw.listen.proxy_protocol,
         certificates,
         limits,
         forwarding,

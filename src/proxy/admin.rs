@@ -16,7 +16,8 @@ pub(super) struct ProxyAdmin {
 /// Reloads the proxy's configuration: validated whole first; on any error the running
 /// configuration stays. Open connections and in-flight requests finish on the state they
 /// started with (each request holds its own snapshot); origins that still exist keep
-/// their in-flight counts and health. Listener addresses, workers, the cache's size and
+/// their in-flight counts and health. Listener addresses (and whether they expect a PROXY
+/// protocol header), workers, the cache's size and
 /// the access log file are set at start and need a restart to change.
 pub struct Reloader {
     shared: Arc<Shared>,
@@ -53,7 +54,12 @@ impl Reloader {
             .map_err(|e| format!("{e:#}"))?;
         let o = &old.config;
         let n = &state.config;
-        if o.http != n.http || o.https != n.https || o.admin != n.admin || o.workers != n.workers {
+        if o.http != n.http
+            || o.https != n.https
+            || o.admin != n.admin
+            || o.workers != n.workers
+            || o.proxy_protocol != n.proxy_protocol
+        {
             tracing::warn!("listener and worker changes take effect on restart only");
         }
         let state = Arc::new(state);

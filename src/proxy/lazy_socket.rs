@@ -166,6 +166,19 @@ impl LazySocket {
         }
     }
 
+    /// Copies the bytes waiting on the socket into `buf` without taking them, waiting for
+    /// some if there are none (0: the peer closed). Successive calls see the same bytes
+    /// until they are read.
+    pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let State::Direct(s) = &self.state {
+            match s.peek(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+        }
+        self.register()?.peek(buf).await
+    }
+
     /// Hands the socket to the reactor, after a direct operation would have blocked.
     fn register(&mut self) -> io::Result<&mut TcpStream> {
         if matches!(self.state, State::Direct(_)) {

@@ -18,6 +18,7 @@ pub mod headers;
 pub mod lazy_socket;
 pub mod origin_conn;
 mod origin_wire;
+mod proxy_protocol;
 pub mod ratelimit;
 pub mod refused;
 pub mod report;

@@ -1,6 +1,7 @@
 //! Requests refused before they could be read as requests: a head that does not parse
 //! (400), one over the size limits (431, 414), an HTTP version we do not speak (505), a
-//! head that did not arrive within `header_read_timeout` (408, nothing sent, as nginx).
+//! head that did not arrive within `header_read_timeout` (408, nothing sent, as nginx),
+//! a missing or broken PROXY protocol header where one is expected (nothing sent).
 //! No handler sees them, so they are counted and logged here: nginx and HAProxy both log
 //! such refusals, and a client's "400" must show up somewhere an operator looks.
 
@@ -17,6 +18,9 @@ pub enum Refusal {
     UriTooLong,
     VersionNotSupported,
     HeaderTimeout,
+    /// A connection to a `proxy_protocol` listener that did not start with a valid
+    /// PROXY header (nothing sent, as nginx and HAProxy).
+    ProxyHeader,
 }
 
 impl Refusal {
@@ -45,6 +49,7 @@ impl Refusal {
             Refusal::UriTooLong => 414,
             Refusal::VersionNotSupported => 505,
             Refusal::HeaderTimeout => 408,
+            Refusal::ProxyHeader => 400,
         }
     }
 
@@ -100,6 +105,7 @@ mod tests {
             Refusal::UriTooLong,
             Refusal::VersionNotSupported,
             Refusal::HeaderTimeout,
+            Refusal::ProxyHeader,
         ];
         assert_eq!(all.len(), REFUSAL_REASONS.len());
         let labels: Vec<_> = all.iter().map(|r| r.label()).collect();
@@ -110,11 +116,12 @@ mod tests {
                 "head_too_large",
                 "uri_too_long",
                 "version",
-                "header_timeout"
+                "header_timeout",
+                "proxy_header"
             ]
         );
         let statuses: Vec<_> = all.iter().map(|r| r.status()).collect();
-        assert_eq!(statuses, [400, 431, 414, 505, 408]);
+        assert_eq!(statuses, [400, 431, 414, 505, 408, 400]);
         for r in all {
             if let Some(e) = r.answer() {
                 assert_eq!(e.status().as_u16(), r.status(), "{r:?}");

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use super::corked;
 use super::fast_h1;
 use super::forward::{self, ClientConn};
 use super::lazy_socket::{Acceptor, LastWrites, LazySocket};
+use super::proxy_protocol;
 use super::refused::{self, Refusal};
 use super::tls::{self, CertStore};
 use super::tunnel::TunnelSlot;
@@ -78,6 +79,7 @@ impl ProxyServer {
                 limits.clone(),
                 permits.clone(),
                 stop_rx.clone(),
+                cfg.proxy_protocol,
             )));
         }
         if let Some(store) = &self.certs {
@@ -92,6 +94,7 @@ impl ProxyServer {
                     limits.clone(),
                     permits.clone(),
                     stop_rx.clone(),
+                    cfg.proxy_protocol,
                 )));
             }
             tasks.push(tokio::spawn(watch_certificates(
@@ -192,6 +195,7 @@ async fn accept_loop(
     limits: Arc<Limits>,
     permits: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
+    proxy_protocol: bool,
 ) {
     let kind = if tls.is_some() { "https" } else { "http" };
     let accepted = shared.metrics.connections.with_label_values(&[kind]);
@@ -210,41 +214,84 @@ async fn accept_loop(
             }
         };
         accepted.inc();
-        // Per-client connection cap: the peer address (forwarded headers come later).
+        let shared = shared.clone();
+        let limits = limits.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
         let cap = shared
             .state
             .load()
             .config
             .rate_limit
             .max_connections_per_client;
-        if let Some(cap) = cap {
-            if !shared.connection_counts.open(peer.ip(), cap) {
-                shared
-                    .metrics
-                    .rate_limited
-                    .with_label_values(&["connections"])
-                    .inc();
-                drop(stream);
+        if !proxy_protocol {
+            // The per-client cap, checked before a task is spawned: the peer is the client.
+            if !admit(&shared, peer.ip(), cap) {
                 continue;
             }
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                shared.metrics.connections_open.inc();
+                // Boxed: the connection's state is 2.2 KB, which tokio would copy when it
+                // spawns the task and again when the task finishes; the task stays 144 bytes.
+                Box::pin(serve_connection(stream, peer, tls, &shared, &limits, stop)).await;
+                shared.metrics.connections_open.dec();
+                if cap.is_some() {
+                    shared.connection_counts.close(peer.ip());
+                }
+                drop(permit);
+            });
+            continue;
         }
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let limits = limits.clone();
-        let tls = tls.clone();
-        let stop = stop.clone();
         tokio::spawn(async move {
             shared.metrics.connections_open.inc();
-            // Boxed: the connection's state is 2.2 KB, which tokio would copy when it
-            // spawns the task and again when the task finishes; the task stays 144 bytes.
-            Box::pin(serve_connection(stream, peer, tls, &shared, &limits, stop)).await;
-            shared.metrics.connections_open.dec();
-            if cap.is_some() {
-                shared.connection_counts.close(peer.ip());
+            let mut stream = stream;
+            let read = proxy_protocol::read_header(&mut stream);
+            let client = match tokio::time::timeout(limits.header_read_timeout, read).await {
+                Ok(Ok(client)) => client.unwrap_or(peer),
+                Ok(Err(why)) => {
+                    tracing::debug!(%peer, why, "PROXY protocol header refused");
+                    refused::record(&shared, peer.ip(), Refusal::ProxyHeader);
+                    shared.metrics.connections_open.dec();
+                    return;
+                }
+                Err(_) => {
+                    refused::record(&shared, peer.ip(), Refusal::HeaderTimeout);
+                    shared.metrics.connections_open.dec();
+                    return;
+                }
+            };
+            if admit(&shared, client.ip(), cap) {
+                let _ = stream.set_nodelay(true);
+                Box::pin(serve_connection(
+                    stream, client, tls, &shared, &limits, stop,
+                ))
+                .await;
+                if cap.is_some() {
+                    shared.connection_counts.close(client.ip());
+                }
             }
+            shared.metrics.connections_open.dec();
             drop(permit);
         });
     }
+}
+
+/// The per-client connection cap (`max_connections_per_client`): false when `client`
+/// is at it, and the connection is to be dropped.
+fn admit(shared: &Shared, client: IpAddr, cap: Option<u32>) -> bool {
+    let Some(cap) = cap else {
+        return true;
+    };
+    if shared.connection_counts.open(client, cap) {
+        return true;
+    }
+    shared
+        .metrics
+        .rate_limited
+        .with_label_values(&["connections"])
+        .inc();
+    false
 }
 
 async fn serve_connection(

@@ -39,6 +39,8 @@ pub struct Opts {
     pub upstream: String,
     pub extra: String,
     pub https: bool,
+    /// More keys of the `[listen]` table.
+    pub listen: String,
 }
 
 impl Default for Opts {
@@ -48,6 +50,7 @@ impl Default for Opts {
             upstream: String::new(),
             extra: String::new(),
             https: false,
+            listen: String::new(),
         }
     }
 }
@@ -98,6 +101,7 @@ workers = 1
 [listen]
 {listen}
 admin = "127.0.0.1:0"
+{listen_extra}
 
 {extra}
 
@@ -112,6 +116,7 @@ response_timeout = "5s"
 {origins}
 "#,
         extra = opts.extra,
+        listen_extra = opts.listen,
         upstream = opts.upstream,
         origins = origin_block(&opts.names, addrs, weights),
     );
