@@ -225,6 +225,25 @@ fn a_later_http_1_minor_version_is_answered_as_1_1_on_either_loop() {
 }
 
 #[test]
+fn options_star_is_answered_by_the_proxy_itself() {
+    let w = world(Opts::default());
+    let mut s = connect(w.http());
+    s.write_all(b"OPTIONS * HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("allow: get, head, post"), "{head}");
+    assert!(head.contains("content-length: 0\r\n"), "{head}");
+    assert_eq!(body, "");
+    // The connection goes on; OPTIONS on a path still goes to the origin.
+    s.write_all(b"OPTIONS /x HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("for OPTIONS /x"), "{body}");
+}
+
+#[test]
 fn a_malformed_head_gets_400_from_hyper_after_a_good_one() {
     let w = world(Opts::default());
     let mut s = connect(w.http());

@@ -101,6 +101,11 @@ async fn proxy<B: ClientBody>(
     mut req: Request<B>,
 ) -> Result<Outcome, (ProxyError, Option<usize>)> {
     check_framing(&req).map_err(|e| (e, None))?;
+    if req.method() == Method::OPTIONS && req.uri() == "*" {
+        // RFC 9110 §9.3.7: a question about the server itself, in effect a ping. We are
+        // the server the client addressed, so we answer; routing "*" would say 404.
+        return Ok((server_options(), None));
+    }
     let host = headers::request_host(req.uri(), req.headers()).map(str::to_ascii_lowercase);
     let route_index = match state.router.route(host.as_deref(), req.uri().path()) {
         RouteMatch::Route(i) => i,
@@ -574,6 +579,16 @@ pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a 
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// The answer to `OPTIONS *`: what any route may be asked.
+fn server_options() -> Response<ProxyBody> {
+    let mut resp = Response::new(empty());
+    resp.headers_mut().insert(
+        http::header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    resp
 }
 
 fn redirect_to_https(host: &str, uri: &Uri) -> Response<ProxyBody> {
