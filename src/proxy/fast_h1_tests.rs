@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::proxy::body::{empty, full};
+use crate::proxy::request_head::HEADER_SLOTS;
 use crate::proxy::test_bodies::{unsized_body, Chunks};
+use http::{HeaderName, HeaderValue};
 use http_body_util::BodyExt;
 use tokio::io::AsyncReadExt;
 

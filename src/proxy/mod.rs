@@ -22,6 +22,7 @@ mod proxy_protocol;
 pub mod ratelimit;
 pub mod refused;
 pub mod report;
+mod request_head;
 pub mod router;
 pub mod rules;
 pub mod server;
