@@ -7,8 +7,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::http::{self as h, runtime};
 use common::proxy_world::{world, Opts};
 
 fn connect(addr: std::net::SocketAddr) -> TcpStream {
@@ -361,5 +362,83 @@ fn a_whole_head_over_max_header_bytes_gets_431_however_it_arrives() {
         }
         let (head, _) = read_response(&mut s, false);
         assert!(head.starts_with("http/1.1 431"), "{pieces} pieces: {head}");
+    }
+}
+
+#[test]
+fn requests_refused_before_they_are_read_are_counted_and_logged() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let w = world(Opts {
+        extra: format!(
+            "[limits]\nheader_read_timeout = \"300ms\"\nmax_header_bytes = 4096\n\n[access_log]\npath = \"{}\"",
+            log.display()
+        ),
+        ..Opts::default()
+    });
+    // Each is answered (or, for the slow head, closed) and the connection ends.
+    let long_target = format!("GET /{} HTTP/1.1\r\n", "a".repeat(5000));
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: www.example.test\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(5000)
+    );
+    let cases: [(&[u8], &str); 5] = [
+        (
+            b"GET / HTTP/1.1\r\nHost: www.example.test\r\nBad Name: x\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (long_target.as_bytes(), "HTTP/1.1 414"),
+        (big_head.as_bytes(), "HTTP/1.1 431"),
+        (
+            b"GET / HTTP/2.0\r\nHost: www.example.test\r\n\r\n",
+            "HTTP/1.1 505",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: www.exa", ""),
+    ];
+    for (wire, answer) in cases {
+        let mut s = TcpStream::connect(w.http()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(wire).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with(answer), "{answer:?}: {reply}");
+    }
+    rt.block_on(async {
+        let r = h::get(w.http(), "nobody.test", "/").await.unwrap();
+        assert_eq!(r.status, 421);
+        let m = h::get(w.admin(), "admin", "/metrics").await.unwrap().text();
+        for reason in [
+            "malformed",
+            "uri_too_long",
+            "head_too_large",
+            "version",
+            "header_timeout",
+        ] {
+            let series = format!("geoedge_proxy_refused_requests_total{{reason=\"{reason}\"}} 1");
+            assert!(m.contains(&series), "{series} in\n{m}");
+        }
+        let unrouted = r#"geoedge_proxy_requests_total{method="GET",route="-",status="4xx"} 1"#;
+        assert!(m.contains(unrouted), "{m}");
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let refused: Vec<&str> = text.lines().filter(|l| l.contains("\"- - -\"")).collect();
+        let statuses: Vec<&str> = refused
+            .iter()
+            .filter_map(|l| l.split("\"- - -\" ").nth(1)?.split(' ').next())
+            .collect();
+        if statuses.len() >= 5 {
+            assert_eq!(statuses, ["400", "414", "431", "505", "408"], "{text}");
+            assert!(text.contains("\"GET / HTTP/1.1\" 421"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refusals not all logged:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
