@@ -92,7 +92,7 @@ pub fn parse(buf: &mut BytesMut, limits: &RequestLimits) -> Parsed {
     let mut close = false;
     let mut lengths = 0;
     let mut content_length = None;
-    let mut chunked = false;
+    let mut transfer_encoding = false;
     let mut switches = false;
     // Not zeroed: only the first `count` are written, and only those are read.
     let mut spans = [const { MaybeUninit::<HeaderSpan>::uninit() }; HEADER_SLOTS];
@@ -103,7 +103,7 @@ pub fn parse(buf: &mut BytesMut, limits: &RequestLimits) -> Parsed {
             lengths += 1;
             content_length = plain_length(h.value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            chunked = true;
+            transfer_encoding = true;
         } else if name.eq_ignore_ascii_case(b"expect") || name.eq_ignore_ascii_case(b"upgrade") {
             switches = true;
         } else if name.eq_ignore_ascii_case(b"connection") && has_close(h.value) {
@@ -118,7 +118,7 @@ pub fn parse(buf: &mut BytesMut, limits: &RequestLimits) -> Parsed {
     // Refused here rather than left to hyper, which would settle both headers as RFC
     // 9112 §6.1 allows (Transfer-Encoding wins) and forward the request: what the
     // origin or a proxy in front of us made of the same bytes is not known.
-    if lengths > 1 || (lengths == 1 && chunked) {
+    if lengths > 1 || (lengths == 1 && transfer_encoding) {
         let head = buf.split_to(len).freeze();
         return match build(&head, method, path, spans, Bytes::new()) {
             Some(req) => Parsed::Ambiguous(req),
@@ -128,9 +128,9 @@ pub fn parse(buf: &mut BytesMut, limits: &RequestLimits) -> Parsed {
             }
         };
     }
-    // A chunked body or a protocol switch is hyper's, as is a length that is not plain
-    // digits (hyper refuses it).
-    if chunked || switches || (lengths == 1 && content_length.is_none()) {
+    // A body with a transfer coding or a protocol switch is hyper's, as is a length that
+    // is not plain digits (hyper refuses it).
+    if transfer_encoding || switches || (lengths == 1 && content_length.is_none()) {
         return Parsed::Hyper;
     }
     let body_len = content_length.unwrap_or(0);
