@@ -97,7 +97,7 @@ impl<S> Tracked<S> {
 }
 
 impl<S: LastWrites> LastWrites for Tracked<S> {
-    fn hold_until_shutdown(&self) {
+    fn hold_until_shutdown(&mut self) {
         self.inner.hold_until_shutdown();
     }
 }

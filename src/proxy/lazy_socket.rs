@@ -7,7 +7,9 @@
 //! and subscribes only when it would block; so do we. A connection answered and closed
 //! without ever blocking never touches epoll.
 
-use std::io::{self, Write};
+use std::io;
+#[cfg(not(target_os = "linux"))]
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -139,6 +141,12 @@ pub struct LazySocket {
     /// The last direct read took less than it asked for, so the socket is drained: the
     /// next read would find nothing (tokio's reactor makes the same inference).
     drained: bool,
+    /// TCP_NODELAY is wanted and not yet set. It is set before the first write that is not
+    /// held for the shutdown: a connection whose only write is its last (a new connection
+    /// per request) never needs it, and goes without the system call.
+    nodelay_due: bool,
+    /// Writes are held until shutdown (see `LastWrites`).
+    hold: bool,
 }
 
 enum State {
@@ -155,14 +163,27 @@ impl LazySocket {
             state: State::Direct(socket),
             read_blocked_once: false,
             drained: false,
+            nodelay_due: false,
+            hold: false,
         }
     }
 
-    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        match &self.state {
-            State::Direct(s) => s.set_nodelay(on),
-            State::Registered(s) => s.set_nodelay(on),
-            State::Broken => Ok(()),
+    /// Turns Nagle's algorithm off from the first write that is not held for the
+    /// shutdown on; held writes leave with the FIN whatever the setting.
+    pub fn nodelay_from_first_write(&mut self) {
+        self.nodelay_due = true;
+    }
+
+    /// What is due before a write: TCP_NODELAY, unless this write is held.
+    fn before_write(&mut self) {
+        if self.nodelay_due && !self.hold {
+            self.nodelay_due = false;
+            // Best effort, as tokio's own: a socket that refuses it still works.
+            let _ = match &self.state {
+                State::Direct(s) => s.set_nodelay(true),
+                State::Registered(s) => s.set_nodelay(true),
+                State::Broken => Ok(()),
+            };
         }
     }
 
@@ -183,6 +204,11 @@ impl LazySocket {
     fn register(&mut self) -> io::Result<&mut TcpStream> {
         if matches!(self.state, State::Direct(_)) {
             if let State::Direct(std) = std::mem::replace(&mut self.state, State::Broken) {
+                if self.hold {
+                    // The reactor's writes take no flags: hold them with the socket
+                    // option instead.
+                    let _ = cork(socket2::SockRef::from(&std));
+                }
                 self.state = State::Registered(TcpStream::from_std(std)?);
             }
         }
@@ -282,6 +308,34 @@ fn read_into(s: &std::net::TcpStream, buf: &mut ReadBuf<'_>, want: usize) -> io:
     Ok(n)
 }
 
+#[cfg(target_os = "linux")]
+fn send_direct(s: &std::net::TcpStream, data: &[u8], hold: bool) -> io::Result<usize> {
+    socket2::SockRef::from(s).send_with_flags(data, send_flags(hold))
+}
+
+#[cfg(target_os = "linux")]
+fn send_vectored_direct(
+    s: &std::net::TcpStream,
+    bufs: &[io::IoSlice<'_>],
+    hold: bool,
+) -> io::Result<usize> {
+    socket2::SockRef::from(s).send_vectored_with_flags(bufs, send_flags(hold))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_direct(s: &std::net::TcpStream, data: &[u8], _hold: bool) -> io::Result<usize> {
+    (&*s).write(data)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_vectored_direct(
+    s: &std::net::TcpStream,
+    bufs: &[io::IoSlice<'_>],
+    _hold: bool,
+) -> io::Result<usize> {
+    (&*s).write_vectored(bufs)
+}
+
 /// Whether a stream's socket has joined the event loop (and so is past its first exchange).
 pub trait Registered {
     fn is_registered(&self) -> bool;
@@ -299,23 +353,32 @@ impl<S: Registered> Registered for tokio_rustls::server::TlsStream<S> {
     }
 }
 
-/// A stream about to send its last bytes: what is written from now on waits (TCP_CORK)
-/// until shutdown, so a closing connection's last response (and TLS close_notify) leaves
-/// in one segment with the FIN instead of data, a client ACK, then a bare FIN. Only for a
-/// stream that is shut down right after: corked bytes otherwise wait up to 200 ms.
+/// A stream about to send its last bytes: what is written from now on waits until
+/// shutdown, so a closing connection's last response (and TLS close_notify) leaves in one
+/// segment with the FIN instead of data, a client ACK, then a bare FIN. Only for a stream
+/// that is shut down right after: held bytes otherwise wait for the next write (up to
+/// 200 ms once the socket has joined the event loop).
 pub trait LastWrites {
-    fn hold_until_shutdown(&self);
+    fn hold_until_shutdown(&mut self);
 }
 
 impl LastWrites for LazySocket {
-    fn hold_until_shutdown(&self) {
-        // Best effort: without it the FIN just goes in a segment of its own.
-        let _ = match &self.state {
-            State::Direct(s) => cork(socket2::SockRef::from(s)),
-            State::Registered(s) => cork(socket2::SockRef::from(s)),
-            State::Broken => Ok(()),
-        };
+    fn hold_until_shutdown(&mut self) {
+        self.hold = true;
+        // A direct write says so itself (MSG_MORE, no extra system call); the reactor's
+        // writes need the socket option. Best effort: without it the FIN just goes in a
+        // segment of its own.
+        if let State::Registered(s) = &self.state {
+            let _ = cork(socket2::SockRef::from(s));
+        }
     }
+}
+
+/// The flags of a direct write: held ones wait for more (the shutdown pushes them out).
+#[cfg(target_os = "linux")]
+fn send_flags(hold: bool) -> libc::c_int {
+    // As std's own writes: a closed peer is an error, not SIGPIPE.
+    libc::MSG_NOSIGNAL | if hold { libc::MSG_MORE } else { 0 }
 }
 
 #[cfg(target_os = "linux")]
@@ -329,8 +392,8 @@ fn cork(_: socket2::SockRef<'_>) -> io::Result<()> {
 }
 
 impl<S: LastWrites> LastWrites for tokio_rustls::server::TlsStream<S> {
-    fn hold_until_shutdown(&self) {
-        self.get_ref().0.hold_until_shutdown();
+    fn hold_until_shutdown(&mut self) {
+        self.get_mut().0.hold_until_shutdown();
     }
 }
 
@@ -340,10 +403,13 @@ impl AsyncWrite for LazySocket {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.before_write();
+        let hold = this.hold;
         direct_or(
-            self.get_mut(),
+            this,
             cx,
-            |s| s.write(data),
+            |s| send_direct(s, data, hold),
             |s, cx| s.poll_write(cx, data),
         )
     }
@@ -353,10 +419,13 @@ impl AsyncWrite for LazySocket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.before_write();
+        let hold = this.hold;
         direct_or(
-            self.get_mut(),
+            this,
             cx,
-            |s| s.write_vectored(bufs),
+            |s| send_vectored_direct(s, bufs, hold),
             |s, cx| s.poll_write_vectored(cx, bufs),
         )
     }
@@ -555,6 +624,34 @@ mod tests {
         }
         // SYN-ACK, data, FIN; then SYN-ACK, data with FIN.
         assert_eq!(received, [3, 2]);
+    }
+
+    fn nodelay(s: &LazySocket) -> bool {
+        match &s.state {
+            State::Direct(s) => s.nodelay().unwrap(),
+            State::Registered(s) => s.nodelay().unwrap(),
+            State::Broken => panic!("broken socket"),
+        }
+    }
+
+    #[tokio::test]
+    async fn nodelay_waits_for_a_write_that_is_not_held() {
+        let (mut last_only, _client) = pair().await;
+        last_only.nodelay_from_first_write();
+        last_only.hold_until_shutdown();
+        last_only.write_all(b"the last response").await.unwrap();
+        last_only.shutdown().await.unwrap();
+        assert!(!nodelay(&last_only));
+
+        let (mut kept, _client) = pair().await;
+        kept.nodelay_from_first_write();
+        assert!(!nodelay(&kept));
+        kept.write_all(b"a response").await.unwrap();
+        assert!(nodelay(&kept));
+        // Once set it stays, held writes or not.
+        kept.hold_until_shutdown();
+        kept.write_all(b"the last one").await.unwrap();
+        assert!(nodelay(&kept));
     }
 
     #[cfg(target_os = "linux")]

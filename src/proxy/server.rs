@@ -205,7 +205,7 @@ async fn accept_loop(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let (stream, peer) = match listener.accept().await {
+        let (mut stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -229,7 +229,7 @@ async fn accept_loop(
             if !admit(&shared, peer.ip(), cap) {
                 continue;
             }
-            let _ = stream.set_nodelay(true);
+            stream.nodelay_from_first_write();
             tokio::spawn(async move {
                 shared.metrics.connections_open.inc();
                 // Boxed: the connection's state is 2.2 KB, which tokio would copy when it
@@ -262,7 +262,7 @@ async fn accept_loop(
                 }
             };
             if admit(&shared, client.ip(), cap) {
-                let _ = stream.set_nodelay(true);
+                stream.nodelay_from_first_write();
                 Box::pin(serve_connection(
                     stream, client, tls, &shared, &limits, stop,
                 ))
