@@ -9,7 +9,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::http as h;
-use common::proxy_world::{world, Opts, World};
+use common::proxy_world::{origin_block, start_origins, world, Opts, World};
+use common::Proc;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -24,7 +25,11 @@ fn behind_balancer() -> World {
 
 /// Sends `preamble`, then a GET of the origin's echo, on a new connection; the answer.
 fn echo_after(w: &World, preamble: &[u8]) -> String {
-    let mut s = TcpStream::connect(w.http()).unwrap();
+    echo_at(w.http(), preamble)
+}
+
+fn echo_at(addr: std::net::SocketAddr, preamble: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(preamble).unwrap();
     s.write_all(
@@ -191,4 +196,57 @@ fn the_per_client_connection_cap_counts_the_address_in_the_header() {
     assert_eq!(same, "", "over the cap");
     let other = echo_after(&w, b"PROXY TCP4 192.0.2.8 127.0.0.1 3 2\r\n");
     assert!(other.contains("x-forwarded-for: 192.0.2.8\n"), "{other}");
+}
+
+#[test]
+fn a_listed_listener_expects_the_header_and_the_others_do_not() {
+    // As nginx's `listen ... proxy_protocol` on one of two listeners: the balancer's
+    // connections arrive on one address, clients that come straight in on another.
+    let dir = tempfile::tempdir().unwrap();
+    let origins = start_origins(dir.path(), &["o1"]);
+    let config = format!(
+        r#"[node]
+name = "t-1"
+region = "t"
+workers = 1
+
+[listen]
+http = ["127.0.0.1:0", "127.0.0.2:0"]
+admin = "127.0.0.1:0"
+proxy_protocol = ["127.0.0.2:0"]
+
+[[routes]]
+hosts = ["www.example.test"]
+upstream = "web"
+
+[upstreams.web]
+{origins}"#,
+        origins = origin_block(&["o1"], &origins.addrs, &[]),
+    );
+    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+    let proxy = Proc::start(&["proxy", "--config", "proxy.toml"], dir.path(), 3);
+    let http = &proxy.sockets["HTTP"];
+    let direct = http
+        .iter()
+        .find(|a| a.ip().to_string() == "127.0.0.1")
+        .unwrap();
+    let balanced = http
+        .iter()
+        .find(|a| a.ip().to_string() == "127.0.0.2")
+        .unwrap();
+
+    let plain = echo_at(*direct, b"");
+    assert!(plain.starts_with("http/1.1 200"), "{plain}");
+    assert!(plain.contains("x-forwarded-for: 127.0.0.1\n"), "{plain}");
+    // On the direct listener a PROXY line is no header but a bad request line.
+    let claimed = echo_at(*direct, b"PROXY TCP4 192.0.2.7 127.0.0.1 1 2\r\n");
+    assert!(claimed.starts_with("http/1.1 400"), "{claimed}");
+
+    let behind = echo_at(*balanced, b"PROXY TCP4 192.0.2.7 127.0.0.2 1 2\r\n");
+    assert!(behind.contains("x-forwarded-for: 192.0.2.7\n"), "{behind}");
+    assert_eq!(
+        echo_at(*balanced, b""),
+        "",
+        "no header on the balanced listener"
+    );
 }

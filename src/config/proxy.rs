@@ -75,9 +75,26 @@ struct RawListen {
     #[serde(default)]
     https: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
-    /// Client listeners expect a PROXY protocol header first (behind a TCP balancer).
+    /// Client listeners expect a PROXY protocol header first (behind a TCP balancer):
+    /// all of them (`true`), or those listed.
     #[serde(default)]
-    proxy_protocol: bool,
+    proxy_protocol: RawProxyProtocol,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "true, false, or a list of `http`/`https` listener addresses"
+)]
+enum RawProxyProtocol {
+    All(bool),
+    Listeners(Vec<SocketAddr>),
+}
+
+impl Default for RawProxyProtocol {
+    fn default() -> Self {
+        RawProxyProtocol::All(false)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,9 +211,9 @@ pub struct ProxyConfig {
     pub http: Vec<SocketAddr>,
     pub https: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
-    /// Every connection to the HTTP and HTTPS listeners starts with a PROXY protocol
+    /// The HTTP and HTTPS listeners where every connection starts with a PROXY protocol
     /// header (v1 or v2) whose source address is the client's.
-    pub proxy_protocol: bool,
+    pub proxy_protocol: Vec<SocketAddr>,
     pub certificates: Vec<CertificateSource>,
     pub limits: Limits,
     pub forwarding: Forwarding,
@@ -269,6 +286,31 @@ impl ProxyConfig {
     }
 }
 
+/// The client listeners that expect a PROXY protocol header; a listed address must be
+/// one of them, or a typo would leave a balancer's listener reading headers as requests.
+fn proxy_protocol_listeners(
+    src: &Source,
+    listen: &RawListen,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let clients = || listen.http.iter().chain(&listen.https).copied();
+    match &listen.proxy_protocol {
+        RawProxyProtocol::All(false) => Ok(Vec::new()),
+        RawProxyProtocol::All(true) => Ok(clients().collect()),
+        RawProxyProtocol::Listeners(addrs) => {
+            for (i, addr) in addrs.iter().enumerate() {
+                if !clients().any(|c| c == *addr) {
+                    return Err(src.error(
+                        format!("listen.proxy_protocol[{i}]"),
+                        None,
+                        format!("{addr} is not one of the `http` or `https` listeners"),
+                    ));
+                }
+            }
+            Ok(addrs.clone())
+        }
+    }
+}
+
 fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigError> {
     if raw.listen.http.is_empty() && raw.listen.https.is_empty() {
         return Err(src.error(
@@ -284,6 +326,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
             "HTTPS listeners need at least one certificate",
         ));
     }
+    let proxy_protocol = proxy_protocol_listeners(src, &raw.listen)?;
     let mut certificates = Vec::new();
     for (i, c) in raw.tls.certificates.into_iter().enumerate() {
         let key = format!("tls.certificates[{i}]");
@@ -470,7 +513,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         http: raw.listen.http,
         https: raw.listen.https,
         admin: raw.listen.admin,
-        proxy_protocol: raw.listen.proxy_protocol,
+        proxy_protocol,
         certificates,
         limits,
         forwarding,
@@ -574,6 +617,36 @@ addr = "127.0.0.1:9001"
             let err = load(&format!("{GOOD}\n[limits]\n{key} = \"0s\"\n")).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(format!("limits.{key}").as_str()));
         }
+    }
+
+    #[test]
+    fn proxy_protocol_is_for_all_client_listeners_or_those_listed() {
+        let two = GOOD.replace(
+            "http = [\"127.0.0.1:0\"]",
+            "http = [\"127.0.0.1:0\", \"127.0.0.2:80\"]",
+        );
+        let with = |setting: &str| {
+            load(&two.replace(
+                "[listen]\n",
+                &format!("[listen]\nproxy_protocol = {setting}\n"),
+            ))
+        };
+        let addr = |a: &str| a.parse::<SocketAddr>().unwrap();
+        assert!(load(&two).unwrap().proxy_protocol.is_empty());
+        assert!(with("false").unwrap().proxy_protocol.is_empty());
+        assert_eq!(
+            with("true").unwrap().proxy_protocol,
+            [addr("127.0.0.1:0"), addr("127.0.0.2:80")]
+        );
+        assert_eq!(
+            with("[\"127.0.0.2:80\"]").unwrap().proxy_protocol,
+            [addr("127.0.0.2:80")]
+        );
+        let err = with("[\"127.0.0.2:80\", \"127.0.0.3:80\"]").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("listen.proxy_protocol[1]"));
+        assert!(err.message.contains("127.0.0.3:80"), "{}", err.message);
+        let err = with("\"yes\"").unwrap_err();
+        assert!(err.message.contains("list of"), "{}", err.message);
     }
 
     #[test]

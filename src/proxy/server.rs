@@ -79,7 +79,7 @@ impl ProxyServer {
                 limits.clone(),
                 permits.clone(),
                 stop_rx.clone(),
-                cfg.proxy_protocol,
+                cfg.proxy_protocol.contains(addr),
             )));
         }
         if let Some(store) = &self.certs {
@@ -94,7 +94,7 @@ impl ProxyServer {
                     limits.clone(),
                     permits.clone(),
                     stop_rx.clone(),
-                    cfg.proxy_protocol,
+                    cfg.proxy_protocol.contains(addr),
                 )));
             }
             tasks.push(tokio::spawn(watch_certificates(
