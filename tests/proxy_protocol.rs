@@ -9,8 +9,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::http as h;
-use common::proxy_world::{origin_block, start_origins, world, Opts, World};
-use common::Proc;
+use common::proxy_world::{world, Opts, World};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -202,50 +201,26 @@ fn the_per_client_connection_cap_counts_the_address_in_the_header() {
 fn a_listed_listener_expects_the_header_and_the_others_do_not() {
     // As nginx's `listen ... proxy_protocol` on one of two listeners: the balancer's
     // connections arrive on one address, clients that come straight in on another.
-    let dir = tempfile::tempdir().unwrap();
-    let origins = start_origins(dir.path(), &["o1"]);
-    let config = format!(
-        r#"[node]
-name = "t-1"
-region = "t"
-workers = 1
+    let w = world(Opts {
+        http: vec!["127.0.0.1:0", "127.0.0.2:0"],
+        listen: "proxy_protocol = [\"127.0.0.2:0\"]".into(),
+        ..Opts::default()
+    });
+    let http = &w.proxy.sockets["HTTP"];
+    let on = |ip: &str| *http.iter().find(|a| a.ip().to_string() == ip).unwrap();
+    let (direct, balanced) = (on("127.0.0.1"), on("127.0.0.2"));
 
-[listen]
-http = ["127.0.0.1:0", "127.0.0.2:0"]
-admin = "127.0.0.1:0"
-proxy_protocol = ["127.0.0.2:0"]
-
-[[routes]]
-hosts = ["www.example.test"]
-upstream = "web"
-
-[upstreams.web]
-{origins}"#,
-        origins = origin_block(&["o1"], &origins.addrs, &[]),
-    );
-    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
-    let proxy = Proc::start(&["proxy", "--config", "proxy.toml"], dir.path(), 3);
-    let http = &proxy.sockets["HTTP"];
-    let direct = http
-        .iter()
-        .find(|a| a.ip().to_string() == "127.0.0.1")
-        .unwrap();
-    let balanced = http
-        .iter()
-        .find(|a| a.ip().to_string() == "127.0.0.2")
-        .unwrap();
-
-    let plain = echo_at(*direct, b"");
+    let plain = echo_at(direct, b"");
     assert!(plain.starts_with("http/1.1 200"), "{plain}");
     assert!(plain.contains("x-forwarded-for: 127.0.0.1\n"), "{plain}");
     // On the direct listener a PROXY line is no header but a bad request line.
-    let claimed = echo_at(*direct, b"PROXY TCP4 192.0.2.7 127.0.0.1 1 2\r\n");
+    let claimed = echo_at(direct, b"PROXY TCP4 192.0.2.7 127.0.0.1 1 2\r\n");
     assert!(claimed.starts_with("http/1.1 400"), "{claimed}");
 
-    let behind = echo_at(*balanced, b"PROXY TCP4 192.0.2.7 127.0.0.2 1 2\r\n");
+    let behind = echo_at(balanced, b"PROXY TCP4 192.0.2.7 127.0.0.2 1 2\r\n");
     assert!(behind.contains("x-forwarded-for: 192.0.2.7\n"), "{behind}");
     assert_eq!(
-        echo_at(*balanced, b""),
+        echo_at(balanced, b""),
         "",
         "no header on the balanced listener"
     );

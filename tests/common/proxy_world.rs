@@ -39,6 +39,8 @@ pub struct Opts {
     pub upstream: String,
     pub extra: String,
     pub https: bool,
+    /// The HTTP listeners' addresses.
+    pub http: Vec<&'static str>,
     /// More keys of the `[listen]` table.
     pub listen: String,
 }
@@ -50,6 +52,7 @@ impl Default for Opts {
             upstream: String::new(),
             extra: String::new(),
             https: false,
+            http: vec!["127.0.0.1:0"],
             listen: String::new(),
         }
     }
@@ -87,11 +90,11 @@ pub fn world_with_weights(opts: Opts, weights: &[u32]) -> World {
 /// A proxy in `dir` whose upstream `web` is the origins `opts.names` at `addrs`, serving
 /// `www.example.test` and `*.example.test`.
 pub fn proxy_for(dir: &Path, opts: &Opts, addrs: &[SocketAddr], weights: &[u32]) -> Proc {
-    let listen = if opts.https {
-        "http = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]"
-    } else {
-        "http = [\"127.0.0.1:0\"]"
-    };
+    let http: Vec<String> = opts.http.iter().map(|a| format!("\"{a}\"")).collect();
+    let mut listen = format!("http = [{}]", http.join(", "));
+    if opts.https {
+        listen.push_str("\nhttps = [\"127.0.0.1:0\"]");
+    }
     let config = format!(
         r#"[node]
 name = "t-1"
@@ -121,7 +124,8 @@ response_timeout = "5s"
         origins = origin_block(&opts.names, addrs, weights),
     );
     std::fs::write(dir.join("proxy.toml"), config).unwrap();
-    let expect = if opts.https { 3 } else { 2 };
+    // A line for each listener, and the admin one.
+    let expect = opts.http.len() + usize::from(opts.https) + 1;
     Proc::start(&["proxy", "--config", "proxy.toml"], dir, expect)
 }
 
