@@ -626,6 +626,37 @@ mod tests {
         assert_eq!(received, [3, 2]);
     }
 
+    #[tokio::test]
+    async fn a_held_write_that_blocks_still_arrives_whole_with_the_fin() {
+        // More than loopback's socket buffers hold: the direct write blocks part way,
+        // the socket joins the event loop, and the rest goes through the reactor (held
+        // by the socket option there).
+        const LEN: usize = 4 << 20;
+        let (mut server, mut client) = pair().await;
+        // Small buffers at both ends (no autotuning) keep the kernel from taking it all.
+        socket2::SockRef::from(&client)
+            .set_recv_buffer_size(64 << 10)
+            .unwrap();
+        let State::Direct(direct) = &server.state else {
+            panic!("a new socket is direct")
+        };
+        socket2::SockRef::from(direct)
+            .set_send_buffer_size(64 << 10)
+            .unwrap();
+        let writer = tokio::spawn(async move {
+            server.hold_until_shutdown();
+            server.write_all(&vec![7u8; LEN]).await.unwrap();
+            server.shutdown().await.unwrap();
+            server
+        });
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), LEN);
+        assert!(got.iter().all(|&b| b == 7));
+        let server = writer.await.unwrap();
+        assert!(server.is_registered(), "the write never blocked");
+    }
+
     fn nodelay(s: &LazySocket) -> bool {
         match &s.state {
             State::Direct(s) => s.nodelay().unwrap(),
