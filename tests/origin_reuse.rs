@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use common::proxy_world::{proxy_for, Opts};
+use common::raw_origin::{raw_origin, RawOrigin};
 use common::{http_get, Proc};
 
 /// What the origin does with the second request on a connection.
@@ -22,66 +21,20 @@ enum Second {
     Close,
 }
 
-struct RawOrigin {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
-}
-
 /// Answers the first request on every connection with 200 and its path, keeping the
 /// connection open; the second as `second` says.
-fn raw_origin(second: Second) -> RawOrigin {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            counted.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || serve(stream, second));
-        }
-    });
-    RawOrigin { addr, connections }
-}
-
-fn serve(mut stream: TcpStream, second: Second) {
-    let Ok(reader) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(reader);
-    for n in 0.. {
-        let Some(path) = read_head(&mut reader) else {
-            return;
-        };
-        let answer = match (n, second) {
-            (0, _) => format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
-                path.len()
-            ),
-            (_, Second::RequestTimeout) => {
-                "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 7\r\n\r\ntimeout"
-                    .to_string()
-            }
-            (_, Second::Close) => return,
-        };
-        if stream.write_all(answer.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
-/// Reads a request head (the proxy sends these GETs without a body); returns its path.
-fn read_head(reader: &mut BufReader<TcpStream>) -> Option<String> {
-    let mut line = String::new();
-    reader.read_line(&mut line).ok().filter(|&n| n > 0)?;
-    let path = line.split_whitespace().nth(1)?.to_string();
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).ok().filter(|&n| n > 0)?;
-        if header == "\r\n" {
-            return Some(path);
-        }
-    }
+fn origin(second: Second) -> RawOrigin {
+    raw_origin(move |n, path| match (n, second) {
+        (0, _) => Some(format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+            path.len()
+        )),
+        (_, Second::RequestTimeout) => Some(
+            "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 7\r\n\r\ntimeout"
+                .to_string(),
+        ),
+        (_, Second::Close) => None,
+    })
 }
 
 fn proxy_to(origin: SocketAddr, dir: &std::path::Path) -> Proc {
@@ -104,7 +57,7 @@ fn retries(admin: SocketAddr) -> f64 {
 }
 
 fn a_stale_connection_costs_no_request(second: Second) {
-    let origin = raw_origin(second);
+    let origin = origin(second);
     let dir = tempfile::tempdir().unwrap();
     let proxy = proxy_to(origin.addr, dir.path());
     let http = proxy.addr("HTTP");
@@ -143,14 +96,14 @@ fn a_pooled_connection_closed_under_a_request_is_retried_on_a_new_one() {
 
 #[test]
 fn a_post_with_a_body_is_never_sent_twice() {
-    use std::io::Read;
-    let origin = raw_origin(Second::Close);
+    use std::io::{Read, Write};
+    let origin = origin(Second::Close);
     let dir = tempfile::tempdir().unwrap();
     let proxy = proxy_to(origin.addr, dir.path());
     let http = proxy.addr("HTTP");
     assert_eq!(http_get(http, "/first").0, 200);
 
-    let mut s = TcpStream::connect(http).unwrap();
+    let mut s = std::net::TcpStream::connect(http).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     s.write_all(

@@ -5,9 +5,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response, Version};
+use http::{Request, Version};
 use hyper::body::Body;
 
+use super::answer::Answer;
 use super::headers;
 use crate::config::proxy::AccessLogFormat;
 use crate::logfile::{clf_time, json_str, rfc3339};
@@ -56,17 +57,17 @@ impl LoggedRequest {
     }
 
     /// The log line for this request and the response head going out.
-    pub fn line<B: Body>(
+    pub fn line(
         &self,
-        response: &Response<B>,
+        answer: &Answer,
         client: IpAddr,
         started: Instant,
         format: AccessLogFormat,
     ) -> String {
-        let cache = response
-            .headers()
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok())
+        let response = &answer.response;
+        let cache = answer
+            .header("cache-status")
+            .and_then(|v| std::str::from_utf8(v).ok())
             .map(cache_result);
         let entry = AccessEntry {
             unix_ms: crate::clock::unix_ms(),

@@ -34,12 +34,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{Method, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::body::ProxyBody;
+use super::answer::Answer;
 use super::client_io::Activity;
 use super::forward::{self, ClientConn};
 use super::lazy_socket::LastWrites;
@@ -78,10 +77,10 @@ fn carries_body(head_request: bool, status: StatusCode) -> bool {
 /// headers are dropped. A response without a body (HEAD, 304) keeps its
 /// `Content-Length`, which describes the representation, but never a
 /// `Transfer-Encoding`; 1xx and 204 keep neither (RFC 9110 §8.6).
-pub fn encode_head(
+pub fn encode_head<'a>(
     out: &mut Vec<u8>,
     status: StatusCode,
-    headers: &HeaderMap,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     body: &impl Body,
     head_request: bool,
     close: bool,
@@ -104,18 +103,21 @@ pub fn encode_head(
         framing == Framing::None && !status.is_informational() && status != StatusCode::NO_CONTENT;
     let mut has_date = false;
     let mut said_close = false;
-    for (name, value) in headers {
-        if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && !keep_length) {
+    for (name, value) in fields {
+        // Names come in any case from an origin, in lower case from a HeaderMap.
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
+        {
             continue;
         }
-        if name == DATE {
+        if name.eq_ignore_ascii_case(b"date") {
             has_date = true;
-        } else if name == CONNECTION && has_close(value.as_bytes()) {
+        } else if name.eq_ignore_ascii_case(b"connection") && has_close(value) {
             said_close = true;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     match framing {
@@ -221,7 +223,7 @@ where
         let response = forward::handle(s.shared, s.conn, s.tunnel, req).await;
         s.activity.waiting.fetch_sub(1, Ordering::Relaxed);
         let stopping = s.stopping.load(Ordering::Relaxed);
-        let close = closes_after(asked_close, stopping, response.headers());
+        let close = closes_after(asked_close, stopping, &response);
         if close {
             write_last(&mut io, &mut out, response, head_request).await?;
             return Ok(Ended::Closed);
@@ -242,7 +244,7 @@ where
 {
     refused::record(s.shared, s.conn.peer.ip(), refusal);
     if let Some(e) = refusal.answer() {
-        write_last(io, out, forward::error_response(&e), false).await?;
+        write_last(io, out, forward::error_response(&e).into(), false).await?;
     }
     Ok(Ended::Closed)
 }
@@ -252,7 +254,7 @@ where
 async fn write_last<I>(
     io: &mut I,
     out: &mut Vec<u8>,
-    response: Response<ProxyBody>,
+    response: Answer,
     head_request: bool,
 ) -> io::Result<()>
 where
@@ -266,13 +268,12 @@ where
 
 /// Whether the connection closes after this response: the client asked, the server is
 /// stopping, or the response says so (as hyper does, whoever wrote it).
-fn closes_after(asked: bool, stopping: bool, response: &HeaderMap) -> bool {
+fn closes_after(asked: bool, stopping: bool, response: &Answer) -> bool {
     asked
         || stopping
         || response
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| has_close(v.as_bytes()))
+            .fields()
+            .any(|(n, v)| n.eq_ignore_ascii_case(b"connection") && has_close(v))
 }
 
 /// Writes one response whole. An error (the client went away, the body failed or did
@@ -280,23 +281,24 @@ fn closes_after(asked: bool, stopping: bool, response: &HeaderMap) -> bool {
 async fn write_response<I>(
     io: &mut I,
     out: &mut Vec<u8>,
-    response: Response<ProxyBody>,
+    answer: Answer,
     head_request: bool,
     close: bool,
 ) -> io::Result<()>
 where
     I: AsyncWrite + Unpin,
 {
-    let (parts, mut body) = response.into_parts();
+    let status = answer.response.status();
     out.clear();
     let framing = encode_head(
         out,
-        parts.status,
-        &parts.headers,
-        &body,
+        status,
+        answer.fields(),
+        answer.response.body(),
         head_request,
         close,
     );
+    let mut body = answer.response.into_body();
     let mut left = match framing {
         Framing::None => {
             write_all(io, &mut [IoSlice::new(out)]).await?;

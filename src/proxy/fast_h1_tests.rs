@@ -1,10 +1,10 @@
 //! Tests of `fast_h1.rs`: what it takes and leaves to hyper, and the bytes it writes.
 
 use super::*;
-use crate::proxy::body::{empty, full};
+use crate::proxy::body::{empty, full, ProxyBody};
 use crate::proxy::request_head::HEADER_SLOTS;
 use crate::proxy::test_bodies::{unsized_body, Chunks};
-use http::{HeaderName, HeaderValue};
+use http::{HeaderValue, Response};
 use http_body_util::BodyExt;
 use tokio::io::AsyncReadExt;
 
@@ -244,38 +244,38 @@ fn head_of(
     head_request: bool,
     close: bool,
 ) -> (String, Framing) {
-    let mut map = HeaderMap::new();
-    for (k, v) in headers {
-        map.append(
-            HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            HeaderValue::from_str(v).unwrap(),
-        );
-    }
+    let fields = headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()));
     let mut out = Vec::new();
     let status = StatusCode::from_u16(status).unwrap();
-    let framing = encode_head(&mut out, status, &map, body, head_request, close);
+    let framing = encode_head(&mut out, status, fields, body, head_request, close);
     (String::from_utf8(out).unwrap(), framing)
 }
 
 #[test]
 fn the_body_decides_the_framing_and_stale_framing_headers_are_dropped() {
     let date = ("date", "Sun, 06 Nov 1994 08:49:37 GMT");
-    let (head, framing) = head_of(
-        200,
-        &[
-            ("content-length", "999"),
-            ("transfer-encoding", "chunked"),
-            date,
-        ],
-        &full("hello"),
-        false,
-        false,
-    );
-    assert_eq!(framing, Framing::Length(5));
-    assert_eq!(
-        head,
-        "HTTP/1.1 200 OK\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 5\r\n\r\n"
-    );
+    // Names come in lower case from a HeaderMap, in any case from an origin's lines
+    // (which go out as they came); the rules must see them either way.
+    for [cl, te, dt] in [
+        ["content-length", "transfer-encoding", "date"],
+        ["Content-Length", "TRANSFER-ENCODING", "Date"],
+    ] {
+        let (head, framing) = head_of(
+            200,
+            &[(cl, "999"), (te, "chunked"), (dt, date.1)],
+            &full("hello"),
+            false,
+            false,
+        );
+        assert_eq!(framing, Framing::Length(5));
+        assert_eq!(
+            head,
+            format!(
+                "HTTP/1.1 200 OK\r\n{dt}: {}\r\ncontent-length: 5\r\n\r\n",
+                date.1
+            )
+        );
+    }
     let (head, framing) = head_of(404, &[date], &empty(), false, true);
     assert_eq!(framing, Framing::Length(0));
     assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
@@ -311,15 +311,56 @@ fn a_date_is_added_only_when_missing_and_close_is_said_once() {
     assert_eq!(head.matches("connection: close").count(), 1, "{head}");
 }
 
+fn answer_with(passed: &'static str, ours: &[(&'static str, &'static str)]) -> Answer {
+    let mut wire = BytesMut::from(format!("HTTP/1.1 200 OK\r\n{passed}\r\n").as_str());
+    let (_, _, passed) = crate::proxy::origin_wire::parse_head(&mut wire)
+        .unwrap()
+        .unwrap();
+    let mut response = http::Response::new(empty());
+    for (k, v) in ours {
+        response
+            .headers_mut()
+            .append(*k, HeaderValue::from_static(v));
+    }
+    Answer { response, passed }
+}
+
 #[test]
 fn the_connection_closes_when_client_server_or_response_says_so() {
-    let mut says = HeaderMap::new();
-    says.insert(CONNECTION, HeaderValue::from_static("Close"));
-    let quiet = HeaderMap::new();
+    let quiet = answer_with("X-A: 1\r\n", &[]);
     assert!(!closes_after(false, false, &quiet));
     assert!(closes_after(true, false, &quiet));
     assert!(closes_after(false, true, &quiet));
-    assert!(closes_after(false, false, &says));
+    assert!(closes_after(
+        false,
+        false,
+        &answer_with("", &[("connection", "Close")])
+    ));
+    assert!(closes_after(
+        false,
+        false,
+        &answer_with("Connection: close\r\n", &[])
+    ));
+}
+
+#[tokio::test]
+async fn passed_fields_go_out_first_then_ours() {
+    let answer = answer_with(
+        "Content-Type: text/plain\r\nSet-Cookie: a=1\r\n",
+        &[("via", "1.1 edge"), ("set-cookie", "lb=o1")],
+    );
+    let (res, wire) = written(answer, false).await;
+    res.unwrap();
+    let fields: Vec<&str> = wire.lines().skip(1).take(4).collect();
+    assert_eq!(
+        fields,
+        [
+            "Content-Type: text/plain",
+            "Set-Cookie: a=1",
+            "via: 1.1 edge",
+            "set-cookie: lb=o1"
+        ]
+    );
 }
 
 #[test]
@@ -331,10 +372,10 @@ fn chunk_sizes_are_lowercase_hex() {
     assert_eq!(chunk_prefix(&mut b, usize::MAX), b"ffffffffffffffff\r\n");
 }
 
-async fn written(response: Response<ProxyBody>, head_request: bool) -> (io::Result<()>, String) {
+async fn written(response: impl Into<Answer>, head_request: bool) -> (io::Result<()>, String) {
     let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
     let mut out = Vec::new();
-    let res = write_response(&mut ours, &mut out, response, head_request, false).await;
+    let res = write_response(&mut ours, &mut out, response.into(), head_request, false).await;
     drop(ours);
     let mut wire = Vec::new();
     theirs.read_to_end(&mut wire).await.unwrap();

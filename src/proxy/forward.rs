@@ -19,13 +19,14 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{
     HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, LOCATION, SET_COOKIE, TRANSFER_ENCODING,
-    UPGRADE,
+    UPGRADE, VIA,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 
 use super::access_log::ServedBy;
+use super::answer::Answer;
 use super::body::{empty, full, OriginBody, ProxyBody};
 use super::error::ProxyError;
 use super::headers::{self, ForwardContext};
@@ -60,7 +61,7 @@ pub async fn handle<B: ClientBody>(
     conn: ClientConn,
     tunnel: &TunnelSlot,
     req: Request<B>,
-) -> Response<ProxyBody> {
+) -> Answer {
     let started = Instant::now();
     let state = shared.state.load_full();
     let method = method_index(req.method());
@@ -69,11 +70,11 @@ pub async fn handle<B: ClientBody>(
         .access_log
         .as_ref()
         .map(|_| super::access_log::LoggedRequest::of(&req));
-    let (response, route) = match proxy(shared, &state, conn, tunnel, req).await {
+    let (answer, route) = match proxy(shared, &state, conn, tunnel, req).await {
         Ok(outcome) => outcome,
         Err((e, route)) => {
             tracing::debug!(error = %e, client = %conn.peer, "request failed");
-            (error_response(&e), route)
+            (error_response(&e).into(), route)
         }
     };
     let metrics = match route.and_then(|r| state.routes.get(r)) {
@@ -81,17 +82,17 @@ pub async fn handle<B: ClientBody>(
         None => &shared.metrics.unrouted,
     };
     metrics
-        .request(method, status_index(response.status().as_u16()))
+        .request(method, status_index(answer.response.status().as_u16()))
         .inc();
     metrics.duration.observe(started.elapsed().as_secs_f64());
     if let (Some((log, format)), Some(r)) = (&shared.access_log, logged) {
-        let line = r.line(&response, conn.peer.ip(), started, *format);
+        let line = r.line(&answer, conn.peer.ip(), started, *format);
         log.write(line);
     }
-    response
+    answer
 }
 
-type Outcome = (Response<ProxyBody>, Option<usize>);
+type Outcome = (Answer, Option<usize>);
 
 async fn proxy<B: ClientBody>(
     shared: &Arc<Shared>,
@@ -104,7 +105,7 @@ async fn proxy<B: ClientBody>(
     if req.method() == Method::OPTIONS && req.uri() == "*" {
         // RFC 9110 §9.3.7: a question about the server itself, in effect a ping. We are
         // the server the client addressed, so we answer; routing "*" would say 404.
-        return Ok((server_options(), None));
+        return Ok((server_options().into(), None));
     }
     let host = headers::request_host(req.uri(), req.headers()).map(str::to_ascii_lowercase);
     let route_index = match state.router.route(host.as_deref(), req.uri().path()) {
@@ -122,7 +123,7 @@ async fn proxy<B: ClientBody>(
     super::guard::admit(shared, state, route_index, client, &mut req).map_err(fail)?;
     if route.redirect_https && !conn.tls {
         return Ok((
-            redirect_to_https(host.as_deref().unwrap_or(""), req.uri()),
+            redirect_to_https(host.as_deref().unwrap_or(""), req.uri()).into(),
             Some(route_index),
         ));
     }
@@ -180,11 +181,13 @@ async fn proxy<B: ClientBody>(
     // The paths to the origin are boxed, each in a statement of its own (a temporary in
     // the awaiting statement would keep its unboxed size in this future): a cache hit
     // should not carry, and move, the state of a fetch.
-    let response = if let Some(client) = websocket {
+    let answer = if let Some(client) = websocket {
         let upgrade = Box::pin(origin.upgrade(parts, client, tunnel));
-        upgrade.await
+        upgrade.await.map(Answer::from)
     } else if route.cache && (parts.method == Method::GET || parts.method == Method::HEAD) {
-        super::cached::serve(&origin, scheme, host.as_deref().unwrap_or(""), parts).await
+        super::cached::serve(&origin, scheme, host.as_deref().unwrap_or(""), parts)
+            .await
+            .map(Answer::from)
     } else if route.cache {
         let pass = Box::pin(super::cached::pass_unsafe(
             &origin,
@@ -194,12 +197,12 @@ async fn proxy<B: ClientBody>(
             body,
             bodyless,
         ));
-        pass.await
+        pass.await.map(Answer::from)
     } else {
-        let fetch = Box::pin(origin.fetch(parts, body, bodyless));
+        let fetch = Box::pin(origin.pass(parts, body, bodyless));
         fetch.await
     };
-    response.map(|r| (r, Some(route_index))).map_err(fail)
+    answer.map(|a| (a, Some(route_index))).map_err(fail)
 }
 
 /// How far the retry rule has gone for one request. A stale keep-alive connection costs no
@@ -224,7 +227,7 @@ impl Attempts {
 /// A 408 that closes the connection: the origin's answer to a request that reached a
 /// keep-alive connection as it was timed out, not to the request itself.
 fn idle_timed_out(head: &ResponseHead, conn: &OriginConn) -> bool {
-    head.parts.status == StatusCode::REQUEST_TIMEOUT && !conn.is_reusable()
+    head.status == StatusCode::REQUEST_TIMEOUT && !conn.is_reusable()
 }
 
 /// Everything needed to send one request to a route's upstream; cheap to clone (a cache
@@ -244,15 +247,26 @@ pub struct Origin {
 
 impl Origin {
     /// Sends a prepared request (origin-form) to an origin of the upstream, retrying by
-    /// the rule at the top of this file, and passes its response on.
+    /// the rule at the top of this file, and passes its response on, its fields as the
+    /// origin sent them (less those the proxy removes).
+    pub async fn pass(
+        &self,
+        parts: http::request::Parts,
+        body: ProxyBody,
+        bodyless: bool,
+    ) -> Result<Answer, ProxyError> {
+        let exchanged = self.exchange(parts, body, bodyless).await?;
+        Ok(self.client_answer(exchanged))
+    }
+
+    /// As `pass`, with the response whole, for those who read or keep its headers.
     pub async fn fetch(
         &self,
         parts: http::request::Parts,
         body: ProxyBody,
         bodyless: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let exchanged = self.exchange(parts, body, bodyless).await?;
-        Ok(self.client_response(exchanged))
+        Ok(self.pass(parts, body, bodyless).await?.into_response())
     }
 
     /// A WebSocket handshake: on the origin's 101 the tunnel is left in `slot` for the
@@ -266,8 +280,8 @@ impl Origin {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         tunnel::ask_for_websocket(&mut parts.headers);
         let exchanged = self.exchange(parts, empty(), true).await?;
-        if exchanged.head.parts.status != StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(self.client_response(exchanged));
+        if exchanged.head.status != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(self.client_answer(exchanged).into_response());
         }
         let Exchanged {
             head,
@@ -282,17 +296,19 @@ impl Origin {
             early,
             in_flight,
         });
-        let mut parts = head.parts;
         // The origin's Upgrade names the protocol it switched to; Connection goes with it.
-        let upgrade = parts.headers.get(UPGRADE).cloned();
-        self.clean_response_head(&mut parts, index);
-        if let Some(u) = upgrade {
-            parts.headers.insert(UPGRADE, u);
-        }
-        parts
+        let upgrade = head
             .headers
+            .get("upgrade")
+            .and_then(|u| HeaderValue::from_bytes(u).ok());
+        let mut response = self.answer(head, index, empty()).into_response();
+        if let Some(u) = upgrade {
+            response.headers_mut().insert(UPGRADE, u);
+        }
+        response
+            .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        Ok(Response::from_parts(parts, empty()))
+        Ok(response)
     }
 
     /// One exchange with an origin: a connection, the request, the response head.
@@ -379,7 +395,7 @@ impl Origin {
                     plan.again_on = Some(index);
                 }
                 Ok(head) => {
-                    if head.parts.status.is_server_error() {
+                    if head.status.is_server_error() {
                         count_failure(shared, upstream, index, "5xx");
                     } else {
                         origin.state.record_success();
@@ -435,35 +451,48 @@ impl Origin {
         }
     }
 
-    fn client_response(&self, exchanged: Exchanged) -> Response<ProxyBody> {
+    fn client_answer(&self, exchanged: Exchanged) -> Answer {
         let Exchanged {
             head,
             conn,
             index,
             in_flight,
         } = exchanged;
-        let ResponseHead { mut parts, framing } = head;
-        self.clean_response_head(&mut parts, index);
         let origin = &self.upstream.origins[index];
-        let body = OriginBody::new(conn.into_body(framing), origin.state.clone(), in_flight)
-            .boxed_unsync();
-        Response::from_parts(parts, body)
+        let body = OriginBody::new(
+            conn.into_body(head.framing),
+            origin.state.clone(),
+            in_flight,
+        )
+        .boxed_unsync();
+        self.answer(head, index, body)
     }
 
-    /// What every response from an origin loses and gains on its way to the client.
-    fn clean_response_head(&self, parts: &mut http::response::Parts, index: usize) {
+    /// What every response from an origin loses and gains on its way to the client: the
+    /// origin's fields less hop-by-hop and hidden ones, then ours.
+    fn answer(&self, head: ResponseHead, index: usize, body: ProxyBody) -> Answer {
         let (state, upstream) = (&*self.state, &*self.upstream);
-        headers::remove_hop_by_hop(&mut parts.headers);
-        headers::hide_response_headers(
-            &mut parts.headers,
-            &state.config.forwarding.hide_response_headers,
-        );
+        let ResponseHead {
+            status,
+            version: received,
+            headers: mut passed,
+            ..
+        } = head;
+        headers::clean_origin_fields(&mut passed, &state.config.forwarding.hide_response_headers);
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        // An HTTP/1.0 client still gets a 1.1 response head from us: hyper then writes it as
+        // 1.0 and keeps the connection alive when the client asked (`Connection:
+        // keep-alive`, as `ab -k` sends); a 1.0 head would make hyper close it.
+        *response.version_mut() = match self.client_version {
+            Version::HTTP_2 => Version::HTTP_2,
+            _ => Version::HTTP_11,
+        };
+        let ours = response.headers_mut();
         if state.config.forwarding.request_headers.via {
-            headers::append_via(
-                &mut parts.headers,
-                Version::HTTP_11,
-                &state.config.forwarding.via,
-            );
+            // After the origin's own Via fields, if any: together they list the hops in
+            // order (RFC 9110 §7.6.3, §5.3).
+            ours.insert(VIA, state.config.forwarding.via.value(received).clone());
         }
         if let Some(cookie) = &upstream.sticky_cookie {
             let value = &upstream.origins[index].sticky;
@@ -471,23 +500,17 @@ impl Origin {
                 if let Ok(v) = HeaderValue::from_str(&format!(
                     "{cookie}={value}; Path=/; HttpOnly; SameSite=Lax"
                 )) {
-                    parts.headers.append(SET_COOKIE, v);
+                    ours.append(SET_COOKIE, v);
                 }
             }
         }
-        // An HTTP/1.0 client still gets a 1.1 response head from us: hyper then writes it as
-        // 1.0 and keeps the connection alive when the client asked (`Connection:
-        // keep-alive`, as `ab -k` sends); a 1.0 head would make hyper close it.
-        parts.version = match self.client_version {
-            Version::HTTP_2 => Version::HTTP_2,
-            _ => Version::HTTP_11,
-        };
         if self.shared.access_log.is_some() {
             // Only for the access log: a first extension allocates a map.
-            parts
-                .extensions
+            response
+                .extensions_mut()
                 .insert(ServedBy(upstream.origins[index].name_arc.clone()));
         }
+        Answer { response, passed }
     }
 }
 

@@ -10,6 +10,8 @@ use http::header::{
 use http::{HeaderMap, Version};
 use ipnet::IpNet;
 
+use super::header_lines::HeaderLines;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -43,19 +45,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     // `Connection: keep-alive` or `close` (what most origins send) names nothing beyond
     // the fixed set, and then nothing is parsed or allocated.
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case("close")
-                && !t.eq_ignore_ascii_case("keep-alive")
-        })
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
+    let named: Vec<HeaderName> =
+        connection_named(headers.get_all(CONNECTION).iter().map(|v| v.as_bytes()))
+            .filter_map(|name| HeaderName::from_bytes(name).ok())
+            .collect();
     for name in named {
         headers.remove(name);
     }
@@ -64,6 +57,72 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(*name);
         }
     }
+}
+
+/// The header names a `Connection` header's values list, beyond `close` and `keep-alive`.
+fn connection_named<'a>(
+    values: impl Iterator<Item = &'a [u8]> + 'a,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    values
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+        })
+}
+
+/// Whether a field name, in any case, is one of `HOP_BY_HOP`: by its length first, as
+/// most names are of none of theirs.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match name.len() {
+        2 => &[b"te"],
+        7 => &[b"trailer", b"upgrade"],
+        10 => &[b"connection", b"keep-alive"],
+        16 => &[b"proxy-connection"],
+        17 => &[b"transfer-encoding"],
+        _ => return false,
+    };
+    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// What an origin's response loses on its way through, on its lines as received: the
+/// hop-by-hop fields as `remove_hop_by_hop` takes them, and the hidden ones.
+pub fn clean_origin_fields(fields: &mut HeaderLines, hidden: &[HeaderName]) {
+    // The lengths of the hidden names, as a filter: most fields are not hidden, and a
+    // HeaderName's text costs a lookup.
+    let hidden_lengths = hidden
+        .iter()
+        .fold(0u64, |m, h| m | 1 << h.as_str().len().min(63));
+    let is_hidden = |name: &[u8]| {
+        hidden_lengths & (1 << name.len().min(63)) != 0
+            && hidden
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+    };
+    let mut any = false;
+    // Owned, so that the lines can be edited after; only when Connection names more
+    // than close or keep-alive, which is rare.
+    let mut named: Vec<Vec<u8>> = Vec::new();
+    for (name, value) in fields.iter() {
+        if is_hop_by_hop(name) {
+            any = true;
+            if name.eq_ignore_ascii_case(b"connection") {
+                named.extend(connection_named(std::iter::once(value)).map(<[u8]>::to_vec));
+            }
+        } else if is_hidden(name) {
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
+    fields.retain(|name| {
+        !(is_hop_by_hop(name)
+            || is_hidden(name)
+            || named.iter().any(|n| name.eq_ignore_ascii_case(n)))
+    });
 }
 
 /// The client a request is for: the peer, or, when the peer is a trusted proxy, the
@@ -305,7 +364,7 @@ impl ViaHop {
         &self.name
     }
 
-    fn value(&self, version: Version) -> &HeaderValue {
+    pub fn value(&self, version: Version) -> &HeaderValue {
         let i = match version {
             Version::HTTP_09 => 0,
             Version::HTTP_10 => 1,
@@ -334,17 +393,6 @@ pub fn append_via(headers: &mut HeaderMap, version: Version, via: &ViaHop) {
         None => {
             headers.insert(VIA, ours.clone());
         }
-    }
-}
-
-/// Strips origin headers that identify the origin's software (configured list).
-pub fn hide_response_headers(headers: &mut HeaderMap, hidden: &[HeaderName]) {
-    // As above: a pass over the names finds the few present.
-    if !headers.keys().any(|k| hidden.contains(k)) {
-        return;
-    }
-    for name in hidden {
-        headers.remove(name);
     }
 }
 
@@ -557,21 +605,70 @@ mod tests {
         assert!(!is_trusted("192.0.2.1".parse().unwrap(), &trusted));
     }
 
+    /// Origin fields as they came on the wire, names in the origin's own case.
+    fn origin_fields(text: &str) -> HeaderLines {
+        let wire = format!("HTTP/1.1 200 OK\r\n{text}\r\n");
+        let (_, _, lines) = super::super::origin_wire::parse_head(&mut wire.as_str().into())
+            .unwrap()
+            .unwrap();
+        lines
+    }
+
+    fn names(lines: &HeaderLines) -> Vec<String> {
+        lines
+            .iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_byte_test_for_hop_by_hop_names_is_the_list() {
+        for h in HOP_BY_HOP {
+            assert!(is_hop_by_hop(h.as_str().as_bytes()), "{h}");
+            assert!(
+                is_hop_by_hop(h.as_str().to_ascii_uppercase().as_bytes()),
+                "{h}"
+            );
+        }
+        for other in [
+            "t",
+            "tf",
+            "trailers",
+            "upgrader",
+            "connexion",
+            "content-length",
+            "",
+        ] {
+            assert!(!is_hop_by_hop(other.as_bytes()), "{other}");
+        }
+    }
+
+    #[test]
+    fn origin_fields_lose_hop_by_hop_and_connection_named_ones_in_any_case() {
+        let mut l = origin_fields(
+            "Connection: Keep-Alive, X-Secret\r\nKeep-Alive: timeout=5\r\nx-secret: 1\r\n\
+             TE: trailers\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\
+             Proxy-Connection: keep-alive\r\nTrailer: x\r\nETag: \"1\"\r\nX-Secretive: 2\r\n",
+        );
+        clean_origin_fields(&mut l, &[]);
+        assert_eq!(names(&l), ["ETag", "X-Secretive"]);
+    }
+
     #[test]
     fn origin_identity_headers_are_hidden() {
-        let mut h = map(&[
-            ("server", "Apache/2.4"),
-            ("x-powered-by", "PHP"),
-            ("etag", "\"1\""),
-        ]);
-        hide_response_headers(
-            &mut h,
-            &[
-                HeaderName::from_static("server"),
-                HeaderName::from_static("x-powered-by"),
-            ],
+        let mut l = origin_fields(
+            "Server: Apache/2.4\r\nETag: \"1\"\r\nX-Powered-By: PHP\r\nserver: again\r\n",
         );
-        assert_eq!(h.len(), 1);
+        let hidden = [
+            HeaderName::from_static("server"),
+            HeaderName::from_static("x-powered-by"),
+        ];
+        clean_origin_fields(&mut l, &hidden);
+        assert_eq!(names(&l), ["ETag"]);
+        // Nothing hidden, nothing hop-by-hop: everything stays, in order.
+        let mut l = origin_fields("Server: o\r\nETag: \"1\"\r\n");
+        clean_origin_fields(&mut l, &[]);
+        assert_eq!(names(&l), ["Server", "ETag"]);
     }
 
     #[test]

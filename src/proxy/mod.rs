@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod answer;
 pub mod auth;
 pub mod balance;
 pub mod body;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod fast_h1;
 pub mod forward;
 pub mod guard;
+pub mod header_lines;
 pub mod headers;
 pub mod lazy_socket;
 pub mod origin_conn;

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, UPGRADE};
+use http::header::UPGRADE;
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -107,12 +107,16 @@ async fn read_head<R: AsyncRead + Unpin>(
                         return Err(SendError::Malformed("unrequested 101 Switching Protocols"));
                     }
                     // What follows is the upgraded protocol, not HTTP: never pooled again.
-                    let (mut parts, ()) = http::Response::new(()).into_parts();
-                    parts.status = status;
-                    parts.version = version;
-                    parts.headers = headers;
                     let framing = Framing::Empty;
-                    return Ok((ResponseHead { parts, framing }, false));
+                    return Ok((
+                        ResponseHead {
+                            status,
+                            version,
+                            headers,
+                            framing,
+                        },
+                        false,
+                    ));
                 }
                 if status.is_informational() {
                     continue;
@@ -120,18 +124,20 @@ async fn read_head<R: AsyncRead + Unpin>(
                 let framing = framing(method, status, &headers).map_err(SendError::Malformed)?;
                 let mut keep = keeps_alive(version, &headers) && framing != Framing::Close;
                 if matches!(framing, Framing::Chunked | Framing::Close)
-                    && headers.remove(CONTENT_LENGTH).is_some()
+                    && headers.remove("content-length")
                 {
                     // Transfer-Encoding won (RFC 9112 §6.3): the length must not reach the
                     // client, and an origin that sent both is not trusted with another
                     // request on this connection.
                     keep = false;
                 }
-                let (mut parts, ()) = http::Response::new(()).into_parts();
-                parts.status = status;
-                parts.version = version;
-                parts.headers = headers;
-                return Ok((ResponseHead { parts, framing }, keep));
+                let head = ResponseHead {
+                    status,
+                    version,
+                    headers,
+                    framing,
+                };
+                return Ok((head, keep));
             }
         }
         let n = poll_fn(|cx| poll_fill(io, buf, cx, MIN_READ))

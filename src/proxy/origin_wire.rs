@@ -3,8 +3,10 @@
 //! and keep-alive say (RFC 9112 §6). `origin_conn` drives a connection by them.
 
 use bytes::BytesMut;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Method, StatusCode, Version};
+
+use super::header_lines::HeaderLines;
 
 /// A response head larger than this is refused (nginx's default proxy buffer is 4–8 KiB;
 /// HAProxy's whole buffer is 16 KiB).
@@ -25,7 +27,7 @@ pub enum Framing {
 pub fn framing(
     request_method: &Method,
     status: StatusCode,
-    headers: &HeaderMap,
+    headers: &HeaderLines,
 ) -> Result<Framing, &'static str> {
     if request_method == Method::HEAD
         || status.is_informational()
@@ -34,16 +36,14 @@ pub fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if headers.contains("transfer-encoding") {
         // Transfer-Encoding overrides Content-Length; a final coding other than chunked
         // means the body runs to the close.
         let chunked = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            .get_all("transfer-encoding")
+            .last()
+            .and_then(|v| v.rsplit(|&b| b == b',').next())
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked {
             Framing::Chunked
         } else {
@@ -51,8 +51,8 @@ pub fn framing(
         });
     }
     let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| "bad Content-Length")?;
+    for value in headers.get_all("content-length") {
+        let text = std::str::from_utf8(value).map_err(|_| "bad Content-Length")?;
         for part in text.split(',') {
             let part = part.trim();
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
@@ -73,15 +73,15 @@ pub fn framing(
 }
 
 /// Whether the origin lets the connection carry another request after this response.
-pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+pub fn keeps_alive(version: Version, headers: &HeaderLines) -> bool {
     let mut close = version != Version::HTTP_11;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.to_str().unwrap_or("close").split(',') {
-            let token = token.trim();
-            if token.eq_ignore_ascii_case("close") {
+    for value in headers.get_all("connection") {
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
                 return false;
             }
-            if token.eq_ignore_ascii_case("keep-alive") {
+            if token.eq_ignore_ascii_case(b"keep-alive") {
                 close = false;
             }
         }
@@ -155,14 +155,16 @@ pub(super) fn encode_head(
 
 /// A parsed response head.
 pub struct ResponseHead {
-    pub parts: http::response::Parts,
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderLines,
     pub framing: Framing,
 }
 
 /// Parses one response head off the front of `buf`; None until it is complete.
 pub(super) fn parse_head(
     buf: &mut BytesMut,
-) -> Result<Option<(StatusCode, Version, HeaderMap)>, &'static str> {
+) -> Result<Option<(StatusCode, Version, HeaderLines)>, &'static str> {
     // Uninitialised slots: zeroing 128 of them per response showed in profiles.
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -193,35 +195,26 @@ pub(super) fn parse_head(
     } else {
         Version::HTTP_11
     };
-    // Header values become slices of the head's bytes, not copies: remember where each
-    // lies (offsets fit in u32: the head is at most MAX_HEAD_BYTES), then freeze the head.
+    // The fields stay in the head's bytes: remember where each lies (offsets fit in u32:
+    // the head is at most MAX_HEAD_BYTES), then freeze the head.
     let base = buf.as_ptr() as usize;
     let offset = |p: *const u8| (p as usize - base) as u32;
-    // Uninitialised too: zeroing all 128 spans (2 KiB) per response showed in profiles.
-    let mut spans = [const { std::mem::MaybeUninit::<[u32; 4]>::uninit() }; MAX_HEADERS];
-    let count = response.headers.len();
-    for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-        let name = offset(h.name.as_ptr());
-        let value = offset(h.value.as_ptr());
-        span.write([
-            name,
-            name + h.name.len() as u32,
-            value,
-            value + h.value.len() as u32,
-        ]);
-    }
+    let spans = response
+        .headers
+        .iter()
+        .map(|h| {
+            let name = offset(h.name.as_ptr());
+            let value = offset(h.value.as_ptr());
+            [
+                name,
+                name + h.name.len() as u32,
+                value,
+                value + h.value.len() as u32,
+            ]
+        })
+        .collect();
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for span in &spans[..count] {
-        // SAFETY: httparse parsed `count` headers into as many of the MAX_HEADERS slots,
-        // and the loop above wrote a span for each of them.
-        let [ns, ne, vs, ve] = unsafe { span.assume_init() }.map(|o| o as usize);
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "bad header name")?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "bad header value")?;
-        headers.append(name, value);
-    }
-    Ok(Some((status, version, headers)))
+    Ok(Some((status, version, HeaderLines::new(head, spans))))
 }
 
 #[cfg(test)]
@@ -241,15 +234,16 @@ pub(super) mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    fn headers(pairs: &[(&str, &str)]) -> HeaderLines {
+        let mut wire = String::from("HTTP/1.1 200 OK\r\n");
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            wire.push_str(&format!("{k}: {v}\r\n"));
         }
-        h
+        wire.push_str("\r\n");
+        let (_, _, lines) = parse_head(&mut BytesMut::from(wire.as_str()))
+            .unwrap()
+            .unwrap();
+        lines
     }
 
     #[test]
@@ -276,7 +270,7 @@ pub(super) mod tests {
         assert_eq!(framing(&get, ok, &both), Ok(Framing::Chunked));
         let gzip_last = headers(&[("transfer-encoding", "chunked, gzip")]);
         assert_eq!(framing(&get, ok, &gzip_last), Ok(Framing::Close));
-        assert_eq!(framing(&get, ok, &HeaderMap::new()), Ok(Framing::Close));
+        assert_eq!(framing(&get, ok, &headers(&[])), Ok(Framing::Close));
         // Repeated equal values are one length; different ones are not to be trusted.
         let same = headers(&[("content-length", "7, 7"), ("content-length", "7")]);
         assert_eq!(framing(&get, ok, &same), Ok(Framing::Length(7)));
@@ -290,7 +284,7 @@ pub(super) mod tests {
 
     #[test]
     fn keep_alive_by_version_and_connection_tokens() {
-        assert!(keeps_alive(Version::HTTP_11, &HeaderMap::new()));
+        assert!(keeps_alive(Version::HTTP_11, &headers(&[])));
         assert!(!keeps_alive(
             Version::HTTP_11,
             &headers(&[("connection", "Close")])
@@ -299,7 +293,7 @@ pub(super) mod tests {
             Version::HTTP_11,
             &headers(&[("connection", "keep-alive, close")])
         ));
-        assert!(!keeps_alive(Version::HTTP_10, &HeaderMap::new()));
+        assert!(!keeps_alive(Version::HTTP_10, &headers(&[])));
         assert!(keeps_alive(
             Version::HTTP_10,
             &headers(&[("connection", "Keep-Alive")])
@@ -379,6 +373,10 @@ pub(super) mod tests {
                         let _ = framing(&method, status, &headers);
                     }
                     let _ = keeps_alive(Version::HTTP_11, &headers);
+                    // What httparse takes, the http types take: a head passed through
+                    // can always become a HeaderMap for HTTP/2 or the cache.
+                    let map = headers.to_header_map();
+                    assert_eq!(map.len(), headers.len(), "{wire:?}");
                 }
                 Ok(None) => assert_eq!(&buf[..], &wire[..], "nothing taken"),
                 Err(_) => refused += 1,

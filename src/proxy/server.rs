@@ -322,7 +322,7 @@ async fn serve_connection(
                 // Boxed: hyper moves the service future around (HTTP/2 spawns a task per
                 // stream); a pointer moves cheaper than the request's whole state.
                 let handling = Box::pin(forward::handle(&shared, conn, &tunnel, req));
-                let resp = handling.await;
+                let resp = handling.await.into_response();
                 activity.waiting.fetch_sub(1, Ordering::Relaxed);
                 Ok::<_, Infallible>(resp)
             }

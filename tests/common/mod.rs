@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod http;
 pub mod proxy_world;
+pub mod raw_origin;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
