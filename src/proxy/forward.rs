@@ -12,6 +12,7 @@
 //!   the retry on another origin is still to be had;
 //! - nothing else is retried: a request whose body was sent may have had its effect.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,12 +57,16 @@ impl<B> ClientBody for B where
 {
 }
 
-pub async fn handle<B: ClientBody>(
-    shared: &Arc<Shared>,
+/// Answers one client request. Everything up to the choice of path (routing, guards,
+/// the request's rewriting) is done before the returned future is made, so that the
+/// future holds only what crosses an await: the client's request is not carried in it,
+/// and the future, which every request moves, stays small.
+pub fn handle<'a, B: ClientBody>(
+    shared: &'a Arc<Shared>,
     conn: ClientConn,
-    tunnel: &TunnelSlot,
+    tunnel: &'a TunnelSlot,
     req: Request<B>,
-) -> Answer {
+) -> impl Future<Output = Answer> + Send + 'a {
     let started = Instant::now();
     let state = shared.state.load_full();
     let method = method_index(req.method());
@@ -70,42 +75,76 @@ pub async fn handle<B: ClientBody>(
         .access_log
         .as_ref()
         .map(|_| super::access_log::LoggedRequest::of(&req));
-    let (answer, route) = match proxy(shared, &state, conn, tunnel, req).await {
-        Ok(outcome) => outcome,
-        Err((e, route)) => {
-            tracing::debug!(error = %e, client = %conn.peer, "request failed");
-            (error_response(&e).into(), route)
+    let step = prepare(shared, &state, conn, req);
+    async move {
+        let outcome = match step {
+            Ok(Step::Answered(outcome)) => Ok(outcome),
+            Ok(Step::Forward(prepared)) => prepared.forward(tunnel).await,
+            Err(failed) => Err(failed),
+        };
+        let (answer, route) = match outcome {
+            Ok(outcome) => outcome,
+            Err((e, route)) => {
+                tracing::debug!(error = %e, client = %conn.peer, "request failed");
+                (error_response(&e).into(), route)
+            }
+        };
+        let metrics = match route.and_then(|r| state.routes.get(r)) {
+            Some(route) => &route.metrics,
+            None => &shared.metrics.unrouted,
+        };
+        metrics
+            .request(method, status_index(answer.response.status().as_u16()))
+            .inc();
+        metrics.duration.observe(started.elapsed().as_secs_f64());
+        if let (Some((log, format)), Some(r)) = (&shared.access_log, logged) {
+            let line = r.line(&answer, conn.peer.ip(), started, *format);
+            log.write(line);
         }
-    };
-    let metrics = match route.and_then(|r| state.routes.get(r)) {
-        Some(route) => &route.metrics,
-        None => &shared.metrics.unrouted,
-    };
-    metrics
-        .request(method, status_index(answer.response.status().as_u16()))
-        .inc();
-    metrics.duration.observe(started.elapsed().as_secs_f64());
-    if let (Some((log, format)), Some(r)) = (&shared.access_log, logged) {
-        let line = r.line(&answer, conn.peer.ip(), started, *format);
-        log.write(line);
+        answer
     }
-    answer
 }
 
 type Outcome = (Answer, Option<usize>);
+type Failed = (ProxyError, Option<usize>);
 
-async fn proxy<B: ClientBody>(
+/// What a request needs after its preparation.
+enum Step {
+    /// Answered without an origin: `OPTIONS *`, a redirect to HTTPS.
+    Answered(Outcome),
+    Forward(Prepared),
+}
+
+/// A request routed, admitted and rewritten for its origin.
+struct Prepared {
+    origin: Origin,
+    parts: http::request::Parts,
+    body: ProxyBody,
+    bodyless: bool,
+    path: OriginPath,
+}
+
+/// How a prepared request reaches its origin.
+enum OriginPath {
+    WebSocket(hyper::upgrade::OnUpgrade),
+    /// A GET or HEAD on a caching route.
+    Cached,
+    /// Any other method on a caching route.
+    PassUnsafe,
+    Pass,
+}
+
+fn prepare<B: ClientBody>(
     shared: &Arc<Shared>,
     state: &Arc<ProxyState>,
     conn: ClientConn,
-    tunnel: &TunnelSlot,
     mut req: Request<B>,
-) -> Result<Outcome, (ProxyError, Option<usize>)> {
+) -> Result<Step, Failed> {
     check_framing(&req).map_err(|e| (e, None))?;
     if req.method() == Method::OPTIONS && req.uri() == "*" {
         // RFC 9110 §9.3.7: a question about the server itself, in effect a ping. We are
         // the server the client addressed, so we answer; routing "*" would say 404.
-        return Ok((server_options().into(), None));
+        return Ok(Step::Answered((server_options().into(), None)));
     }
     let host = headers::request_host(req.uri(), req.headers()).map(str::to_ascii_lowercase);
     let route_index = match state.router.route(host.as_deref(), req.uri().path()) {
@@ -122,10 +161,8 @@ async fn proxy<B: ClientBody>(
     );
     super::guard::admit(shared, state, route_index, client, &mut req).map_err(fail)?;
     if route.redirect_https && !conn.tls {
-        return Ok((
-            redirect_to_https(host.as_deref().unwrap_or(""), req.uri()).into(),
-            Some(route_index),
-        ));
+        let answer = redirect_to_https(host.as_deref().unwrap_or(""), req.uri()).into();
+        return Ok(Step::Answered((answer, Some(route_index))));
     }
     let limit = state.config.limits.max_body_bytes;
     if let Some(len) = declared_length(&req) {
@@ -166,6 +203,14 @@ async fn proxy<B: ClientBody>(
             .map_err(|e| e as super::body::BoxError)
             .boxed_unsync()
     };
+    let path = match websocket {
+        Some(client) => OriginPath::WebSocket(client),
+        None if route.cache && (parts.method == Method::GET || parts.method == Method::HEAD) => {
+            OriginPath::Cached
+        }
+        None if route.cache => OriginPath::PassUnsafe,
+        None => OriginPath::Pass,
+    };
     let origin = Origin {
         shared: shared.clone(),
         state: state.clone(),
@@ -175,34 +220,54 @@ async fn proxy<B: ClientBody>(
         client_version: version,
         client: conn.peer.ip(),
         tls: conn.tls,
-        host: host.clone(),
+        host,
     };
-    let scheme = if conn.tls { "https" } else { "http" };
-    // The paths to the origin are boxed, each in a statement of its own (a temporary in
-    // the awaiting statement would keep its unboxed size in this future): a cache hit
-    // should not carry, and move, the state of a fetch.
-    let answer = if let Some(client) = websocket {
-        let upgrade = Box::pin(origin.upgrade(parts, client, tunnel));
-        upgrade.await.map(Answer::from)
-    } else if route.cache && (parts.method == Method::GET || parts.method == Method::HEAD) {
-        super::cached::serve(&origin, scheme, host.as_deref().unwrap_or(""), parts)
-            .await
-            .map(Answer::from)
-    } else if route.cache {
-        let pass = Box::pin(super::cached::pass_unsafe(
-            &origin,
-            scheme,
-            host.as_deref().unwrap_or(""),
-            parts,
-            body,
-            bodyless,
-        ));
-        pass.await.map(Answer::from)
-    } else {
-        let fetch = Box::pin(origin.pass(parts, body, bodyless));
-        fetch.await
-    };
-    answer.map(|a| (a, Some(route_index))).map_err(fail)
+    Ok(Step::Forward(Prepared {
+        origin,
+        parts,
+        body,
+        bodyless,
+        path,
+    }))
+}
+
+impl Prepared {
+    // Fields are used where they lie (not moved out into locals first): the future keeps
+    // `self` whole, and locals would be a second copy.
+    async fn forward(self, tunnel: &TunnelSlot) -> Result<Outcome, Failed> {
+        let origin = &self.origin;
+        let scheme = if origin.tls { "https" } else { "http" };
+        let host = origin.host.as_deref().unwrap_or("");
+        // The paths to the origin are boxed, each in a statement of its own (a temporary
+        // in the awaiting statement would keep its unboxed size in this future): a cache
+        // hit should not carry, and move, the state of a fetch.
+        let answer = match self.path {
+            OriginPath::WebSocket(client) => {
+                let upgrade = Box::pin(origin.upgrade(self.parts, client, tunnel));
+                upgrade.await.map(Answer::from)
+            }
+            OriginPath::Cached => super::cached::serve(origin, scheme, host, self.parts)
+                .await
+                .map(Answer::from),
+            OriginPath::PassUnsafe => {
+                let pass = Box::pin(super::cached::pass_unsafe(
+                    origin,
+                    scheme,
+                    host,
+                    self.parts,
+                    self.body,
+                    self.bodyless,
+                ));
+                pass.await.map(Answer::from)
+            }
+            OriginPath::Pass => {
+                let pass = Box::pin(origin.pass(self.parts, self.body, self.bodyless));
+                pass.await
+            }
+        };
+        let route = Some(origin.route);
+        answer.map(|a| (a, route)).map_err(|e| (e, route))
+    }
 }
 
 /// How far the retry rule has gone for one request. A stale keep-alive connection costs no
