@@ -428,7 +428,16 @@ impl Origin {
                 .and_then(|g| g.get(index))
                 .cloned();
             let in_flight = InFlight::new(origin.state.clone(), gauge);
-            let (mut conn, reused) = match upstream.connection(index, fresh).await {
+            let connected = match upstream.pooled(index, fresh) {
+                Some(conn) => Ok((conn, true)),
+                None => {
+                    // Boxed: a new connection is the rare case, and its future (a connect
+                    // and a timer) would otherwise enlarge every request's.
+                    let connect = Box::pin(upstream.connect(index));
+                    connect.await.map(|conn| (conn, false))
+                }
+            };
+            let (mut conn, reused) = match connected {
                 Ok(c) => c,
                 Err(e) => {
                     count_failure(shared, upstream, index, "connect");

@@ -299,18 +299,17 @@ impl Upstream {
 
     /// An HTTP/1.1 connection to the origin: an idle one unless `fresh`, or a new one
     /// within the connect timeout. The flag says whether it was an idle one.
-    pub async fn connection(
-        &self,
-        index: usize,
-        fresh: bool,
-    ) -> Result<(OriginConn, bool), ConnectError> {
-        let origin = &self.origins[index];
-        if !fresh {
-            if let Some(conn) = origin.state.take_idle() {
-                return Ok((conn, true));
-            }
+    /// A pooled connection to the origin, unless `fresh` is asked for or none is idle.
+    pub fn pooled(&self, index: usize, fresh: bool) -> Option<OriginConn> {
+        if fresh {
+            return None;
         }
-        let addr = origin.addr;
+        self.origins[index].state.take_idle()
+    }
+
+    /// A new connection to the origin, within the connect timeout.
+    pub async fn connect(&self, index: usize) -> Result<OriginConn, ConnectError> {
+        let addr = self.origins[index].addr;
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Err(_) => {
@@ -323,7 +322,7 @@ impl Upstream {
                 Ok(Ok(s)) => s,
             };
         let _ = stream.set_nodelay(true);
-        Ok((OriginConn::new(stream), false))
+        Ok(OriginConn::new(stream))
     }
 }
 
