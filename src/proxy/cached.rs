@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use super::body::{empty, ProxyBody};
 use super::cache_answer::{gateway_timeout, pass_through, respond, CACHE_STATUS};
 use super::error::ProxyError;
-use super::forward::Origin;
+use super::exchange::Origin;
 use crate::cache::coalesce::{self, Coalescer, Outcome, Role};
 use crate::cache::directives::RequestDirectives;
 use crate::cache::rules::{self, Freshness, StaleDefaults, Use};
@@ -69,7 +69,7 @@ pub async fn serve(
     host: &str,
     parts: Parts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // The paths that go to the origin are boxed (see forward::proxy).
+    // The paths that go to the origin are boxed (see forward::Prepared::forward).
     let Some(cache) = origin.shared.cache.as_ref() else {
         let fetch = Box::pin(origin.fetch(parts, empty(), true));
         return fetch.await;

@@ -1,16 +1,6 @@
-//! The proxied request path, top to bottom: check framing, route, pick an origin, forward
-//! (retrying once where that is safe), and pass the response back.
-//!
-//! Retry rule (written down, as Pingora's failover guide does):
-//! - a request that never reached the origin (connect error or timeout) is retried once on
-//!   another origin, whatever its method: it is still whole;
-//! - an idempotent request without a body whose connection broke before response headers
-//!   is retried once on another origin (its head is kept for that);
-//! - when the connection that broke was a pooled keep-alive one that the origin closed
-//!   before answering (or answered with 408 and a close: its idle timeout met our request),
-//!   the origin is not at fault: the request goes to it again on a new connection, and
-//!   the retry on another origin is still to be had;
-//! - nothing else is retried: a request whose body was sent may have had its effect.
+//! The proxied request path, top to bottom: check framing, route, admit, rewrite the
+//! request for its origin, and take the path it calls for (the cache, a WebSocket
+//! tunnel, or `exchange` with an origin); then count and log the answer.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,23 +8,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{
-    HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, LOCATION, SET_COOKIE, TRANSFER_ENCODING,
-    UPGRADE, VIA,
-};
+use http::header::{HeaderValue, CONTENT_LENGTH, COOKIE, HOST, LOCATION, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 
-use super::access_log::ServedBy;
 use super::answer::Answer;
-use super::body::{empty, full, OriginBody, ProxyBody};
+use super::body::{empty, full, ProxyBody};
 use super::error::ProxyError;
-use super::headers::{self, ForwardContext};
-use super::origin_conn::{OriginConn, ResponseHead, SendError};
+use super::exchange::Origin;
+use super::headers;
 use super::router::RouteMatch;
-use super::tunnel::{self, Tunnel, TunnelSlot};
-use super::upstream::{InFlight, Upstream};
+use super::tunnel::{self, TunnelSlot};
 use super::{ProxyState, Shared};
 use crate::metrics::{method_index, status_index};
 
@@ -270,348 +255,6 @@ impl Prepared {
     }
 }
 
-/// How far the retry rule has gone for one request. A stale keep-alive connection costs no
-/// failover: the next attempt goes to the same origin on a new connection, which is never
-/// stale, so the attempts stay bounded (at most four: a stale connection and a new one, at
-/// each of two origins).
-#[derive(Default)]
-struct Attempts {
-    attempts: u32,
-    failed_over: bool,
-    /// The origin whose pooled connection was stale: the next attempt opens a new one to it.
-    again_on: Option<usize>,
-}
-
-impl Attempts {
-    /// Whether the one retry on another origin is still to be had (and takes it).
-    fn take_failover(&mut self) -> bool {
-        !std::mem::replace(&mut self.failed_over, true)
-    }
-}
-
-/// A 408 that closes the connection: the origin's answer to a request that reached a
-/// keep-alive connection as it was timed out, not to the request itself.
-fn idle_timed_out(head: &ResponseHead, conn: &OriginConn) -> bool {
-    head.status == StatusCode::REQUEST_TIMEOUT && !conn.is_reusable()
-}
-
-/// Everything needed to send one request to a route's upstream; cheap to clone (a cache
-/// refresh in the background takes its own copy).
-#[derive(Clone)]
-pub struct Origin {
-    pub shared: Arc<Shared>,
-    pub state: Arc<ProxyState>,
-    pub route: usize,
-    pub upstream: Arc<Upstream>,
-    pub sticky: Option<String>,
-    pub client_version: Version,
-    pub client: std::net::IpAddr,
-    pub tls: bool,
-    pub host: Option<String>,
-}
-
-impl Origin {
-    /// Sends a prepared request (origin-form) to an origin of the upstream, retrying by
-    /// the rule at the top of this file, and passes its response on, its fields as the
-    /// origin sent them (less those the proxy removes).
-    pub async fn pass(
-        &self,
-        parts: http::request::Parts,
-        body: ProxyBody,
-        bodyless: bool,
-    ) -> Result<Answer, ProxyError> {
-        let exchanged = self.exchange(parts, body, bodyless).await?;
-        Ok(self.client_answer(exchanged))
-    }
-
-    /// As `pass`, with the response whole, for those who read or keep its headers.
-    pub async fn fetch(
-        &self,
-        parts: http::request::Parts,
-        body: ProxyBody,
-        bodyless: bool,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        Ok(self.pass(parts, body, bodyless).await?.into_response())
-    }
-
-    /// A WebSocket handshake: on the origin's 101 the tunnel is left in `slot` for the
-    /// connection's task, and the 101 goes to the client; any other answer is passed on
-    /// like a response to a plain GET.
-    pub async fn upgrade(
-        &self,
-        mut parts: http::request::Parts,
-        client: hyper::upgrade::OnUpgrade,
-        slot: &TunnelSlot,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        tunnel::ask_for_websocket(&mut parts.headers);
-        let exchanged = self.exchange(parts, empty(), true).await?;
-        if exchanged.head.status != StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(self.client_answer(exchanged).into_response());
-        }
-        let Exchanged {
-            head,
-            conn,
-            index,
-            in_flight,
-        } = exchanged;
-        let (origin, early) = conn.into_tunnel();
-        slot.put(Tunnel {
-            client,
-            origin,
-            early,
-            in_flight,
-        });
-        // The origin's Upgrade names the protocol it switched to; Connection goes with it.
-        let upgrade = head
-            .headers
-            .get("upgrade")
-            .and_then(|u| HeaderValue::from_bytes(u).ok());
-        let mut response = self.answer(head, index, empty()).into_response();
-        if let Some(u) = upgrade {
-            response.headers_mut().insert(UPGRADE, u);
-        }
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        Ok(response)
-    }
-
-    /// One exchange with an origin: a connection, the request, the response head.
-    async fn exchange(
-        &self,
-        mut parts: http::request::Parts,
-        body: ProxyBody,
-        bodyless: bool,
-    ) -> Result<Exchanged, ProxyError> {
-        let (shared, state, upstream) = (&*self.shared, &*self.state, &self.upstream);
-        // Forwarding headers are set here, not on arrival: a cache hit never needs them.
-        let trusted = headers::is_trusted(self.client, &state.config.forwarding.trusted_proxies);
-        headers::set_forwarding(
-            &mut parts.headers,
-            &ForwardContext {
-                set: state.config.forwarding.request_headers,
-                client: self.client,
-                proto: if self.tls { "https" } else { "http" },
-                host: self.host.as_deref(),
-                version: self.client_version,
-                via: &state.config.forwarding.via,
-            },
-            trusted,
-        );
-        let route = &state.routes[self.route];
-        let limit = state.config.limits.max_body_bytes;
-        let replayable = bodyless && is_idempotent(&parts.method);
-        let mut body = Some(body);
-        let mut exclude = None;
-        let mut plan = Attempts::default();
-
-        loop {
-            let (index, fresh) = match plan.again_on.take() {
-                Some(index) => (index, true),
-                None => match upstream.choose(self.sticky.as_deref(), exclude) {
-                    Some(index) => (index, false),
-                    None => return Err(ProxyError::NoHealthyOrigin(upstream.name.clone())),
-                },
-            };
-            if plan.attempts > 0 {
-                shared
-                    .metrics
-                    .retries
-                    .with_label_values(&[&upstream.name])
-                    .inc();
-            }
-            plan.attempts += 1;
-            let origin = &upstream.origins[index];
-            let gauge = state
-                .in_flight_gauges
-                .get(route.upstream)
-                .and_then(|g| g.get(index))
-                .cloned();
-            let in_flight = InFlight::new(origin.state.clone(), gauge);
-            let connected = match upstream.pooled(index, fresh) {
-                Some(conn) => Ok((conn, true)),
-                None => {
-                    // Boxed: a new connection is the rare case, and its future (a connect
-                    // and a timer) would otherwise enlarge every request's.
-                    let connect = Box::pin(upstream.connect(index));
-                    connect.await.map(|conn| (conn, false))
-                }
-            };
-            let (mut conn, reused) = match connected {
-                Ok(c) => c,
-                Err(e) => {
-                    count_failure(shared, upstream, index, "connect");
-                    exclude = Some(index);
-                    if plan.take_failover() {
-                        continue;
-                    }
-                    return Err(ProxyError::Connect {
-                        origin: origin.name.clone(),
-                        message: e.to_string(),
-                    });
-                }
-            };
-            // A replay only ever happens without a body.
-            let Some(body) = body.take().or_else(|| replayable.then(empty)) else {
-                return Err(ProxyError::Upstream {
-                    origin: origin.name.clone(),
-                    message: "request body already sent; not retried".into(),
-                });
-            };
-            let sent = conn
-                .send_within(upstream.response_timeout, &parts, body, bodyless)
-                .await;
-            match sent {
-                Ok(head) if reused && replayable && idle_timed_out(&head, &conn) => {
-                    // The origin timed out the idle connection just as the request came:
-                    // the same race as a close, told with a 408 (RFC 9110 §15.5.9 lets
-                    // the client repeat the request). Not the origin's fault either.
-                    plan.again_on = Some(index);
-                }
-                Ok(head) => {
-                    if head.status.is_server_error() {
-                        count_failure(shared, upstream, index, "5xx");
-                    } else {
-                        origin.state.record_success();
-                    }
-                    return Ok(Exchanged {
-                        head,
-                        conn,
-                        index,
-                        in_flight,
-                    });
-                }
-                Err(SendError::ClientBody(e)) => {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        return Err(ProxyError::BodyTooLarge { limit });
-                    }
-                    return Err(ProxyError::ClientBody(e.to_string()));
-                }
-                Err(SendError::TimedOut(_)) => {
-                    count_failure(shared, upstream, index, "timeout");
-                    return Err(ProxyError::Timeout {
-                        origin: origin.name.clone(),
-                        seconds: upstream.response_timeout.as_secs_f64(),
-                    });
-                }
-                Err(e) if reused && e.is_closed() => {
-                    // A keep-alive connection the origin had just closed is not the
-                    // origin's fault: a replayable request goes to it again on a new
-                    // connection (as nginx does), which a single-origin upstream needs.
-                    if !replayable {
-                        return Err(ProxyError::Upstream {
-                            origin: origin.name.clone(),
-                            message: e.to_string(),
-                        });
-                    }
-                    plan.again_on = Some(index);
-                }
-                Err(e) => {
-                    let kind = match e {
-                        SendError::Malformed(_) => "bad_response",
-                        _ => "reset",
-                    };
-                    count_failure(shared, upstream, index, kind);
-                    exclude = Some(index);
-                    if replayable && plan.take_failover() {
-                        continue;
-                    }
-                    return Err(ProxyError::Upstream {
-                        origin: origin.name.clone(),
-                        message: e.to_string(),
-                    });
-                }
-            }
-        }
-    }
-
-    fn client_answer(&self, exchanged: Exchanged) -> Answer {
-        let Exchanged {
-            head,
-            conn,
-            index,
-            in_flight,
-        } = exchanged;
-        let origin = &self.upstream.origins[index];
-        let body = OriginBody::new(
-            conn.into_body(head.framing),
-            origin.state.clone(),
-            in_flight,
-        )
-        .boxed_unsync();
-        self.answer(head, index, body)
-    }
-
-    /// What every response from an origin loses and gains on its way to the client: the
-    /// origin's fields less hop-by-hop and hidden ones, then ours.
-    fn answer(&self, head: ResponseHead, index: usize, body: ProxyBody) -> Answer {
-        let (state, upstream) = (&*self.state, &*self.upstream);
-        let ResponseHead {
-            status,
-            version: received,
-            headers: mut passed,
-            ..
-        } = head;
-        headers::clean_origin_fields(&mut passed, &state.config.forwarding.hide_response_headers);
-        let mut response = Response::new(body);
-        *response.status_mut() = status;
-        // An HTTP/1.0 client still gets a 1.1 response head from us: hyper then writes it as
-        // 1.0 and keeps the connection alive when the client asked (`Connection:
-        // keep-alive`, as `ab -k` sends); a 1.0 head would make hyper close it.
-        *response.version_mut() = match self.client_version {
-            Version::HTTP_2 => Version::HTTP_2,
-            _ => Version::HTTP_11,
-        };
-        let ours = response.headers_mut();
-        if state.config.forwarding.request_headers.via {
-            // After the origin's own Via fields, if any: together they list the hops in
-            // order (RFC 9110 §7.6.3, §5.3).
-            ours.insert(VIA, state.config.forwarding.via.value(received).clone());
-        }
-        if let Some(cookie) = &upstream.sticky_cookie {
-            let value = &upstream.origins[index].sticky;
-            if self.sticky.as_deref() != Some(value.as_str()) {
-                if let Ok(v) = HeaderValue::from_str(&format!(
-                    "{cookie}={value}; Path=/; HttpOnly; SameSite=Lax"
-                )) {
-                    ours.append(SET_COOKIE, v);
-                }
-            }
-        }
-        if self.shared.access_log.is_some() {
-            // Only for the access log: a first extension allocates a map.
-            response
-                .extensions_mut()
-                .insert(ServedBy(upstream.origins[index].name_arc.clone()));
-        }
-        Answer { response, passed }
-    }
-}
-
-/// A response head from an origin, and what it came with.
-struct Exchanged {
-    head: ResponseHead,
-    conn: OriginConn,
-    /// The origin's index in its upstream.
-    index: usize,
-    in_flight: InFlight,
-}
-
-fn count_failure(shared: &Shared, upstream: &Upstream, index: usize, kind: &str) {
-    let origin = &upstream.origins[index];
-    shared
-        .metrics
-        .upstream_errors
-        .with_label_values(&[&upstream.name, kind])
-        .inc();
-    if origin
-        .state
-        .record_failure(upstream.passive_failures, upstream.passive_cooldown)
-    {
-        tracing::warn!(upstream = %upstream.name, origin = %origin.name, kind, "origin marked down for {:?} after repeated failures", upstream.passive_cooldown);
-    }
-}
-
 /// HTTP/1.1 framing that different parsers could read differently is refused before
 /// anything is forwarded (RFC 9112 §6.3): both Content-Length and Transfer-Encoding, or
 /// several Content-Length values.
@@ -648,13 +291,6 @@ fn declared_length<B>(req: &Request<B>) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// The path and query only: origins get origin-form request targets.
@@ -763,13 +399,5 @@ mod tests {
         assert_eq!(origin_form(&u), "/a/b?c=d");
         let u: Uri = "/".parse().unwrap();
         assert_eq!(origin_form(&u), "/");
-    }
-
-    #[test]
-    fn idempotent_methods() {
-        assert!(is_idempotent(&Method::GET));
-        assert!(is_idempotent(&Method::PUT));
-        assert!(!is_idempotent(&Method::POST));
-        assert!(!is_idempotent(&Method::PATCH));
     }
 }

@@ -12,6 +12,7 @@ pub mod checks;
 pub mod client_io;
 pub mod corked;
 pub mod error;
+pub mod exchange;
 pub mod fast_h1;
 pub mod forward;
 pub mod guard;
