@@ -36,13 +36,12 @@ pub fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains("transfer-encoding") {
+    if let Some(coding) = headers.get_all("transfer-encoding").last() {
         // Transfer-Encoding overrides Content-Length; a final coding other than chunked
         // means the body runs to the close.
-        let chunked = headers
-            .get_all("transfer-encoding")
-            .last()
-            .and_then(|v| v.rsplit(|&b| b == b',').next())
+        let chunked = coding
+            .rsplit(|&b| b == b',')
+            .next()
             .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked {
             Framing::Chunked
