@@ -2,6 +2,7 @@
 //! request coalescing and compression of stored objects. The proxy's request path uses
 //! them in `proxy::cached`.
 
+pub mod body_file;
 pub mod coalesce;
 pub mod compress;
 pub mod directives;

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use moka::notification::RemovalCause;
 
+use super::body_file::BodyFile;
 use super::rules::Freshness;
 
 /// Content codings we produce and keep.
@@ -45,6 +46,8 @@ pub struct Variant {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The sealed file `body` is mapped from, for a large identity body (`body_file`).
+    pub file: Option<Arc<BodyFile>>,
     pub freshness: Freshness,
     /// The headers every answer from this variant starts from, made by the proxy on the
     /// first hit (the stored ones plus what it adds), so that a hit copies one map.
@@ -279,6 +282,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::from(vec![b'x'; size]),
+            file: None,
             freshness: Freshness::from_response(StatusCode::OK, &HeaderMap::new(), 0, 0),
             served: OnceLock::new(),
         }

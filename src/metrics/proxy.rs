@@ -47,6 +47,7 @@ pub const CACHE_BYTES: &str = "geoedge_proxy_cache_bytes";
 pub const CACHE_OBJECTS: &str = "geoedge_proxy_cache_objects";
 pub const CACHE_EVICTIONS: &str = "geoedge_proxy_cache_evictions_total";
 pub const CACHE_PURGES: &str = "geoedge_proxy_cache_purges_total";
+pub const CACHE_FILE_SENDS: &str = "geoedge_proxy_cache_file_sends_total";
 
 pub const METHOD_CLASSES: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "DELETE", "other"];
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -107,6 +108,7 @@ pub struct ProxyMetrics {
     pub cache_objects: IntGauge,
     pub cache_evictions: IntCounter,
     pub cache_purges: IntCounter,
+    pub cache_file_sends: IntCounter,
     pub rule_matches: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_clients: IntGauge,
@@ -249,6 +251,10 @@ impl ProxyMetrics {
                 "Objects evicted to stay within the byte bound",
             ),
             cache_purges: counter(CACHE_PURGES, "Objects dropped by purge requests"),
+            cache_file_sends: counter(
+                CACHE_FILE_SENDS,
+                "Cache hits whose body went out by sendfile from its sealed file",
+            ),
             rule_matches: v(
                 PROXY_RULE_MATCHES,
                 "Requests matched by each request rule",

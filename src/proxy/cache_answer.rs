@@ -2,6 +2,8 @@
 //! Cache-Status, conditional (304) and range (206/416) answers, HEAD; and the Cache-Status
 //! of answers that did not come from the store.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{
     HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
@@ -11,6 +13,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::body::{empty, full, ProxyBody};
+use crate::cache::body_file::BodyFile;
 use crate::cache::rules::{self, RangeAnswer};
 use crate::cache::store::{Coding, Variant};
 
@@ -82,6 +85,7 @@ pub(super) fn respond(
     if status != v.status {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
+    let whole = status == v.status && body.len() == v.body.len();
     let body = if parts.method == Method::HEAD {
         empty()
     } else {
@@ -90,8 +94,16 @@ pub(super) fn respond(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
+    if let (true, false, Some(file)) = (whole, parts.method == Method::HEAD, &v.file) {
+        resp.extensions_mut().insert(FileBody(file.clone()));
+    }
     resp
 }
+
+/// On a response whose body is a whole stored body with a sealed file: a writer that can
+/// may send the file instead of the body's bytes (they are the same bytes).
+#[derive(Clone, Debug)]
+pub struct FileBody(pub Arc<BodyFile>);
 
 /// The stored headers with what every answer from the variant carries: its coding, a weak
 /// validator for a coding we applied, Accept-Ranges, the length, and placeholders for
@@ -243,6 +255,7 @@ mod tests {
             status: StatusCode::OK,
             headers: stored,
             body: Bytes::from_static(b"0123456789"),
+            file: None,
             freshness: Freshness::from_response(StatusCode::OK, &HeaderMap::new(), 100, 100),
             served: std::sync::OnceLock::new(),
         };

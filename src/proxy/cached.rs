@@ -18,6 +18,7 @@ use super::body::{empty, ProxyBody};
 use super::cache_answer::{gateway_timeout, pass_through, respond, CACHE_STATUS};
 use super::error::ProxyError;
 use super::exchange::Origin;
+use crate::cache::body_file::BodyFile;
 use crate::cache::coalesce::{self, Coalescer, Outcome, Role};
 use crate::cache::directives::RequestDirectives;
 use crate::cache::rules::{self, Freshness, StaleDefaults, Use};
@@ -264,6 +265,7 @@ async fn compress_variant(
         status: identity.status,
         headers: identity.headers.clone(),
         body,
+        file: None,
         freshness: identity.freshness.clone(),
         served: std::sync::OnceLock::new(),
     };
@@ -284,6 +286,7 @@ fn clone_variant(v: &Variant) -> Variant {
         status: v.status,
         headers: v.headers.clone(),
         body: v.body.clone(),
+        file: v.file.clone(),
         freshness: v.freshness.clone(),
         served: std::sync::OnceLock::new(),
     }
@@ -456,12 +459,17 @@ async fn store_or_pass(
             head.headers.remove(TRANSFER_ENCODING);
             head.headers.remove(CONTENT_LENGTH);
             let vary = rules::vary_names(&head.headers).unwrap_or_default();
+            let (body, file) = match BodyFile::store(&bytes) {
+                Some((mapped, file)) => (mapped, Some(file)),
+                None => (bytes, None),
+            };
             let variant = Variant {
                 vary_values: store::vary_values(&vary, &parts.headers),
                 coding: Coding::Identity,
                 status: head.status,
                 headers: head.headers,
-                body: bytes,
+                body,
+                file,
                 freshness,
                 served: std::sync::OnceLock::new(),
             };
@@ -556,6 +564,7 @@ async fn refresh(
                 status: stored.status,
                 headers,
                 body: stored.body.clone(),
+                file: stored.file.clone(),
                 freshness,
                 served: std::sync::OnceLock::new(),
             };

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use super::lazy_socket::{LastWrites, Registered};
+use super::lazy_socket::{LastWrites, Registered, SendFile};
 use crate::clock::coarse_ms;
 
 /// Activity of one client connection, for the idle timeout: the last read or write, and
@@ -99,6 +99,40 @@ impl<S> Tracked<S> {
 impl<S: LastWrites> LastWrites for Tracked<S> {
     fn hold_until_shutdown(&mut self) {
         self.inner.hold_until_shutdown();
+    }
+}
+
+impl<S: SendFile + Registered> SendFile for Tracked<S> {
+    fn can_send_file(&self) -> bool {
+        self.inner.can_send_file()
+    }
+
+    fn poll_write_before_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.hold_first_write(cx));
+        let res = self.inner.poll_write_before_file(cx, data);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.hold_first_write(cx));
+        let res = self.inner.poll_send_file(cx, file, offset, len);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
     }
 }
 

@@ -39,9 +39,10 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::answer::Answer;
+use super::cache_answer::FileBody;
 use super::client_io::Activity;
 use super::forward::{self, ClientConn};
-use super::lazy_socket::LastWrites;
+use super::lazy_socket::{LastWrites, SendFile};
 use super::refused::{self, Refusal};
 use super::request_head::{has_close, READ_BUF};
 pub use super::request_head::{parse, Parsed, RequestLimits, SimpleRequest};
@@ -164,7 +165,7 @@ pub struct Serving<'a> {
 /// Serves simple requests on `io` until the connection ends or a request needs hyper.
 pub async fn serve<I>(mut io: I, s: &Serving<'_>) -> io::Result<Ended<I>>
 where
-    I: AsyncRead + AsyncWrite + LastWrites + Unpin,
+    I: AsyncRead + AsyncWrite + LastWrites + SendFile + Unpin,
 {
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut out = Vec::with_capacity(512);
@@ -224,11 +225,17 @@ where
         s.activity.waiting.fetch_sub(1, Ordering::Relaxed);
         let stopping = s.stopping.load(Ordering::Relaxed);
         let close = closes_after(asked_close, stopping, &response);
+        let from_file = if close {
+            write_last(&mut io, &mut out, response, head_request).await?
+        } else {
+            write_response(&mut io, &mut out, response, head_request, false).await?
+        };
+        if from_file {
+            s.shared.metrics.cache_file_sends.inc();
+        }
         if close {
-            write_last(&mut io, &mut out, response, head_request).await?;
             return Ok(Ended::Closed);
         }
-        write_response(&mut io, &mut out, response, head_request, false).await?;
     }
 }
 
@@ -240,7 +247,7 @@ async fn refuse<I>(
     refusal: Refusal,
 ) -> io::Result<Ended<I>>
 where
-    I: AsyncWrite + LastWrites + Unpin,
+    I: AsyncWrite + LastWrites + SendFile + Unpin,
 {
     refused::record(s.shared, s.conn.peer.ip(), refusal);
     if let Some(e) = refusal.answer() {
@@ -250,20 +257,20 @@ where
 }
 
 /// Writes a connection's last response and closes its sending side; the response and
-/// the FIN leave in one segment.
+/// the FIN leave in one segment. True when the body went out from a file.
 async fn write_last<I>(
     io: &mut I,
     out: &mut Vec<u8>,
     response: Answer,
     head_request: bool,
-) -> io::Result<()>
+) -> io::Result<bool>
 where
-    I: AsyncWrite + LastWrites + Unpin,
+    I: AsyncWrite + LastWrites + SendFile + Unpin,
 {
     io.hold_until_shutdown();
-    write_response(io, out, response, head_request, true).await?;
+    let from_file = write_response(io, out, response, head_request, true).await?;
     let _ = io.shutdown().await;
-    Ok(())
+    Ok(from_file)
 }
 
 /// Whether the connection closes after this response: the client asked, the server is
@@ -276,17 +283,18 @@ fn closes_after(asked: bool, stopping: bool, response: &Answer) -> bool {
             .any(|(n, v)| n.eq_ignore_ascii_case(b"connection") && has_close(v))
 }
 
-/// Writes one response whole. An error (the client went away, the body failed or did
-/// not match its length) leaves the connection unusable: the caller closes it.
+/// Writes one response whole; true when its body went out from a stored body's file. An
+/// error (the client went away, the body failed or did not match its length) leaves the
+/// connection unusable: the caller closes it.
 async fn write_response<I>(
     io: &mut I,
     out: &mut Vec<u8>,
-    answer: Answer,
+    mut answer: Answer,
     head_request: bool,
     close: bool,
-) -> io::Result<()>
+) -> io::Result<bool>
 where
-    I: AsyncWrite + Unpin,
+    I: AsyncWrite + SendFile + Unpin,
 {
     let status = answer.response.status();
     out.clear();
@@ -298,13 +306,24 @@ where
         head_request,
         close,
     );
+    let file = answer.response.extensions_mut().remove::<FileBody>();
     let mut body = answer.response.into_body();
     let mut left = match framing {
         Framing::None => {
             write_all(io, &mut [IoSlice::new(out)]).await?;
-            return io.flush().await;
+            io.flush().await?;
+            return Ok(false);
         }
-        Framing::Length(n) => Some(n),
+        Framing::Length(n) => {
+            if let Some(FileBody(file)) = file {
+                if file.len() as u64 == n && io.can_send_file() {
+                    send_file(io, out, file.file(), file.len()).await?;
+                    io.flush().await?;
+                    return Ok(true);
+                }
+            }
+            Some(n)
+        }
         Framing::Chunked => None,
     };
     // `out` holds what goes before the next body bytes: at first the head, which so
@@ -337,7 +356,8 @@ where
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
                 write_all(io, &mut [IoSlice::new(out)]).await?;
-                return io.flush().await;
+                io.flush().await?;
+                return Ok(false);
             }
         };
         if data.is_empty() {
@@ -370,6 +390,33 @@ where
         // What was written reaches the client before waiting for more (TLS buffers).
         io.flush().await?;
     }
+}
+
+/// Sends `head`, then the first `len` bytes of `file` by `sendfile`: the kernel takes the
+/// pages of a stored body's sealed file, where a write would copy the body into the
+/// socket. The head waits for the file's first pages, to leave in one segment with them.
+async fn send_file<I: SendFile>(
+    io: &mut I,
+    mut head: &[u8],
+    file: &std::fs::File,
+    len: usize,
+) -> io::Result<()> {
+    while !head.is_empty() {
+        let n = poll_fn(|cx| io.poll_write_before_file(cx, head)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        head = &head[n..];
+    }
+    let mut sent = 0;
+    while sent < len {
+        let n = poll_fn(|cx| io.poll_send_file(cx, file, sent as u64, len - sent)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        sent += n;
+    }
+    Ok(())
 }
 
 /// "SIZE\r\n" for a chunk of `len` bytes, in hex.

@@ -379,7 +379,11 @@ async fn written(response: impl Into<Answer>, head_request: bool) -> (io::Result
     drop(ours);
     let mut wire = Vec::new();
     theirs.read_to_end(&mut wire).await.unwrap();
-    (res, String::from_utf8(wire).unwrap())
+    // The duplex stream cannot send files: every body goes out as bytes.
+    (
+        res.map(|from_file| assert!(!from_file)),
+        String::from_utf8(wire).unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -516,4 +520,24 @@ fn damaged_requests_are_taken_whole_or_left_whole_for_hyper() {
         simple > 1000 && other > 1000 && ambiguous > 10,
         "{simple} taken, {ambiguous} to refuse, {other} not"
     );
+}
+
+impl crate::proxy::lazy_socket::SendFile for tokio::io::DuplexStream {}
+
+#[tokio::test]
+async fn a_stored_file_body_goes_out_as_bytes_where_files_cannot_be_sent() {
+    // As over TLS: the response's file is ignored and its body written.
+    let data = vec![b'z'; crate::cache::body_file::MIN_FILE_BYTES];
+    let (mapped, file) = crate::cache::body_file::BodyFile::store(&data).expect("a sealed file");
+    let mut resp = http::Response::new(crate::proxy::body::full(mapped));
+    resp.extensions_mut()
+        .insert(crate::proxy::cache_answer::FileBody(file));
+    let (res, wire) = written(resp, false).await;
+    res.unwrap();
+    let (head, body) = wire.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains(&format!("content-length: {}", data.len())),
+        "{head}"
+    );
+    assert_eq!(body.as_bytes(), &data[..]);
 }

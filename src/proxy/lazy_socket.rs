@@ -397,6 +397,98 @@ impl<S: LastWrites> LastWrites for tokio_rustls::server::TlsStream<S> {
     }
 }
 
+/// A stream that can send part of a file without the bytes passing through user space.
+pub trait SendFile {
+    /// Whether `poll_send_file` works here; not over TLS, which encrypts in user space.
+    fn can_send_file(&self) -> bool {
+        false
+    }
+
+    /// Writes what goes before a file's bytes (a response head), held back until they
+    /// follow, so that both leave in the same segment.
+    fn poll_write_before_file(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+
+    /// Sends up to `len` bytes of `file` from `offset`, as `poll_write` would send them.
+    fn poll_send_file(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _file: &std::fs::File,
+        _offset: u64,
+        _len: usize,
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+}
+
+impl<S> SendFile for tokio_rustls::server::TlsStream<S> {}
+
+#[cfg(target_os = "linux")]
+impl SendFile for LazySocket {
+    fn can_send_file(&self) -> bool {
+        !matches!(self.state, State::Broken)
+    }
+
+    fn poll_write_before_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.before_write();
+        // MSG_MORE: the file's first pages join these bytes in one segment.
+        direct_or(
+            self,
+            cx,
+            |s| send_direct(s, data, true),
+            |s, cx| loop {
+                std::task::ready!(s.poll_write_ready(cx))?;
+                match s.try_io(Interest::WRITABLE, || send_direct_ref(&s, data)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    done => return Poll::Ready(done),
+                }
+            },
+        )
+    }
+
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.before_write();
+        let send = move |s: &mut std::net::TcpStream| {
+            let mut at = offset;
+            rustix::fs::sendfile(&*s, file, Some(&mut at), len).map_err(io::Error::from)
+        };
+        direct_or(self, cx, send, |s, cx| loop {
+            std::task::ready!(s.poll_write_ready(cx))?;
+            match s.try_io(Interest::WRITABLE, || {
+                let mut at = offset;
+                rustix::fs::sendfile(&*s, file, Some(&mut at), len).map_err(io::Error::from)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        })
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+impl SendFile for LazySocket {}
+
+/// A held write on a registered socket (the reactor's own writes take no flags).
+#[cfg(target_os = "linux")]
+fn send_direct_ref(s: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(s).send_with_flags(data, send_flags(true))
+}
+
 impl AsyncWrite for LazySocket {
     fn poll_write(
         self: Pin<&mut Self>,

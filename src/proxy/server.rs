@@ -23,7 +23,7 @@ use super::client_io::{stop_requested, Activity, CheckedTimer, Tracked, POLL_TIC
 use super::corked;
 use super::fast_h1;
 use super::forward::{self, ClientConn};
-use super::lazy_socket::{Acceptor, LastWrites, LazySocket};
+use super::lazy_socket::{Acceptor, LastWrites, LazySocket, SendFile};
 use super::proxy_protocol;
 use super::refused::{self, Refusal};
 use super::tls::{self, CertStore};
@@ -454,7 +454,7 @@ async fn serve_http1<I, S>(
     limits: &Limits,
     stop: watch::Receiver<bool>,
 ) where
-    I: AsyncRead + AsyncWrite + LastWrites + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + LastWrites + SendFile + Unpin + Send + 'static,
     S: hyper::service::Service<
         http::Request<hyper::body::Incoming>,
         Response = http::Response<super::body::ProxyBody>,
