@@ -253,7 +253,7 @@ impl ProxyMetrics {
             cache_purges: counter(CACHE_PURGES, "Objects dropped by purge requests"),
             cache_file_sends: counter(
                 CACHE_FILE_SENDS,
-                "Cache hits whose body went out by sendfile from its sealed file",
+                "Answers from the cache whose body went out by sendfile from its sealed file",
             ),
             rule_matches: v(
                 PROXY_RULE_MATCHES,
