@@ -8,51 +8,19 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::Proc;
+use common::proxy_world::{world as world_with, Opts, World};
 
 const HOST: &str = "www.example.test";
 const SIZE: usize = 3_000_000;
 const PATH: &str = "/big?cache=max-age%3D60&size=3000000";
 
-struct World {
-    _dir: tempfile::TempDir,
-    _origin: Proc,
-    proxy: Proc,
-}
-
+/// A proxy whose only origin's answers are cached.
 fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Proc::start(
-        &["origin", "--listen", "127.0.0.1:0", "--name", "o1"],
-        dir.path(),
-        1,
-    );
-    let oaddr = origin.addr("HTTP (origin o1)");
-    let config = format!(
-        r#"[node]
-name = "f-1"
-region = "f"
-workers = 1
-[listen]
-http = ["127.0.0.1:0"]
-admin = "127.0.0.1:0"
-[[routes]]
-hosts = ["{HOST}"]
-upstream = "web"
-cache = true
-[upstreams.web]
-[[upstreams.web.origins]]
-name = "o1"
-addr = "{oaddr}"
-"#
-    );
-    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
-    let proxy = Proc::start(&["proxy", "--config", "proxy.toml"], dir.path(), 2);
-    World {
-        _dir: dir,
-        _origin: origin,
-        proxy,
-    }
+    world_with(Opts {
+        names: vec!["o1"],
+        extra: format!("[[routes]]\nhosts = [\"{HOST}\"]\nupstream = \"web\"\ncache = true\n"),
+        ..Opts::default()
+    })
 }
 
 /// A client socket with a tiny receive buffer, so the proxy's sends keep finding the
@@ -94,7 +62,7 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 fn file_sends(w: &World) -> u64 {
-    let (status, text) = common::http_get(w.proxy.addr("HTTP (admin)"), "/metrics");
+    let (status, text) = common::http_get(w.admin(), "/metrics");
     assert_eq!(status, 200);
     text.lines()
         .find(|l| l.starts_with("geoedge_proxy_cache_file_sends_total "))
@@ -106,7 +74,7 @@ fn file_sends(w: &World) -> u64 {
 #[test]
 fn large_hits_are_sent_from_the_stored_file_whole_and_in_step() {
     let w = world();
-    let mut s = slow_client(w.proxy.addr("HTTP"));
+    let mut s = slow_client(w.http());
     let expected = pattern(SIZE);
 
     let (head, body) = exchange(&mut s, "GET", "");
@@ -144,9 +112,9 @@ fn large_hits_are_sent_from_the_stored_file_whole_and_in_step() {
 #[test]
 fn a_connection_that_closes_after_a_large_hit_gets_all_of_it() {
     let w = world();
-    let mut s = slow_client(w.proxy.addr("HTTP"));
+    let mut s = slow_client(w.http());
     exchange(&mut s, "GET", "");
-    let mut s = slow_client(w.proxy.addr("HTTP"));
+    let mut s = slow_client(w.http());
     let (head, body) = exchange(&mut s, "GET", "Connection: close\r\n");
     assert!(head.contains("connection: close"), "{head}");
     assert!(body == pattern(SIZE));
