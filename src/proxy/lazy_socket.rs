@@ -11,6 +11,8 @@ use std::io;
 #[cfg(not(target_os = "linux"))]
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr};
+#[cfg(target_os = "linux")]
+use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -441,17 +443,14 @@ impl SendFile for LazySocket {
     ) -> Poll<io::Result<usize>> {
         self.before_write();
         // MSG_MORE: the file's first pages join these bytes in one segment.
+        let send = |fd: BorrowedFd<'_>| {
+            socket2::SockRef::from(&fd).send_with_flags(data, send_flags(true))
+        };
         direct_or(
             self,
             cx,
-            |s| send_direct(s, data, true),
-            |s, cx| loop {
-                std::task::ready!(s.poll_write_ready(cx))?;
-                match s.try_io(Interest::WRITABLE, || send_direct_ref(&s, data)) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    done => return Poll::Ready(done),
-                }
-            },
+            |s| send(s.as_fd()),
+            |s, cx| when_writable(&s, cx, send),
         )
     }
 
@@ -463,30 +462,37 @@ impl SendFile for LazySocket {
         len: usize,
     ) -> Poll<io::Result<usize>> {
         self.before_write();
-        let send = move |s: &mut std::net::TcpStream| {
+        let send = |fd: BorrowedFd<'_>| {
             let mut at = offset;
-            rustix::fs::sendfile(&*s, file, Some(&mut at), len).map_err(io::Error::from)
+            rustix::fs::sendfile(fd, file, Some(&mut at), len).map_err(io::Error::from)
         };
-        direct_or(self, cx, send, |s, cx| loop {
-            std::task::ready!(s.poll_write_ready(cx))?;
-            match s.try_io(Interest::WRITABLE, || {
-                let mut at = offset;
-                rustix::fs::sendfile(&*s, file, Some(&mut at), len).map_err(io::Error::from)
-            }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                done => return Poll::Ready(done),
-            }
-        })
+        direct_or(
+            self,
+            cx,
+            |s| send(s.as_fd()),
+            |s, cx| when_writable(&s, cx, send),
+        )
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 impl SendFile for LazySocket {}
 
-/// A held write on a registered socket (the reactor's own writes take no flags).
+/// Runs `send` on a registered socket once it is writable, waiting again (with the
+/// waker registered) while it would block: for sends the reactor has no method for.
 #[cfg(target_os = "linux")]
-fn send_direct_ref(s: &TcpStream, data: &[u8]) -> io::Result<usize> {
-    socket2::SockRef::from(s).send_with_flags(data, send_flags(true))
+fn when_writable(
+    s: &TcpStream,
+    cx: &mut Context<'_>,
+    send: impl Fn(BorrowedFd<'_>) -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(s.poll_write_ready(cx))?;
+        match s.try_io(Interest::WRITABLE, || send(s.as_fd())) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return Poll::Ready(done),
+        }
+    }
 }
 
 impl AsyncWrite for LazySocket {
