@@ -62,13 +62,7 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 fn file_sends(w: &World) -> u64 {
-    let (status, text) = common::http_get(w.admin(), "/metrics");
-    assert_eq!(status, 200);
-    text.lines()
-        .find(|l| l.starts_with("geoedge_proxy_cache_file_sends_total "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no file-send counter in {text}"))
+    w.metric("geoedge_proxy_cache_file_sends_total")
 }
 
 #[test]

@@ -154,6 +154,12 @@ fn tls_sessions_resume_with_tickets_and_with_the_tls12_cache() {
             }
         }
     });
+    // Two full handshakes, six resumed.
+    assert_eq!(
+        w.metric("geoedge_proxy_tls_handshakes_total{result=\"ok\"}"),
+        8
+    );
+    assert_eq!(w.metric("geoedge_proxy_tls_resumed_total"), 6);
     let _ = &w.dir;
 }
 

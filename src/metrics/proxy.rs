@@ -14,6 +14,7 @@ pub const PROXY_UPSTREAM_UP: &str = "geoedge_proxy_upstream_up";
 pub const PROXY_RETRIES: &str = "geoedge_proxy_retries_total";
 pub const PROXY_UPSTREAM_ERRORS: &str = "geoedge_proxy_upstream_errors_total";
 pub const PROXY_TLS_HANDSHAKES: &str = "geoedge_proxy_tls_handshakes_total";
+pub const PROXY_TLS_RESUMED: &str = "geoedge_proxy_tls_resumed_total";
 pub const PROXY_CONNECTIONS_OPEN: &str = "geoedge_proxy_connections_open";
 pub const PROXY_CONNECTIONS: &str = "geoedge_proxy_connections_total";
 pub const PROXY_TUNNELS_OPEN: &str = "geoedge_proxy_tunnels_open";
@@ -88,6 +89,7 @@ pub struct ProxyMetrics {
     pub upstream_errors: IntCounterVec,
     pub tls_ok: IntCounter,
     pub tls_failed: IntCounter,
+    pub tls_resumed: IntCounter,
     pub connections_open: IntGauge,
     pub connections: IntCounterVec,
     pub tunnels_open: IntGauge,
@@ -251,6 +253,10 @@ impl ProxyMetrics {
                 "Objects evicted to stay within the byte bound",
             ),
             cache_purges: counter(CACHE_PURGES, "Objects dropped by purge requests"),
+            tls_resumed: counter(
+                PROXY_TLS_RESUMED,
+                "TLS handshakes that resumed an earlier session (a ticket or the TLS 1.2 cache); also counted in the handshakes' ok",
+            ),
             cache_file_sends: counter(
                 CACHE_FILE_SENDS,
                 "Answers from the cache whose body went out by sendfile from its sealed file",

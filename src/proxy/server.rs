@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::rustls::HandshakeKind;
 use tokio_rustls::TlsAcceptor;
 
 use super::admin::{ProxyAdmin, Reloader};
@@ -351,6 +352,9 @@ async fn serve_connection(
                     {
                         Ok(Ok(s)) => {
                             shared.metrics.tls_ok.inc();
+                            if s.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
+                                shared.metrics.tls_resumed.inc();
+                            }
                             s
                         }
                         Ok(Err(e)) => {

@@ -136,6 +136,16 @@ impl World {
     pub fn admin(&self) -> SocketAddr {
         self.proxy.addr("HTTP (admin)")
     }
+    /// The value of one series on the admin listener's `/metrics`, named as the text
+    /// format writes it (`name` or `name{label="value"}`).
+    pub fn metric(&self, series: &str) -> u64 {
+        let (status, text) = super::http_get(self.admin(), "/metrics");
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    }
     pub fn kill_origin(&mut self, i: usize) {
         let _ = self.origins.procs[i].child.kill();
         let _ = self.origins.procs[i].child.wait();
