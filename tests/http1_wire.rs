@@ -308,11 +308,7 @@ fn an_unknown_host_and_a_missing_route_are_framed_answers_on_a_live_connection()
 }
 
 fn open_connections(w: &common::proxy_world::World) -> Option<u64> {
-    let (_, metrics) = common::http_get(w.admin(), "/metrics");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("geoedge_proxy_connections_open "))
-        .and_then(|v| v.trim().parse().ok())
+    common::metric(w.admin(), "geoedge_proxy_connections_open").map(|v| v as u64)
 }
 
 #[test]

@@ -144,6 +144,15 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Optio
     }
 }
 
+/// The value of one series on `admin`'s `/metrics`, named as the text format writes it
+/// (`name` or `name{label="value"}`); None when the page has no such series.
+pub fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
+    let (_, text) = http_get(admin, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A plain HTTP/1.1 GET over a fresh connection; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read, Write};

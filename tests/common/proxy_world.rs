@@ -139,12 +139,8 @@ impl World {
     /// The value of one series on the admin listener's `/metrics`, named as the text
     /// format writes it (`name` or `name{label="value"}`).
     pub fn metric(&self, series: &str) -> u64 {
-        let (status, text) = super::http_get(self.admin(), "/metrics");
-        assert_eq!(status, 200);
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in {text}"))
+        super::metric(self.admin(), series).unwrap_or_else(|| panic!("no {series} on /metrics"))
+            as u64
     }
     pub fn kill_origin(&mut self, i: usize) {
         let _ = self.origins.procs[i].child.kill();
