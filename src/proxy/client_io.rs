@@ -94,6 +94,24 @@ impl<S> Tracked<S> {
     fn touch(&self) {
         self.activity.last_ms.store(coarse_ms(), Ordering::Relaxed);
     }
+
+    /// Every kind of write: held if it is the first after a read, and counted as
+    /// activity once it moves a byte.
+    fn tracked_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(&mut S, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>>
+    where
+        S: Registered,
+    {
+        std::task::ready!(self.hold_first_write(cx));
+        let res = write(&mut self.inner, cx);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
 }
 
 impl<S: LastWrites> LastWrites for Tracked<S> {
@@ -112,12 +130,7 @@ impl<S: SendFile + Registered> SendFile for Tracked<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.hold_first_write(cx));
-        let res = self.inner.poll_write_before_file(cx, data);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        res
+        self.tracked_write(cx, |s, cx| s.poll_write_before_file(cx, data))
     }
 
     fn poll_send_file(
@@ -127,12 +140,7 @@ impl<S: SendFile + Registered> SendFile for Tracked<S> {
         offset: u64,
         len: usize,
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.hold_first_write(cx));
-        let res = self.inner.poll_send_file(cx, file, offset, len);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        res
+        self.tracked_write(cx, |s, cx| s.poll_send_file(cx, file, offset, len))
     }
 }
 
@@ -158,12 +166,7 @@ impl<S: AsyncWrite + Registered + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.hold_first_write(cx));
-        let res = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        res
+        self.tracked_write(cx, |s, cx| Pin::new(s).poll_write(cx, data))
     }
 
     fn poll_write_vectored(
@@ -171,12 +174,7 @@ impl<S: AsyncWrite + Registered + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.hold_first_write(cx));
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        res
+        self.tracked_write(cx, |s, cx| Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
