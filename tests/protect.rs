@@ -138,17 +138,15 @@ fn rate_limit_memory_stays_bounded_under_a_flood_of_addresses() {
             .unwrap();
             assert_eq!(r.status, 200);
         }
-        let m = h::get(w.proxy.addr("HTTP (admin)"), "admin", "/metrics")
-            .await
-            .unwrap()
-            .text();
-        let tracked: u64 = m
-            .lines()
-            .find(|l| l.starts_with("geoedge_proxy_rate_limit_clients "))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        assert!(tracked <= 100, "{tracked} clients remembered");
+        let tracked = common::metric(
+            w.proxy.addr("HTTP (admin)"),
+            "geoedge_proxy_rate_limit_clients",
+        )
+        .expect("the rate limiter's client gauge");
+        assert!(
+            tracked > 0.0 && tracked <= 100.0,
+            "{tracked} clients remembered"
+        );
     });
 }
 

@@ -50,16 +50,9 @@ fn v2_tcp4(src: [u8; 4], port: u16) -> Vec<u8> {
 }
 
 fn refused(w: &World, reason: &str) -> u64 {
-    let rt = h::runtime();
-    let m = rt
-        .block_on(h::get(w.admin(), "admin", "/metrics"))
-        .unwrap()
-        .text();
-    let series = format!("geoedge_proxy_refused_requests_total{{reason=\"{reason}\"}} ");
-    m.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{m}"))
+    w.metric(&format!(
+        "geoedge_proxy_refused_requests_total{{reason=\"{reason}\"}}"
+    ))
 }
 
 #[test]

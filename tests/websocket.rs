@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::proxy_world::{self, Opts, World};
-use common::{http_get, wait_for};
+use common::{metric, wait_for};
 
 fn world(names: &[&'static str], limits: &str) -> World {
     proxy_world::world(Opts {
@@ -27,13 +27,7 @@ fn tls_world() -> World {
     })
 }
 
-fn metric(admin: SocketAddr, line_start: &str) -> Option<f64> {
-    let (_, text) = http_get(admin, "/metrics");
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+const IN_FLIGHT_O1: &str = r#"geoedge_proxy_upstream_in_flight{origin="o1",upstream="web"}"#;
 
 /// Sends an upgrade request (and `early` bytes right behind it) and reads the response
 /// head; returns the stream, the head, and whatever came after the head.
@@ -88,17 +82,17 @@ fn a_websocket_crosses_the_proxy_both_ways_and_counts_while_open() {
     assert_eq!(read_exactly(&mut s, Vec::new(), big.len()), big);
 
     wait_for(Duration::from_secs(5), "tunnels_open 1", || {
-        (metric(admin, "geoedge_proxy_tunnels_open ") == Some(1.0)).then_some(())
+        (metric(admin, "geoedge_proxy_tunnels_open") == Some(1.0)).then_some(())
     });
     assert_eq!(
-        metric(admin, "geoedge_proxy_upstream_in_flight{"),
+        metric(admin, IN_FLIGHT_O1),
         Some(1.0),
         "a tunnel is in flight at its origin"
     );
     drop(s);
     wait_for(Duration::from_secs(5), "the tunnel to close", || {
-        (metric(admin, "geoedge_proxy_tunnels_open ") == Some(0.0)
-            && metric(admin, "geoedge_proxy_upstream_in_flight{") == Some(0.0))
+        (metric(admin, "geoedge_proxy_tunnels_open") == Some(0.0)
+            && metric(admin, IN_FLIGHT_O1) == Some(0.0))
         .then_some(())
     });
 }
