@@ -4,6 +4,8 @@
 //! - `GET /anything?status=503&delay_ms=200&size=1024&cache=max-age%3D60` shapes one answer;
 //!   `h_NAME=VALUE` adds any response header (`h_etag=%22v1%22`, `h_vary=accept-language`);
 //!   with an ETag or Last-Modified set, a matching conditional request gets 304;
+//!   `t_NAME=VALUE` adds a response trailer (`t_grpc-status=0`), sent where the protocol
+//!   carries trailers (HTTP/2);
 //! - `GET /_origin/echo` returns the request head as it arrived (forwarding tests);
 //! - `GET /_origin/upgrade` with `Connection: upgrade` switches to the protocol the request
 //!   names in `Upgrade` and echoes every byte back (WebSocket tunnel tests); without an
@@ -266,6 +268,23 @@ fn with_identity(mut resp: Response<Full<Bytes>>, name: &str) -> Response<Full<B
     resp
 }
 
+/// The trailers a request's `t_NAME=VALUE` parameters ask for; None when there are none.
+fn asked_trailers(query: Option<&str>) -> Option<http::HeaderMap> {
+    let mut trailers = http::HeaderMap::new();
+    for (k, v) in query?.split('&').filter_map(|kv| kv.split_once('=')) {
+        let Some(name) = k.strip_prefix("t_") else {
+            continue;
+        };
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(&percent_decode(v)),
+        ) {
+            trailers.append(n, v);
+        }
+    }
+    (!trailers.is_empty()).then_some(trailers)
+}
+
 /// Serves the origin on a bound listener until the task is dropped.
 pub async fn serve(listener: TcpListener, origin: Arc<Origin>) {
     loop {
@@ -276,9 +295,16 @@ pub async fn serve(listener: TcpListener, origin: Arc<Origin>) {
         let _ = stream.set_nodelay(true);
         let origin = origin.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let origin = origin.clone();
-                async move { Ok::<_, Infallible>(origin.answer(req).await) }
+                let trailers = asked_trailers(req.uri().query());
+                async move {
+                    let resp = origin.answer(req).await;
+                    Ok::<_, Infallible>(resp.map(|body| match trailers {
+                        Some(t) => body.with_trailers(async move { Some(Ok(t)) }).boxed(),
+                        None => body.boxed(),
+                    }))
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder

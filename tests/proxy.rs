@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::http::{self as h, runtime};
-use common::proxy_world::{post, tally, world, world_with_weights, Opts};
+use common::proxy_world::{post, tally, until_served_by, world, world_with_weights, Opts};
 
 #[test]
 fn round_robin_and_weights_distribute_as_configured() {
@@ -200,15 +200,7 @@ fn active_checks_take_an_origin_out_and_bring_it_back_after_rise() {
             );
         }
         post(w.origins.addrs[0], "/_origin/health?status=200").await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let r = h::get(w.http(), "www.example.test", "/").await.unwrap();
-            if r.origin() == "o1" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "o1 never came back");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_served_by(w.http(), "o1").await;
     });
 }
 
@@ -530,6 +522,10 @@ fn bad_proxy_configs_are_refused_with_file_and_key() {
         (
             base.replace("name = \"n\"", "name = \"n\"\nmystery = 1"),
             "mystery",
+        ),
+        (
+            base.replace("[upstreams.web]", "[upstreams.web]\nprotocol = \"h3\""),
+            "proxy.toml:10: unknown variant `h3`, expected `http1` or `h2c`",
         ),
     ];
     for (text, needle) in cases {

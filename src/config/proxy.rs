@@ -17,7 +17,9 @@ use super::limits::RawLimits;
 use super::protect::{self, RawAuth, RawRateLimit, RawRule};
 pub use super::protect::{AuthConfig, RateConfig, RateLimitConfig, RuleAction, RuleConfig};
 use super::upstreams::RawUpstream;
-pub use super::upstreams::{Balance, HealthCheckConfig, OriginConfig, UpstreamConfig};
+pub use super::upstreams::{
+    Balance, HealthCheckConfig, OriginConfig, OriginProtocol, UpstreamConfig,
+};
 use super::{ConfigDuration, ConfigError, Source};
 
 #[derive(Debug, Deserialize)]

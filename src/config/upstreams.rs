@@ -23,6 +23,8 @@ pub(super) struct RawUpstream {
     health_check: Option<RawHealthCheck>,
     #[serde(default)]
     passive: RawPassive,
+    #[serde(default)]
+    protocol: OriginProtocol,
 }
 
 fn d_connect_timeout() -> ConfigDuration {
@@ -39,6 +41,18 @@ pub enum Balance {
     LeastConn,
     RoundRobin,
     WeightedRoundRobin,
+}
+
+/// How the proxy speaks to an upstream's origins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginProtocol {
+    /// HTTP/1.1 with a pool of keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, by prior knowledge (RFC 9113 §3.3): one multiplexed connection
+    /// per origin. What gRPC services and other HTTP/2-only origins speak.
+    H2c,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +137,7 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheckConfig>,
     pub passive_failures: u32,
     pub passive_cooldown: Duration,
+    pub protocol: OriginProtocol,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -237,6 +252,7 @@ pub(super) fn validate(
             health_check,
             passive_failures: u.passive.failures.max(1),
             passive_cooldown: u.passive.cooldown.0,
+            protocol: u.protocol,
         });
     }
     Ok(upstreams)

@@ -24,9 +24,11 @@ use super::body::{empty, OriginBody, ProxyBody};
 use super::error::ProxyError;
 use super::headers::{self, ForwardContext};
 use super::origin_conn::{OriginConn, ResponseHead, SendError};
+use super::origin_h2::{self, H2Body};
 use super::tunnel::{self, Tunnel, TunnelSlot};
 use super::upstream::{InFlight, Upstream};
 use super::{ProxyState, Shared};
+use crate::config::proxy::OriginProtocol;
 
 /// How far the retry rule has gone for one request. A stale keep-alive connection costs no
 /// failover: the next attempt goes to the same origin on a new connection, which is never
@@ -101,6 +103,14 @@ impl Origin {
         client: hyper::upgrade::OnUpgrade,
         slot: &TunnelSlot,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        if self.upstream.protocol == OriginProtocol::H2c {
+            // An HTTP/2 origin would need RFC 8441's extended CONNECT; nginx's
+            // `grpc_pass` does not tunnel either.
+            return Err(ProxyError::Upstream {
+                origin: self.upstream.name.clone(),
+                message: "WebSocket needs an upstream with protocol http1".into(),
+            });
+        }
         tunnel::ask_for_websocket(&mut parts.headers);
         let exchanged = self.exchange(parts, empty(), true).await?;
         if exchanged.head.status != StatusCode::SWITCHING_PROTOCOLS {
@@ -108,10 +118,16 @@ impl Origin {
         }
         let Exchanged {
             head,
-            conn,
+            wire,
             index,
             in_flight,
         } = exchanged;
+        let Wire::H1(conn) = wire else {
+            return Err(ProxyError::Upstream {
+                origin: self.upstream.origins[index].name.clone(),
+                message: "101 over HTTP/2".into(),
+            });
+        };
         let (origin, early) = conn.into_tunnel();
         slot.put(Tunnel {
             client,
@@ -186,6 +202,24 @@ impl Origin {
                 .and_then(|g| g.get(index))
                 .cloned();
             let in_flight = InFlight::new(origin.state.clone(), gauge);
+            if upstream.protocol == OriginProtocol::H2c {
+                // Boxed: its future would otherwise enlarge every HTTP/1.1 request's.
+                let attempt = Box::pin(
+                    self.attempt_h2(index, fresh, &parts, &mut body, replayable, in_flight),
+                );
+                match attempt.await {
+                    H2Attempt::Done(exchanged) => return Ok(exchanged),
+                    H2Attempt::AgainOnNewConnection => plan.again_on = Some(index),
+                    H2Attempt::Failed { error, retry } => {
+                        exclude = Some(index);
+                        if retry && plan.take_failover() {
+                            continue;
+                        }
+                        return Err(error);
+                    }
+                }
+                continue;
+            }
             let connected = match upstream.pooled(index, fresh) {
                 Some(conn) => Ok((conn, true)),
                 None => {
@@ -234,7 +268,7 @@ impl Origin {
                     }
                     return Ok(Exchanged {
                         head,
-                        conn,
+                        wire: Wire::H1(conn),
                         index,
                         in_flight,
                     });
@@ -283,20 +317,113 @@ impl Origin {
         }
     }
 
+    /// One attempt at an `h2c` upstream's origin, sorted by the retry rule at the top of
+    /// this file. A stream the origin refused unprocessed (a GOAWAY met the request, or
+    /// REFUSED_STREAM) counts as a stale keep-alive connection does.
+    async fn attempt_h2(
+        &self,
+        index: usize,
+        fresh: bool,
+        parts: &http::request::Parts,
+        body: &mut Option<ProxyBody>,
+        replayable: bool,
+        in_flight: InFlight,
+    ) -> H2Attempt {
+        let (shared, upstream) = (&*self.shared, &*self.upstream);
+        let origin = &upstream.origins[index];
+        let session = &origin.state.h2;
+        if fresh {
+            session.forget().await;
+        }
+        let failed = |message: String| ProxyError::Upstream {
+            origin: origin.name.clone(),
+            message,
+        };
+        let (mut sender, reused) = match session.sender(origin.addr, upstream.connect_timeout).await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                count_failure(shared, upstream, index, "connect");
+                return H2Attempt::Failed {
+                    error: ProxyError::Connect {
+                        origin: origin.name.clone(),
+                        message: e.to_string(),
+                    },
+                    retry: true,
+                };
+            }
+        };
+        let Some(body) = body.take().or_else(|| replayable.then(empty)) else {
+            return H2Attempt::Failed {
+                error: failed("request body already sent; not retried".into()),
+                retry: false,
+            };
+        };
+        let request = match origin_h2::request(parts, body, &origin.authority) {
+            Ok(r) => r,
+            Err(e) => {
+                return H2Attempt::Failed {
+                    error: failed(format!("request not representable in HTTP/2: {e}")),
+                    retry: false,
+                }
+            }
+        };
+        let sent = tokio::time::timeout(upstream.response_timeout, sender.send_request(request));
+        match sent.await {
+            Ok(Ok(response)) => {
+                let (head, body) = response.into_parts();
+                if head.status.is_server_error() {
+                    count_failure(shared, upstream, index, "5xx");
+                } else {
+                    origin.state.record_success();
+                }
+                H2Attempt::Done(Exchanged {
+                    head: origin_h2::response_head(&head),
+                    wire: Wire::H2(body),
+                    index,
+                    in_flight,
+                })
+            }
+            Err(_) => {
+                count_failure(shared, upstream, index, "timeout");
+                H2Attempt::Failed {
+                    error: ProxyError::Timeout {
+                        origin: origin.name.clone(),
+                        seconds: upstream.response_timeout.as_secs_f64(),
+                    },
+                    retry: false,
+                }
+            }
+            Ok(Err(e)) if reused && replayable && origin_h2::never_processed(&e) => {
+                H2Attempt::AgainOnNewConnection
+            }
+            Ok(Err(e)) => {
+                count_failure(shared, upstream, index, "reset");
+                H2Attempt::Failed {
+                    error: failed(e.to_string()),
+                    retry: replayable,
+                }
+            }
+        }
+    }
+
     fn client_answer(&self, exchanged: Exchanged) -> Answer {
         let Exchanged {
             head,
-            conn,
+            wire,
             index,
             in_flight,
         } = exchanged;
         let origin = &self.upstream.origins[index];
-        let body = OriginBody::new(
-            conn.into_body(head.framing),
-            origin.state.clone(),
-            in_flight,
-        )
-        .boxed_unsync();
+        let body = match wire {
+            Wire::H1(conn) => OriginBody::new(
+                conn.into_body(head.framing),
+                origin.state.clone(),
+                in_flight,
+            )
+            .boxed_unsync(),
+            Wire::H2(body) => H2Body::new(body, in_flight).boxed_unsync(),
+        };
         self.answer(head, index, body)
     }
 
@@ -346,10 +473,29 @@ impl Origin {
     }
 }
 
+/// What one attempt at an `h2c` origin came to.
+enum H2Attempt {
+    Done(Exchanged),
+    /// Sent on an open connection that turned out to be going away, and never processed:
+    /// the same origin again, on a new connection.
+    AgainOnNewConnection,
+    /// `retry`: whether the request may go to another origin.
+    Failed {
+        error: ProxyError,
+        retry: bool,
+    },
+}
+
+/// The connection a response head came on, which its body comes on too.
+enum Wire {
+    H1(OriginConn),
+    H2(hyper::body::Incoming),
+}
+
 /// A response head from an origin, and what it came with.
 struct Exchanged {
     head: ResponseHead,
-    conn: OriginConn,
+    wire: Wire,
     /// The origin's index in its upstream.
     index: usize,
     in_flight: InFlight,

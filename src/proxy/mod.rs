@@ -20,6 +20,7 @@ pub mod header_lines;
 pub mod headers;
 pub mod lazy_socket;
 pub mod origin_conn;
+pub mod origin_h2;
 mod origin_wire;
 mod proxy_protocol;
 pub mod ratelimit;

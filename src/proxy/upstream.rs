@@ -16,7 +16,8 @@ use tokio::net::TcpStream;
 
 use super::balance::{self, Candidate};
 use super::origin_conn::OriginConn;
-use crate::config::proxy::{Balance, HealthCheckConfig, UpstreamConfig};
+use super::origin_h2::H2Session;
+use crate::config::proxy::{Balance, HealthCheckConfig, OriginProtocol, UpstreamConfig};
 use crate::health::RiseFall;
 
 /// Idle connections kept per origin; past this the longest idle is closed.
@@ -39,6 +40,8 @@ pub struct OriginState {
     down_until: AtomicU64,
     /// Newest at the back, with the coarse time each went idle.
     idle: Mutex<VecDeque<(OriginConn, u64)>>,
+    /// The one connection of an `h2c` upstream's origin.
+    pub h2: H2Session,
 }
 
 impl OriginState {
@@ -50,6 +53,7 @@ impl OriginState {
             passive_failures: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
             idle: Mutex::new(VecDeque::new()),
+            h2: H2Session::default(),
         }
     }
 
@@ -189,6 +193,7 @@ pub struct Upstream {
     pub passive_failures: u32,
     pub passive_cooldown: Duration,
     pub health_check: Option<HealthCheckConfig>,
+    pub protocol: OriginProtocol,
     pub origins: Vec<Origin>,
     schedule: Vec<usize>,
     turn: AtomicUsize,
@@ -232,6 +237,7 @@ impl Upstream {
             passive_failures: cfg.passive_failures,
             passive_cooldown: cfg.passive_cooldown,
             health_check: cfg.health_check.clone(),
+            protocol: cfg.protocol,
             origins,
             schedule: balance::weighted_schedule(&weights),
             turn: AtomicUsize::new(0),
@@ -374,6 +380,7 @@ mod tests {
             health_check: None,
             passive_failures: 2,
             passive_cooldown: Duration::from_secs(60),
+            protocol: OriginProtocol::Http1,
         };
         Upstream::new(&cfg, &OriginRegistry::default())
     }
@@ -498,6 +505,7 @@ mod tests {
             health_check: None,
             passive_failures: 2,
             passive_cooldown: Duration::from_secs(1),
+            protocol: OriginProtocol::Http1,
         };
         let before = Upstream::new(&cfg("127.0.0.1:1"), &registry);
         let guard = InFlight::new(before.origins[0].state.clone(), None);

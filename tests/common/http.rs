@@ -21,6 +21,8 @@ pub struct Reply {
     pub version: Version,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Trailer fields, when the response had any.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Reply {
@@ -84,14 +86,16 @@ pub async fn send(sender: &mut Sender, req: Request<Full<Bytes>>) -> Result<Repl
     collect(resp).await
 }
 
-async fn collect(resp: http::Response<hyper::body::Incoming>) -> Result<Reply, String> {
+pub async fn collect(resp: http::Response<hyper::body::Incoming>) -> Result<Reply, String> {
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let collected = body.collect().await.map_err(|e| e.to_string())?;
+    let trailers = collected.trailers().cloned();
     Ok(Reply {
         status: parts.status.as_u16(),
         version: parts.version,
         headers: parts.headers,
-        body,
+        body: collected.to_bytes(),
+        trailers,
     })
 }
 

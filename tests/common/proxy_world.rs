@@ -156,6 +156,22 @@ pub fn tally(replies: &[h::Reply]) -> HashMap<String, usize> {
     t
 }
 
+/// Sends GETs for `www.example.test` to `http` until `origin` answers one; panics after 5 s.
+pub async fn until_served_by(http: SocketAddr, origin: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = h::get(http, "www.example.test", "/").await.unwrap();
+        if r.origin() == origin {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{origin} never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn post(addr: SocketAddr, path: &str) {
     let mut s = h::connect(addr).await;
     h::send(&mut s, h::request("POST", "origin", path, &[], b""))
