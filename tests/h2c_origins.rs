@@ -279,3 +279,44 @@ fn checks_and_traffic_reach_an_http2_only_origin() {
     assert_eq!((r.status, r.text().as_str()), (200, "h2 only\n"));
     assert_eq!(r.origin(), "h2only");
 }
+
+/// An HTTP/1.1-only origin put in an `h2c` upstream by mistake: the client gets a prompt
+/// 502, not a hang, and the origin is counted as failing.
+#[test]
+fn an_http1_only_origin_in_an_h2c_upstream_gets_a_prompt_502() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // What nginx answers to the HTTP/2 preface on an HTTP/1.1 port.
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Opts {
+        names: vec!["h1only"],
+        upstream: "protocol = \"h2c\"".into(),
+        ..Opts::default()
+    };
+    let proxy = proxy_for(dir.path(), &opts, &[addr], &[]);
+    let rt = runtime();
+    let started = std::time::Instant::now();
+    let r = rt
+        .block_on(h::get(proxy.addr("HTTP"), "www.example.test", "/"))
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the 5 s response timeout was not what ended it"
+    );
+    let reset = common::metric(
+        proxy.addr("HTTP (admin)"),
+        r#"geoedge_proxy_upstream_errors_total{kind="reset",upstream="web"}"#,
+    );
+    assert_eq!(reset, Some(1.0));
+}

@@ -213,7 +213,7 @@ fn all_origins_down_gives_a_prompt_clear_error_and_unhealthy_healthz() {
     rt.block_on(async {
         let started = Instant::now();
         let r = h::get(w.http(), "www.example.test", "/").await.unwrap();
-        assert!(r.status == 502 || r.status == 503, "{}", r.status);
+        assert_eq!(r.status, 502, "both were tried: {}", r.text());
         assert!(started.elapsed() < Duration::from_secs(3), "no hang");
         // After repeated failures both are in cool-down: 503 without trying, and the
         // proxy says it cannot serve.
@@ -225,6 +225,26 @@ fn all_origins_down_gives_a_prompt_clear_error_and_unhealthy_healthz() {
         let hz = h::get(w.admin(), "admin", "/healthz").await.unwrap();
         assert_eq!(hz.status, 503, "{}", hz.text());
         assert!(hz.text().contains("no healthy origin"));
+    });
+}
+
+/// With one origin, the failover finds no other: the client hears why the one failed
+/// (502), not that no origin is healthy (503), which is for origins already taken out.
+#[test]
+fn a_lone_unreachable_origin_gives_502_then_503_once_taken_out() {
+    let rt = runtime();
+    let mut w = world(Opts {
+        names: vec!["o1"],
+        ..Opts::default()
+    });
+    w.kill_origin(0);
+    rt.block_on(async {
+        for _ in 0..3 {
+            let r = h::get(w.http(), "www.example.test", "/").await.unwrap();
+            assert_eq!(r.status, 502, "{}", r.text());
+        }
+        let r = h::get(w.http(), "www.example.test", "/").await.unwrap();
+        assert_eq!(r.status, 503, "three failures in a row: cooling down");
     });
 }
 

@@ -178,13 +178,19 @@ impl Origin {
         let mut body = Some(body);
         let mut exclude = None;
         let mut plan = Attempts::default();
+        // Why the first origin failed, while the request looks for another: with none to
+        // be had, that is the client's answer (502, 504), not "no healthy origin" (503).
+        let mut failed_over_from = None;
 
         loop {
             let (index, fresh) = match plan.again_on.take() {
                 Some(index) => (index, true),
                 None => match upstream.choose(self.sticky.as_deref(), exclude) {
                     Some(index) => (index, false),
-                    None => return Err(ProxyError::NoHealthyOrigin(upstream.name.clone())),
+                    None => {
+                        return Err(failed_over_from
+                            .unwrap_or_else(|| ProxyError::NoHealthyOrigin(upstream.name.clone())))
+                    }
                 },
             };
             if plan.attempts > 0 {
@@ -213,6 +219,7 @@ impl Origin {
                     H2Attempt::Failed { error, retry } => {
                         exclude = Some(index);
                         if retry && plan.take_failover() {
+                            failed_over_from = Some(error);
                             continue;
                         }
                         return Err(error);
@@ -234,13 +241,15 @@ impl Origin {
                 Err(e) => {
                     count_failure(shared, upstream, index, "connect");
                     exclude = Some(index);
-                    if plan.take_failover() {
-                        continue;
-                    }
-                    return Err(ProxyError::Connect {
+                    let error = ProxyError::Connect {
                         origin: origin.name.clone(),
                         message: e.to_string(),
-                    });
+                    };
+                    if plan.take_failover() {
+                        failed_over_from = Some(error);
+                        continue;
+                    }
+                    return Err(error);
                 }
             };
             // A replay only ever happens without a body.
@@ -305,13 +314,15 @@ impl Origin {
                     };
                     count_failure(shared, upstream, index, kind);
                     exclude = Some(index);
-                    if replayable && plan.take_failover() {
-                        continue;
-                    }
-                    return Err(ProxyError::Upstream {
+                    let error = ProxyError::Upstream {
                         origin: origin.name.clone(),
                         message: e.to_string(),
-                    });
+                    };
+                    if replayable && plan.take_failover() {
+                        failed_over_from = Some(error);
+                        continue;
+                    }
+                    return Err(error);
                 }
             }
         }
