@@ -320,3 +320,51 @@ fn an_http1_only_origin_in_an_h2c_upstream_gets_a_prompt_502() {
     );
     assert_eq!(reset, Some(1.0));
 }
+
+/// gRPC without TLS end to end: a client speaking HTTP/2 by prior knowledge to the plain
+/// listener, streams multiplexed on its one connection, trailers back.
+#[test]
+fn http2_by_prior_knowledge_on_the_plain_listener() {
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let rt = runtime();
+    let w = h2c_world("");
+    rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(w.http()).await.unwrap();
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut calls = Vec::new();
+        for i in 0..6 {
+            let mut s = sender.clone();
+            calls.push(tokio::spawn(async move {
+                let req = Request::post(format!(
+                    "http://www.example.test/_origin/echo?t_grpc-status={i}"
+                ))
+                .version(Version::HTTP_2)
+                .header("content-type", "application/grpc")
+                .body(Full::new(Bytes::from_static(b"\0\0\0\0\x02hi")))
+                .unwrap();
+                s.ready().await.map_err(|e| e.to_string())?;
+                let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
+                h::collect(resp).await
+            }));
+        }
+        for (i, call) in calls.into_iter().enumerate() {
+            let r = call.await.unwrap().unwrap();
+            assert_eq!((r.status, r.version), (200, Version::HTTP_2));
+            let echo = r.text();
+            assert!(echo.contains(" HTTP/2.0\n"), "{echo}");
+            assert!(echo.contains("\nx-forwarded-proto: http\n"), "{echo}");
+            assert!(echo.contains("body-bytes: 7\n"), "{echo}");
+            let trailers = r.trailers.expect("trailers");
+            assert_eq!(trailers["grpc-status"], i.to_string().as_str());
+        }
+    });
+    // The same listener still speaks HTTP/1.1.
+    let r = rt
+        .block_on(h::get(w.http(), "www.example.test", "/"))
+        .unwrap();
+    assert_eq!((r.status, r.version), (200, Version::HTTP_11));
+}

@@ -25,6 +25,9 @@
 //! closed connection, where hyper would settle it and forward it. Requests on a
 //! connection already handed to hyper are settled by hyper as RFC 9112 §6.1 allows
 //! (Transfer-Encoding wins, the connection closes after).
+//!
+//! A connection that opens with the HTTP/2 preface (prior knowledge, as gRPC clients
+//! without TLS speak) goes to hyper's HTTP/2 server instead.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -148,7 +151,14 @@ pub enum Ended<I> {
     Closed,
     /// hyper takes over the connection; the reader yields the bytes already read first.
     Hyper(Prefixed<I>),
+    /// The connection opened with the HTTP/2 preface (prior knowledge, RFC 9113 §3.3, as
+    /// gRPC clients without TLS do): hyper's HTTP/2 server takes it, preface unread.
+    H2c(Prefixed<I>),
 }
+
+/// The HTTP/2 preface up to its blank line: an HTTP/1 parser's view of a complete head.
+/// hyper's HTTP/2 server checks the rest.
+const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
 
 /// What the loop needs from the connection it serves.
 pub struct Serving<'a> {
@@ -170,10 +180,14 @@ where
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut out = Vec::with_capacity(512);
     let header_ms = u64::try_from(s.header_read_timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut first = true;
     loop {
         // As hyper's header timeout: from the end of the previous response.
         let deadline = coarse_ms().saturating_add(header_ms);
         let (req, asked_close) = loop {
+            if first && buf.starts_with(H2_PREFACE_HEAD) {
+                return Ok(Ended::H2c(Prefixed::new(buf.freeze(), io)));
+            }
             if !buf.is_empty() {
                 match parse(&mut buf, &s.limits) {
                     Parsed::Simple(req, close) => break (req, close),
@@ -219,6 +233,7 @@ where
                 return Ok(Ended::Closed);
             }
         };
+        first = false;
         let head_request = req.method() == Method::HEAD;
         s.activity.waiting.fetch_add(1, Ordering::Relaxed);
         let response = forward::handle(s.shared, s.conn, s.tunnel, req).await;

@@ -175,7 +175,8 @@ enum OtherVersion {
     /// the minor digit.
     LaterMinor(usize),
     /// HTTP/2.0 to HTTP/9.9 in an HTTP/1 request line: 505 (RFC 9110 §15.6.6), as nginx
-    /// answers. Not the HTTP/2 preface (`PRI * HTTP/2.0`), which stays hyper's.
+    /// answers. Not the HTTP/2 preface (`PRI * HTTP/2.0`): as a connection's first bytes
+    /// `fast_h1::serve` hands it to hyper's HTTP/2 server, anywhere else to hyper's HTTP/1.
     Major,
     /// The line is not all here yet.
     NotYet,

@@ -370,29 +370,7 @@ async fn serve_connection(
                 let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 let tracked = Tracked::new(tls_stream, activity.clone());
                 if h2 {
-                    let (corked, uncork) = corked::cork(tracked);
-                    let mut builder = hyper::server::conn::http2::Builder::new(InlineFirstPoll);
-                    builder
-                        .timer(TokioTimer::new())
-                        .max_concurrent_streams(256)
-                        .max_header_list_size(limits.max_header_bytes as u32)
-                        .keep_alive_interval(Some(limits.idle_timeout))
-                        .keep_alive_timeout(Duration::from_secs(20));
-                    let conn = builder.serve_connection(TokioIo::new(corked), service);
-                    let drain = |cx: &mut Context<'_>| {
-                        if let Poll::Ready(Err(e)) = uncork.poll_drain(cx) {
-                            tracing::debug!(client = %peer, error = %e, "HTTP/2 write failed");
-                        }
-                    };
-                    drive(
-                        conn,
-                        activity,
-                        limits,
-                        stop,
-                        |c| c.graceful_shutdown(),
-                        drain,
-                    )
-                    .await;
+                    serve_h2(tracked, service, activity, limits, stop).await;
                 } else {
                     let fast = FastContext {
                         shared,
@@ -414,6 +392,49 @@ async fn serve_connection(
             tls_serving.await;
         }
     }
+}
+
+/// Serves HTTP/2 on a stream: one negotiated by ALPN, or a plain one that opened with the
+/// HTTP/2 preface.
+async fn serve_h2<I, S, F>(
+    io: I,
+    service: S,
+    activity: Arc<Activity>,
+    limits: &Limits,
+    stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<super::body::ProxyBody>,
+        Error = Infallible,
+        Future = F,
+    >,
+    F: Future<Output = Result<http::Response<super::body::ProxyBody>, Infallible>> + Send + 'static,
+{
+    let (corked, uncork) = corked::cork(io);
+    let mut builder = hyper::server::conn::http2::Builder::new(InlineFirstPoll);
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(limits.idle_timeout))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection(TokioIo::new(corked), service);
+    let drain = |cx: &mut Context<'_>| {
+        if let Poll::Ready(Err(e)) = uncork.poll_drain(cx) {
+            tracing::debug!(error = %e, "HTTP/2 write failed");
+        }
+    };
+    drive(
+        conn,
+        activity,
+        limits,
+        stop,
+        |c| c.graceful_shutdown(),
+        drain,
+    )
+    .await;
 }
 
 /// Runs each HTTP/2 stream's first poll inside the connection's own poll, and spawns a
@@ -450,7 +471,7 @@ struct FastContext<'a> {
 
 /// Serves HTTP/1.1 on a plain or TLS stream: requests without a body by `fast_h1`, and
 /// the rest of the connection by hyper from the first request that needs it.
-async fn serve_http1<I, S>(
+async fn serve_http1<I, S, F>(
     io: I,
     fast: &FastContext<'_>,
     service: S,
@@ -463,7 +484,9 @@ async fn serve_http1<I, S>(
         http::Request<hyper::body::Incoming>,
         Response = http::Response<super::body::ProxyBody>,
         Error = Infallible,
+        Future = F,
     >,
+    F: Future<Output = Result<http::Response<super::body::ProxyBody>, Infallible>> + Send + 'static,
 {
     let stopping = AtomicBool::new(false);
     let serving = fast_h1::Serving {
@@ -488,8 +511,13 @@ async fn serve_http1<I, S>(
         |_| {},
     )
     .await;
-    let Some(Ok(fast_h1::Ended::Hyper(io))) = ended else {
-        return;
+    let io = match ended {
+        Some(Ok(fast_h1::Ended::Hyper(io))) => io,
+        Some(Ok(fast_h1::Ended::H2c(io))) => {
+            // Boxed: the HTTP/2 machinery would otherwise enlarge every connection's task.
+            return Box::pin(serve_h2(io, service, activity, limits, stop)).await;
+        }
+        _ => return,
     };
     let conn = http1_builder(limits)
         .serve_connection(TokioIo::new(io), service)
