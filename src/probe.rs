@@ -10,16 +10,10 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+pub use crate::config::proxy::OriginProtocol;
+
 /// Sent with every probe so operators can tell checks from traffic in their logs.
 pub const USER_AGENT: &str = concat!("geoedge-health-check/", env!("CARGO_PKG_VERSION"));
-
-/// How a probe speaks to its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeProtocol {
-    Http1,
-    /// HTTP/2 without TLS, by prior knowledge: for origins that speak nothing else.
-    H2c,
-}
 
 pub async fn http_probe(
     addr: SocketAddr,
@@ -34,7 +28,7 @@ pub async fn http_probe(
         path,
         timeout,
         expect_status,
-        ProbeProtocol::Http1,
+        OriginProtocol::Http1,
     )
     .await
 }
@@ -45,7 +39,7 @@ pub async fn probe(
     path: &str,
     timeout: Duration,
     expect_status: u16,
-    protocol: ProbeProtocol,
+    protocol: OriginProtocol,
 ) -> Result<(), String> {
     let attempt = async {
         let stream = TcpStream::connect(addr)
@@ -54,7 +48,7 @@ pub async fn probe(
         let io = TokioIo::new(stream);
         let request = Request::get(path).header(http::header::USER_AGENT, USER_AGENT);
         let (status, conn_task) = match protocol {
-            ProbeProtocol::Http1 => {
+            OriginProtocol::Http1 => {
                 let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
                     .await
                     .map_err(|e| format!("handshake: {e}"))?;
@@ -70,7 +64,7 @@ pub async fn probe(
                     conn_task,
                 )
             }
-            ProbeProtocol::H2c => {
+            OriginProtocol::H2c => {
                 let (mut sender, conn) =
                     hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                         .await
@@ -142,7 +136,7 @@ mod tests {
     async fn an_http2_only_origin_is_checked_over_h2c() {
         let addr = h2_only_server().await;
         let t = Duration::from_secs(2);
-        let h2 = |path| probe(addr, "origin", path, t, 200, ProbeProtocol::H2c);
+        let h2 = |path| probe(addr, "origin", path, t, 200, OriginProtocol::H2c);
         assert_eq!(h2("/healthz").await, Ok(()));
         let e = h2("/missing").await.unwrap_err();
         assert!(e.contains("status 404"), "{e}");

@@ -24,6 +24,33 @@ fn h2c_world(upstream: &str) -> World {
     })
 }
 
+/// gRPC-style unary calls, all at once on one HTTP/2 connection: a POST of one framed
+/// message each; the replies in the order of `urls`.
+async fn grpc_calls(
+    sender: &hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    urls: impl Iterator<Item = String>,
+) -> Vec<h::Reply> {
+    let mut calls = Vec::new();
+    for url in urls {
+        let mut s = sender.clone();
+        calls.push(tokio::spawn(async move {
+            let req = Request::post(url)
+                .version(Version::HTTP_2)
+                .header("content-type", "application/grpc")
+                .body(Full::new(Bytes::from_static(b"\0\0\0\0\x05hello")))
+                .unwrap();
+            s.ready().await.map_err(|e| e.to_string())?;
+            let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
+            h::collect(resp).await
+        }));
+    }
+    let mut replies = Vec::new();
+    for call in calls {
+        replies.push(call.await.unwrap().unwrap());
+    }
+    replies
+}
+
 #[test]
 fn http1_clients_reach_an_h2c_origin_with_the_request_intact() {
     let rt = runtime();
@@ -81,28 +108,16 @@ fn trailers_reach_http2_clients() {
         let c = h::tls_connect(https, "www.example.test", &[b"h2"])
             .await
             .unwrap();
-        let TlsSender::H2(mut sender) = c.sender else {
+        let TlsSender::H2(sender) = c.sender else {
             panic!("h2 was not negotiated");
         };
         // Several streams at once over the client's one connection and the origins'.
-        let mut calls = Vec::new();
-        for i in 0..8 {
-            let mut s = sender.clone();
-            calls.push(tokio::spawn(async move {
-                let req = Request::post(format!(
-                    "https://www.example.test/pkg.Echo/Call?t_grpc-status=0&t_grpc-message=call%20{i}"
-                ))
-                .version(Version::HTTP_2)
-                .header("content-type", "application/grpc")
-                .body(Full::new(Bytes::from_static(b"\0\0\0\0\x05hello")))
-                .unwrap();
-                s.ready().await.map_err(|e| e.to_string())?;
-                let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
-                h::collect(resp).await
-            }));
-        }
-        for (i, call) in calls.into_iter().enumerate() {
-            let r = call.await.unwrap().unwrap();
+        let urls = (0..8).map(|i| {
+            format!(
+                "https://www.example.test/pkg.Echo/Call?t_grpc-status=0&t_grpc-message=call%20{i}"
+            )
+        });
+        for (i, r) in grpc_calls(&sender, urls).await.into_iter().enumerate() {
             assert_eq!(r.status, 200);
             let trailers = r.trailers.expect("trailers");
             assert_eq!(trailers["grpc-status"], "0");
@@ -114,7 +129,6 @@ fn trailers_reach_http2_clients() {
             .unwrap();
         assert_eq!(r.status, 200);
         assert!(r.trailers.is_none());
-        let _ = sender.ready().await;
     });
 }
 
@@ -335,29 +349,14 @@ fn http2_by_prior_knowledge_on_the_plain_listener() {
             .await
             .unwrap();
         tokio::spawn(conn);
-        let mut calls = Vec::new();
-        for i in 0..6 {
-            let mut s = sender.clone();
-            calls.push(tokio::spawn(async move {
-                let req = Request::post(format!(
-                    "http://www.example.test/_origin/echo?t_grpc-status={i}"
-                ))
-                .version(Version::HTTP_2)
-                .header("content-type", "application/grpc")
-                .body(Full::new(Bytes::from_static(b"\0\0\0\0\x02hi")))
-                .unwrap();
-                s.ready().await.map_err(|e| e.to_string())?;
-                let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
-                h::collect(resp).await
-            }));
-        }
-        for (i, call) in calls.into_iter().enumerate() {
-            let r = call.await.unwrap().unwrap();
+        let urls =
+            (0..6).map(|i| format!("http://www.example.test/_origin/echo?t_grpc-status={i}"));
+        for (i, r) in grpc_calls(&sender, urls).await.into_iter().enumerate() {
             assert_eq!((r.status, r.version), (200, Version::HTTP_2));
             let echo = r.text();
             assert!(echo.contains(" HTTP/2.0\n"), "{echo}");
             assert!(echo.contains("\nx-forwarded-proto: http\n"), "{echo}");
-            assert!(echo.contains("body-bytes: 7\n"), "{echo}");
+            assert!(echo.contains("body-bytes: 10\n"), "{echo}");
             let trailers = r.trailers.expect("trailers");
             assert_eq!(trailers["grpc-status"], i.to_string().as_str());
         }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use super::upstream::Upstream;
-use crate::config::proxy::{HealthCheckConfig, OriginProtocol};
-use crate::probe::ProbeProtocol;
+use crate::config::proxy::HealthCheckConfig;
 
 /// Starts one check loop per origin of every upstream that has checks configured.
 pub fn spawn(upstreams: &[Arc<Upstream>]) -> Vec<JoinHandle<()>> {
@@ -27,10 +26,6 @@ pub fn spawn(upstreams: &[Arc<Upstream>]) -> Vec<JoinHandle<()>> {
 
 async fn check_loop(upstream: Arc<Upstream>, index: usize, hc: HealthCheckConfig) {
     let origin = &upstream.origins[index];
-    let protocol = match upstream.protocol {
-        OriginProtocol::Http1 => ProbeProtocol::Http1,
-        OriginProtocol::H2c => ProbeProtocol::H2c,
-    };
     let mut ticker = tokio::time::interval(hc.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -41,7 +36,7 @@ async fn check_loop(upstream: Arc<Upstream>, index: usize, hc: HealthCheckConfig
             &hc.path,
             hc.timeout,
             hc.expect_status,
-            protocol,
+            upstream.protocol,
         )
         .await;
         let ok = result.is_ok();

@@ -394,9 +394,30 @@ async fn serve_connection(
     }
 }
 
+/// A client connection's request handler, as hyper's HTTP/1 and HTTP/2 servers take it.
+trait ClientService:
+    hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<super::body::ProxyBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+>
+{
+}
+
+impl<S> ClientService for S where
+    S: hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<super::body::ProxyBody>,
+        Error = Infallible,
+        Future: Send + 'static,
+    >
+{
+}
+
 /// Serves HTTP/2 on a stream: one negotiated by ALPN, or a plain one that opened with the
 /// HTTP/2 preface.
-async fn serve_h2<I, S, F>(
+async fn serve_h2<I, S: ClientService>(
     io: I,
     service: S,
     activity: Arc<Activity>,
@@ -404,13 +425,6 @@ async fn serve_h2<I, S, F>(
     stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-        http::Request<hyper::body::Incoming>,
-        Response = http::Response<super::body::ProxyBody>,
-        Error = Infallible,
-        Future = F,
-    >,
-    F: Future<Output = Result<http::Response<super::body::ProxyBody>, Infallible>> + Send + 'static,
 {
     let (corked, uncork) = corked::cork(io);
     let mut builder = hyper::server::conn::http2::Builder::new(InlineFirstPoll);
@@ -471,7 +485,7 @@ struct FastContext<'a> {
 
 /// Serves HTTP/1.1 on a plain or TLS stream: requests without a body by `fast_h1`, and
 /// the rest of the connection by hyper from the first request that needs it.
-async fn serve_http1<I, S, F>(
+async fn serve_http1<I, S: ClientService>(
     io: I,
     fast: &FastContext<'_>,
     service: S,
@@ -480,13 +494,6 @@ async fn serve_http1<I, S, F>(
     stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + LastWrites + SendFile + Unpin + Send + 'static,
-    S: hyper::service::Service<
-        http::Request<hyper::body::Incoming>,
-        Response = http::Response<super::body::ProxyBody>,
-        Error = Infallible,
-        Future = F,
-    >,
-    F: Future<Output = Result<http::Response<super::body::ProxyBody>, Infallible>> + Send + 'static,
 {
     let stopping = AtomicBool::new(false);
     let serving = fast_h1::Serving {
