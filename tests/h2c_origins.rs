@@ -367,3 +367,37 @@ fn http2_by_prior_knowledge_on_the_plain_listener() {
         .unwrap();
     assert_eq!((r.status, r.version), (200, Version::HTTP_11));
 }
+
+/// A stream with no response headers within `response_timeout` gets 504; the origin's
+/// connection, shared by other streams, goes on serving them.
+#[test]
+fn a_slow_h2c_stream_times_out_alone() {
+    let rt = runtime();
+    let w = h2c_world("");
+    rt.block_on(async {
+        let http = w.http();
+        let slow = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = h::get(http, "www.example.test", "/slow?delay_ms=8000").await;
+            (r, started.elapsed())
+        });
+        // Meanwhile, others are answered on the same origin connections.
+        for _ in 0..5 {
+            let r = h::get(http, "www.example.test", "/").await.unwrap();
+            assert_eq!(r.status, 200);
+        }
+        let (r, took) = slow.await.unwrap();
+        let r = r.unwrap();
+        assert_eq!(r.status, 504, "{}", r.text());
+        assert!(
+            took < Duration::from_secs(7),
+            "the 5 s response timeout: {took:?}"
+        );
+        let r = h::get(http, "www.example.test", "/").await.unwrap();
+        assert_eq!(r.status, 200);
+    });
+    assert_eq!(
+        w.metric(r#"geoedge_proxy_upstream_errors_total{kind="timeout",upstream="web"}"#),
+        1
+    );
+}
