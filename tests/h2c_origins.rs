@@ -123,6 +123,13 @@ fn trailers_reach_http2_clients() {
             assert_eq!(trailers["grpc-status"], "0");
             assert_eq!(trailers["grpc-message"], format!("call {i}").as_str());
         }
+        // The eight calls at once shared one connection per origin: those arriving while
+        // it was being opened waited for it.
+        let opened = w.metric(r#"geoedge_proxy_upstream_connections_opened_total{upstream="web"}"#);
+        assert!(
+            (1..=2).contains(&opened),
+            "{opened} origin connections for 2 origins"
+        );
         // An HTTP/1.1 client gets the same answer without them.
         let r = h::get(w.http(), "www.example.test", "/x?t_grpc-status=0")
             .await

@@ -514,6 +514,13 @@ fn metrics_count_requests_and_origin_state() {
         );
         assert!(m.contains(r#"geoedge_proxy_upstream_up{origin="o1",upstream="web"} 1"#), "{m}");
         assert!(m.contains("geoedge_proxy_connections_total{listener=\"http\"} 4"), "{m}");
+        // Three requests, each on a new client connection, reuse pooled origin ones.
+        let opened = w.metric(r#"geoedge_proxy_upstream_connections_opened_total{upstream="web"}"#);
+        assert!((1..=2).contains(&opened), "{opened} origin connections for 2 origins");
+        assert!(
+            m.contains(r#"geoedge_proxy_upstream_errors_total{kind="bad_response",upstream="web"} 0"#),
+            "every error kind is there from the start: {m}"
+        );
         assert_eq!(h::get(w.admin(), "admin", "/healthz").await.unwrap().status, 200);
     });
 }

@@ -13,6 +13,7 @@ pub const PROXY_UPSTREAM_IN_FLIGHT: &str = "geoedge_proxy_upstream_in_flight";
 pub const PROXY_UPSTREAM_UP: &str = "geoedge_proxy_upstream_up";
 pub const PROXY_RETRIES: &str = "geoedge_proxy_retries_total";
 pub const PROXY_UPSTREAM_ERRORS: &str = "geoedge_proxy_upstream_errors_total";
+pub const PROXY_UPSTREAM_CONNECTIONS: &str = "geoedge_proxy_upstream_connections_opened_total";
 pub const PROXY_TLS_HANDSHAKES: &str = "geoedge_proxy_tls_handshakes_total";
 pub const PROXY_TLS_RESUMED: &str = "geoedge_proxy_tls_resumed_total";
 pub const PROXY_CONNECTIONS_OPEN: &str = "geoedge_proxy_connections_open";
@@ -87,6 +88,7 @@ pub struct ProxyMetrics {
     pub upstream_up: IntGaugeVec,
     pub retries: IntCounterVec,
     pub upstream_errors: IntCounterVec,
+    pub upstream_connections: IntCounterVec,
     pub tls_ok: IntCounter,
     pub tls_failed: IntCounter,
     pub tls_resumed: IntCounter,
@@ -178,6 +180,14 @@ impl ProxyMetrics {
             PROXY_UPSTREAM_ERRORS,
             "Origin failures, by kind",
             &["upstream", "kind"],
+        );
+        // Each new origin connection is a handshake the pool or the shared HTTP/2
+        // connection should have saved: churn here (origins closing keep-alive early, a
+        // pool too small) shows before latency does.
+        let upstream_connections = v(
+            PROXY_UPSTREAM_CONNECTIONS,
+            "Connections opened to origins",
+            &["upstream"],
         );
         let tls = v(
             PROXY_TLS_HANDSHAKES,
@@ -321,6 +331,7 @@ impl ProxyMetrics {
             upstream_up,
             retries,
             upstream_errors,
+            upstream_connections,
             tls_ok: tls.with_label_values(&["ok"]),
             tls_failed: tls.with_label_values(&["error"]),
             connections_open,

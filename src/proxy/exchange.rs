@@ -233,7 +233,11 @@ impl Origin {
                     // Boxed: a new connection is the rare case, and its future (a connect
                     // and a timer) would otherwise enlarge every request's.
                     let connect = Box::pin(upstream.connect(index));
-                    connect.await.map(|conn| (conn, false))
+                    let connected = connect.await;
+                    if connected.is_ok() {
+                        count_connection(shared, upstream);
+                    }
+                    connected.map(|conn| (conn, false))
                 }
             };
             let (mut conn, reused) = match connected {
@@ -352,7 +356,12 @@ impl Origin {
         };
         let (mut sender, reused) = match session.sender(origin.addr, upstream.connect_timeout).await
         {
-            Ok(s) => s,
+            Ok((sender, reused)) => {
+                if !reused {
+                    count_connection(shared, upstream);
+                }
+                (sender, reused)
+            }
             Err(e) => {
                 count_failure(shared, upstream, index, "connect");
                 return H2Attempt::Failed {
@@ -510,6 +519,14 @@ struct Exchanged {
     /// The origin's index in its upstream.
     index: usize,
     in_flight: InFlight,
+}
+
+fn count_connection(shared: &Shared, upstream: &Upstream) {
+    shared
+        .metrics
+        .upstream_connections
+        .with_label_values(&[&upstream.name])
+        .inc();
 }
 
 fn count_failure(shared: &Shared, upstream: &Upstream, index: usize, kind: &str) {

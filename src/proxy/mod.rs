@@ -137,7 +137,8 @@ impl ProxyState {
         let rate = ratelimit::RateLimits::new(&config.rate_limit, &route_rates);
         for u in &upstreams {
             metrics.retries.with_label_values(&[&u.name]);
-            for kind in ["connect", "reset", "timeout", "5xx"] {
+            metrics.upstream_connections.with_label_values(&[&u.name]);
+            for kind in ["connect", "reset", "bad_response", "timeout", "5xx"] {
                 metrics.upstream_errors.with_label_values(&[&u.name, kind]);
             }
             if let Some(r) = &config.reports {
