@@ -17,20 +17,11 @@ use std::time::{Duration, Instant};
 
 use common::dns::{udp, Ask};
 use common::http::{self as h, runtime};
-use common::{http_get, Proc};
+use common::{have, http_get, Proc};
 use hickory_proto::rr::RecordType;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
 }
 
 struct KillOnDrop(Child);

@@ -4,15 +4,12 @@
 //!
 //! Needs wrk, h2load (nghttp2-client), dnsperf and openssl; `.ci/run` installs them.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use common::have;
 
 const STEPS: &[&str] = &[
     "uncached 1 KiB",

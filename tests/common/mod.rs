@@ -111,6 +111,16 @@ impl Drop for Proc {
     }
 }
 
+/// Whether `tool` can be run (is installed and on PATH).
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
 /// Runs a program with `input` on its standard input; returns its output.
 pub fn run_with_stdin(program: &str, args: &[&str], input: &[u8]) -> std::process::Output {
     use std::io::Write;
