@@ -7,7 +7,7 @@
 # A release build lays out code by guesses; PGO lays it out by a profile of real traffic:
 # hot paths inlined and packed together, cold ones (errors, config) moved out of the way.
 # A proxied request's user CPU is spread thin over many small functions, with no one hot
-# loop, which is where layout and inlining by profile pay: about a quarter of it here
+# loop, which is where layout and inlining by profile pay: 11-25 % of it here
 # (README.md, Benchmarks). rustc, clang and CPython (--enable-optimizations) ship so.
 #
 # Steps: an instrumented build (target/pgo/gen); the whole demo world (config/, geo/) run
