@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::dns::{addresses, ecs_scope, tcp, tcp_raw, udp, udp_raw, Ask};
-use common::{build_geo, http_get, Proc, BIN};
+use common::{build_geo, http_get, Proc};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 
@@ -540,7 +540,7 @@ fn metrics_count_queries_by_protocol_type_and_rcode() {
 
 fn check(dir: &Path, config: &str) -> (bool, String) {
     std::fs::write(dir.join("bad.toml"), config).unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(common::bin())
         .args(["check", "bad.toml"])
         .current_dir(dir)
         .output()
@@ -613,7 +613,7 @@ fn config_errors_name_the_file_key_and_line() {
     assert!(out.contains("steered"), "{out}");
 
     // And `geoedge dns` itself refuses to start on a bad config, exit 1.
-    let out = Command::new(BIN)
+    let out = Command::new(common::bin())
         .args(["dns", "--config", "bad.toml"])
         .current_dir(dir.path())
         .output()

@@ -41,7 +41,8 @@ fn every_training_step_is_served_by_the_demo() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
         .arg(root.join("scripts/pgo-build.sh"))
-        .args(["--train", env!("CARGO_BIN_EXE_geoedge")])
+        .arg("--train")
+        .arg(common::bin())
         .env("PGO_STEP_SECONDS", "1")
         .output()
         .expect("running scripts/pgo-build.sh");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::dns::{addresses, udp, Ask};
 use common::http::{self as h, runtime};
-use common::{build_geo, http_get, Proc, BIN};
+use common::{build_geo, http_get, Proc};
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 
@@ -151,7 +151,11 @@ fn rate_limit_memory_stays_bounded_under_a_flood_of_addresses() {
 }
 
 fn hash(password: &str) -> String {
-    let out = common::run_with_stdin(BIN, &["hash-password"], format!("{password}\n").as_bytes());
+    let out = common::run_with_stdin(
+        common::bin(),
+        &["hash-password"],
+        format!("{password}\n").as_bytes(),
+    );
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

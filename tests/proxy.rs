@@ -557,7 +557,7 @@ fn bad_proxy_configs_are_refused_with_file_and_key() {
     ];
     for (text, needle) in cases {
         std::fs::write(dir.path().join("proxy.toml"), text).unwrap();
-        let out = std::process::Command::new(common::BIN)
+        let out = std::process::Command::new(common::bin())
             .args(["check", "proxy.toml"])
             .current_dir(dir.path())
             .output()
@@ -572,7 +572,7 @@ fn bad_proxy_configs_are_refused_with_file_and_key() {
 fn shipped_region_configs_are_valid() {
     for r in ["eu", "us", "ap"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/region-{r}.toml"));
-        let out = std::process::Command::new(common::BIN)
+        let out = std::process::Command::new(common::bin())
             .arg("check")
             .arg(&path)
             .output()

@@ -343,7 +343,7 @@ fn flapping_verdicts_do_not_flip_answers() {
 fn operator_override_moves_a_region_and_expires() {
     let w = World::start();
     w.wait_answer("203.0.113.0", "127.0.0.13", Duration::from_secs(5));
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(common::bin())
         .args([
             "force",
             "--dns",
@@ -370,7 +370,7 @@ fn operator_override_moves_a_region_and_expires() {
     w.wait_answer("203.0.113.0", "127.0.0.13", Duration::from_secs(5));
     // A wrong token is refused.
     std::fs::write(w.dir.path().join("bad.token"), "wrong-token-wrong-token").unwrap();
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(common::bin())
         .args([
             "force",
             "--dns",
@@ -387,7 +387,7 @@ fn operator_override_moves_a_region_and_expires() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     // `geoedge status` prints the table.
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(common::bin())
         .args(["status", "--dns", &w.control().to_string()])
         .output()
         .unwrap();

@@ -12,10 +12,22 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_geoedge");
+/// The binary under test: this build's, or the one `GEOEDGE_BIN` names, so that the
+/// production build (`scripts/pgo-build.sh`) goes through the same tests as the one
+/// cargo made for them.
+pub fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| match std::env::var_os("GEOEDGE_BIN") {
+        // Absolute, because the tests start it in their own working directories.
+        Some(path) => {
+            std::fs::canonicalize(&path).unwrap_or_else(|e| panic!("GEOEDGE_BIN={path:?}: {e}"))
+        }
+        None => PathBuf::from(env!("CARGO_BIN_EXE_geoedge")),
+    })
+}
 
 /// A running geoedge process, killed on drop.
 pub struct Proc {
@@ -30,7 +42,7 @@ impl Proc {
     pub fn start(args: &[&str], dir: &Path, expect: usize) -> Proc {
         let stderr_path = dir.join(format!("stderr-{}.log", args.join("_").replace('/', "_")));
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args(args)
             .current_dir(dir)
             .stdout(Stdio::piped())
@@ -122,15 +134,20 @@ pub fn have(tool: &str) -> bool {
 }
 
 /// Runs a program with `input` on its standard input; returns its output.
-pub fn run_with_stdin(program: &str, args: &[&str], input: &[u8]) -> std::process::Output {
+pub fn run_with_stdin(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+    input: &[u8],
+) -> std::process::Output {
     use std::io::Write;
+    let program = program.as_ref();
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {program}: {e}"));
+        .unwrap_or_else(|e| panic!("start {}: {e}", program.to_string_lossy()));
     child
         .stdin
         .take()
