@@ -10,6 +10,7 @@ pub mod geo;
 pub mod health;
 pub mod listening;
 pub mod logfile;
+pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod probe;

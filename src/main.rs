@@ -115,23 +115,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Structured logs to stderr: RUST_LOG if set, else the config's level, else info.
-fn init_logging(config_level: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(config_level.unwrap_or("info")))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dns { config } => {
             let cfg = DnsConfig::load(&config)?;
-            init_logging(cfg.log_level.as_deref());
+            geoedge::logging::init(cfg.log_level.as_deref());
             let runtime = runtime(cfg.workers)?;
             runtime.block_on(async {
                 let stop = geoedge::signals::shutdown();
@@ -141,7 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Proxy { config } => {
             let cfg = ProxyConfig::load(&config)?;
-            init_logging(cfg.log_level.as_deref());
+            geoedge::logging::init(cfg.log_level.as_deref());
             let runtime = runtime(cfg.workers)?;
             runtime.block_on(async {
                 let stop = geoedge::signals::shutdown();
@@ -150,7 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Origin { listen, name } => {
-            init_logging(None);
+            geoedge::logging::init(None);
             let runtime = runtime(1)?;
             runtime.block_on(async {
                 let listener = geoedge::origin::bind(listen)
@@ -170,7 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Demo { config_dir } => {
-            init_logging(None);
+            geoedge::logging::init(None);
             let runtime = runtime(2)?;
             runtime.block_on(async {
                 let stop = geoedge::signals::shutdown();

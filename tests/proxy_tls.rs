@@ -163,6 +163,36 @@ fn tls_sessions_resume_with_tickets_and_with_the_tls12_cache() {
     let _ = &w.dir;
 }
 
+/// A client that sends an IP address as SNI (openssl, and some load tools, do) gets the
+/// default certificate, and does not get a line into the proxy's log: rustls warns about
+/// it on every handshake, which would let any client write the log.
+#[test]
+fn client_triggered_tls_warnings_stay_out_of_the_log() {
+    if !common::have("openssl") {
+        assert!(std::env::var_os("CI").is_none(), "CI must install openssl");
+        eprintln!("openssl not installed: skipped");
+        return;
+    }
+    let (w, _certs) = tls_world();
+    let https = w.proxy.addr("HTTPS");
+    for _ in 0..3 {
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-brief", "-connect", &https.to_string()])
+            .args(["-servername", &https.ip().to_string()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run openssl s_client");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("CONNECTION ESTABLISHED"), "{said}");
+    }
+    assert_eq!(
+        w.metric("geoedge_proxy_tls_handshakes_total{result=\"ok\"}"),
+        3
+    );
+    let log = std::fs::read_to_string(&w.proxy.stderr_path).unwrap();
+    assert!(!log.contains("SNI"), "{log}");
+}
+
 /// Streams sent together on one HTTP/2 connection: some answered at once by the proxy
 /// (unknown host), some waiting on a slow origin, some with bodies larger than the
 /// proxy's write buffer. Every one completes, whole, on the same connection.
