@@ -8,8 +8,11 @@
 # http.sh once per scenario and rep (RUNS=1), so the three figures of a rep are taken
 # within a minute, logs each CPU's steal every second beside them, and measures a rep
 # again (up to RETRIES times) when any of its three slots had more than STEAL_MAX % steal,
-# keeping the try with the least. bench/same_run_report.py then prints every rep, the
-# medians, and the medians of the reps under STEAL_MAX.
+# keeping the try with the least. The servers' order turns by one each rep (nginx first,
+# then HAProxy, then ours): the machine drifts over minutes (one server's CPU per request
+# moved from 17 to 30 us between rounds a minute apart), and a fixed order would give
+# one server the same place in every drift. bench/same_run_report.py then prints every
+# rep, the medians, and the medians of the reps under STEAL_MAX.
 #
 # USAGE (from the repository root, after `cargo build --release` and
 # ../shared/bench/setup.sh):
@@ -41,7 +44,9 @@ steal_log &
 LOGGER=$!
 trap 'kill $LOGGER 2>/dev/null' EXIT
 
+ORDERS=("nginx haproxy cand" "haproxy cand nginx" "cand nginx haproxy")
 for rep in $(seq "$REPS"); do
+    order=${ORDERS[$(((rep - 1) % 3))]}
     for sc in $SCENARIOS; do
         best="" best_steal=""
         for try in $(seq 0 "$RETRIES"); do
@@ -50,9 +55,9 @@ for rep in $(seq "$REPS"); do
             OUT="$dir" RUNS=1 SCENARIOS=$sc \
                 CAND_CMD="$BIN proxy --config $PWD/bench/proxy-bench.toml" \
                 CAND_HTTP=127.0.0.1:8090 CAND_HTTPS=127.0.0.1:8453 \
-                "$HARNESS" nginx haproxy cand >"$dir.log" 2>&1
+                "$HARNESS" $order >"$dir.log" 2>&1
             worst=$(python3 bench/same_run_report.py --worst-steal "$dir" "$OUT/steal.log")
-            echo "$(date +%T) $sc rep $rep try $try: worst steal ${worst} %"
+            echo "$(date +%T) $sc rep $rep ($order) try $try: worst steal ${worst} %"
             if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if $worst < $best_steal else 1)"; then
                 best=$dir best_steal=$worst
             fi
