@@ -23,11 +23,20 @@ pub fn init(config_level: Option<&str>) {
 /// (`geoedge_proxy_tls_handshakes_total`), so rustls is held at error unless the filter
 /// names it (`RUST_LOG=info,rustls=debug`).
 pub fn log_directives(filter: &str) -> String {
-    if filter.contains("rustls") {
+    if names_rustls(filter) {
         filter.to_string()
     } else {
         format!("{filter},rustls=error")
     }
+}
+
+/// Whether a directive of `filter` targets rustls or one of its modules; `tokio_rustls`
+/// is another crate and leaves the hold in place.
+fn names_rustls(filter: &str) -> bool {
+    filter.split(',').any(|directive| {
+        let target = directive.split(['=', '[']).next().unwrap_or("").trim();
+        target == "rustls" || target.starts_with("rustls::")
+    })
 }
 
 #[cfg(test)]
@@ -42,6 +51,14 @@ mod tests {
             "debug,geoedge=trace,rustls=error"
         );
         assert_eq!(log_directives("info,rustls=debug"), "info,rustls=debug");
+        assert_eq!(
+            log_directives("info,rustls::msgs=warn"),
+            "info,rustls::msgs=warn"
+        );
+        assert_eq!(
+            log_directives("info,tokio_rustls=debug"),
+            "info,tokio_rustls=debug,rustls=error"
+        );
         for level in ["info", "warn,hyper=debug", "trace"] {
             assert!(tracing_subscriber::EnvFilter::try_new(log_directives(level)).is_ok());
         }
