@@ -15,7 +15,7 @@ use crate::config::proxy::{CertificateSource, ReportsConfig};
 use crate::config::{DnsConfig, ProxyConfig};
 use crate::dns::server::DnsServer;
 use crate::origin::{self, Origin};
-use crate::proxy::server::ProxyServer;
+use crate::proxy::ProxyServer;
 
 /// Files the demo writes for itself; removed on exit.
 pub struct DemoFiles {

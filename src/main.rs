@@ -15,7 +15,7 @@ use geoedge::config::{detect_kind, ConfigError, ConfigKind, DnsConfig, ProxyConf
 use geoedge::dns::server::DnsServer;
 use geoedge::dns::DnsState;
 use geoedge::geo::GeoDb;
-use geoedge::proxy::server::ProxyServer;
+use geoedge::proxy::ProxyServer;
 use geoedge::steer::{Basis, RegionTable};
 
 #[derive(Parser)]
@@ -232,7 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!(
                 "{}",
-                geoedge::proxy::auth::hash_password(password).map_err(anyhow::Error::msg)?
+                geoedge::proxy::route::auth::hash_password(password).map_err(anyhow::Error::msg)?
             );
             Ok(())
         }
@@ -256,11 +256,13 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
     if detect_kind(file)? == ConfigKind::Proxy {
         let cfg = ProxyConfig::load(file)?;
         if !cfg.https.is_empty() {
-            geoedge::proxy::tls::CertSet::load(&cfg.certificates).map_err(|e| ConfigError {
-                file: file.to_path_buf(),
-                key: Some("tls.certificates".into()),
-                line: None,
-                message: e.to_string(),
+            geoedge::proxy::listen::tls::CertSet::load(&cfg.certificates).map_err(|e| {
+                ConfigError {
+                    file: file.to_path_buf(),
+                    key: Some("tls.certificates".into()),
+                    line: None,
+                    message: e.to_string(),
+                }
             })?;
         }
         return Ok(());

@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use super::forwarding::Forwarding;
 use super::forwarding::{self, RawForwarding};
+pub use super::forwarding::{ForwardHeaders, Forwarding, InvalidVia, ViaHop};
 pub use super::limits::Limits;
 use super::limits::RawLimits;
 use super::protect::{self, RawAuth, RawRateLimit, RawRule};
@@ -587,10 +587,7 @@ addr = "127.0.0.1:9001"
         .unwrap();
         assert_eq!(ok.forwarding.hide_response_headers, vec!["x-backend"]);
         assert_eq!(ok.forwarding.via.name(), "edge-eu");
-        assert_eq!(
-            ok.forwarding.request_headers,
-            crate::proxy::headers::ForwardHeaders::ALL
-        );
+        assert_eq!(ok.forwarding.request_headers, ForwardHeaders::ALL);
         let err = load(&format!(
             "{GOOD}\n[forwarding]\nrequest_headers = [\"via\", \"x-real-ip\"]\n"
         ))

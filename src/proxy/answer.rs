@@ -4,8 +4,8 @@
 
 use http::Response;
 
-use super::body::ProxyBody;
-use super::header_lines::HeaderLines;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::header_lines::HeaderLines;
 
 pub struct Answer {
     /// Status, the proxy's headers (after `passed` on the wire), extensions and body.

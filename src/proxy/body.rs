@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
-use super::origin_conn::ResponseBody;
-use super::upstream::{InFlight, OriginState};
+use crate::proxy::upstream::group::{InFlight, OriginState};
+use crate::proxy::upstream::origin_conn::ResponseBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::body::{BoxError, ProxyBody};
+use crate::proxy::body::{BoxError, ProxyBody};
 
 /// Sends its chunks one frame each, and claims an exact size if given one (true or not).
 pub struct Chunks {

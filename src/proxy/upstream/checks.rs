@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use super::upstream::Upstream;
 use crate::config::proxy::HealthCheckConfig;
+use crate::proxy::upstream::group::Upstream;
 
 /// Starts one check loop per origin of every upstream that has checks configured.
 pub fn spawn(upstreams: &[Arc<Upstream>]) -> Vec<JoinHandle<()>> {

@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use http::header::AUTHORIZATION;
 use http::Request;
 
-use super::auth::Denied;
-use super::error::ProxyError;
-use super::ratelimit::Verdict;
-use super::{ProxyState, Shared};
+use crate::proxy::error::ProxyError;
+use crate::proxy::route::auth::Denied;
+use crate::proxy::route::ratelimit::Verdict;
+use crate::proxy::{ProxyState, Shared};
 
 pub fn admit<B>(
     shared: &Shared,
@@ -22,7 +22,11 @@ pub fn admit<B>(
     let m = &shared.metrics;
     let route = &state.routes[route_index];
     let limits = &state.config.limits;
-    match super::rules::url_limits(req.uri(), limits.max_url_bytes, limits.max_query_params) {
+    match crate::proxy::route::rules::url_limits(
+        req.uri(),
+        limits.max_url_bytes,
+        limits.max_query_params,
+    ) {
         Err(414) => return Err(ProxyError::UriTooLong),
         Err(_) => return Err(ProxyError::TooManyParams),
         Ok(()) => {}
@@ -34,7 +38,12 @@ pub fn admit<B>(
         return Err(ProxyError::AddressDenied);
     }
     if !state.rules.is_empty() {
-        let decision = super::rules::evaluate(&state.rules, req.method(), req.uri(), req.headers());
+        let decision = crate::proxy::route::rules::evaluate(
+            &state.rules,
+            req.method(),
+            req.uri(),
+            req.headers(),
+        );
         for i in &decision.matched {
             if let Some(c) = state.rule_counters.get(*i) {
                 c.inc();

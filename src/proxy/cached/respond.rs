@@ -12,16 +12,16 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 
-use super::body::{empty, full, ProxyBody};
 use crate::cache::body_file::BodyFile;
 use crate::cache::rules::{self, RangeAnswer};
 use crate::cache::store::{Coding, Variant};
+use crate::proxy::body::{empty, full, ProxyBody};
 
-pub(super) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Answers a request from a stored variant: 304 for a matching conditional, 206/416
 /// for a range, headers only for HEAD, with Age and Cache-Status.
-pub(super) fn respond(
+pub(crate) fn respond(
     v: &Variant,
     parts: &Parts,
     now: u64,
@@ -191,7 +191,7 @@ fn vary_lists(headers: &HeaderMap, name: &str) -> bool {
 
 /// An origin response sent on as it is (not stored), marked with Cache-Status; a HEAD
 /// gets the headers of the GET we made.
-pub(super) fn pass_through(
+pub(crate) fn pass_through(
     mut resp: Response<ProxyBody>,
     parts: &Parts,
     cache_status: &str,
@@ -206,7 +206,7 @@ pub(super) fn pass_through(
     resp
 }
 
-pub(super) fn gateway_timeout() -> Response<ProxyBody> {
+pub(crate) fn gateway_timeout() -> Response<ProxyBody> {
     let mut resp = Response::new(full(Bytes::from_static(
         b"504 Gateway Timeout: not in cache (only-if-cached)\n",
     )));

@@ -14,11 +14,11 @@ use std::time::Duration;
 use http::uri::Authority;
 use tokio::net::TcpStream;
 
-use super::balance::{self, Candidate};
-use super::origin_conn::OriginConn;
-use super::origin_h2::H2Session;
 use crate::config::proxy::{Balance, HealthCheckConfig, OriginProtocol, UpstreamConfig};
 use crate::health::RiseFall;
+use crate::proxy::upstream::balance::{self, Candidate};
+use crate::proxy::upstream::origin_conn::OriginConn;
+use crate::proxy::upstream::origin_h2::H2Session;
 
 /// Idle connections kept per origin; past this the longest idle is closed.
 const MAX_IDLE_PER_ORIGIN: usize = 256;

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::proxy::body::{empty, full};
-use crate::proxy::origin_wire::tests::parts;
 use crate::proxy::test_bodies::unsized_body;
+use crate::proxy::upstream::origin_wire::tests::parts;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

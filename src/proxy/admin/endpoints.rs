@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
-use super::tls::CertStore;
-use super::{checks, Shared};
 use crate::config::proxy::ProxyConfig;
 use crate::control::{self, Admin};
+use crate::proxy::listen::tls::CertStore;
+use crate::proxy::upstream::checks;
+use crate::proxy::Shared;
 
-pub(super) struct ProxyAdmin {
-    pub(super) shared: Arc<Shared>,
-    pub(super) reloader: Arc<Reloader>,
+pub(crate) struct ProxyAdmin {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) reloader: Arc<Reloader>,
 }
 
 /// Reloads the proxy's configuration: validated whole first; on any error the running
@@ -27,7 +28,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub(super) fn new(
+    pub(crate) fn new(
         shared: Arc<Shared>,
         certs: Option<Arc<CertStore>>,
         path: std::path::PathBuf,
@@ -50,8 +51,9 @@ impl Reloader {
         } else if !cfg.https.is_empty() {
             return Err("HTTPS listeners were added: that needs a restart".into());
         }
-        let state = super::ProxyState::build(cfg, &self.shared.origins, &self.shared.metrics)
-            .map_err(|e| format!("{e:#}"))?;
+        let state =
+            crate::proxy::ProxyState::build(cfg, &self.shared.origins, &self.shared.metrics)
+                .map_err(|e| format!("{e:#}"))?;
         let o = &old.config;
         let n = &state.config;
         if o.http != n.http
@@ -69,21 +71,21 @@ impl Reloader {
     }
 
     /// Stops the health checks and reports of the configuration in force (at shutdown).
-    pub(super) fn stop_background(&self) {
+    pub(crate) fn stop_background(&self) {
         let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
         for t in tasks.drain(..) {
             t.abort();
         }
     }
 
-    pub(super) fn restart_background(&self, state: &super::ProxyState) {
+    pub(crate) fn restart_background(&self, state: &crate::proxy::ProxyState) {
         let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
         for t in tasks.drain(..) {
             t.abort();
         }
         *tasks = checks::spawn(&state.upstreams);
         if let Some(reports) = state.config.reports.clone() {
-            match super::report::spawn(self.shared.clone(), reports) {
+            match crate::proxy::admin::report::spawn(self.shared.clone(), reports) {
                 Ok(t) => tasks.push(t),
                 Err(e) => tracing::error!(error = %e, "health reports not started"),
             }

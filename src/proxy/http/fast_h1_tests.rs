@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::proxy::body::{empty, full, ProxyBody};
-use crate::proxy::request_head::HEADER_SLOTS;
+use crate::proxy::http::request_head::HEADER_SLOTS;
 use crate::proxy::test_bodies::{unsized_body, Chunks};
 use http::{HeaderValue, Response};
 use http_body_util::BodyExt;
@@ -313,7 +313,7 @@ fn a_date_is_added_only_when_missing_and_close_is_said_once() {
 
 fn answer_with(passed: &'static str, ours: &[(&'static str, &'static str)]) -> Answer {
     let mut wire = BytesMut::from(format!("HTTP/1.1 200 OK\r\n{passed}\r\n").as_str());
-    let (_, _, passed) = crate::proxy::origin_wire::parse_head(&mut wire)
+    let (_, _, passed) = crate::proxy::upstream::origin_wire::parse_head(&mut wire)
         .unwrap()
         .unwrap();
     let mut response = http::Response::new(empty());
@@ -522,7 +522,7 @@ fn damaged_requests_are_taken_whole_or_left_whole_for_hyper() {
     );
 }
 
-impl crate::proxy::lazy_socket::SendFile for tokio::io::DuplexStream {}
+impl crate::proxy::listen::lazy_socket::SendFile for tokio::io::DuplexStream {}
 
 #[tokio::test]
 async fn a_stored_file_body_goes_out_as_bytes_where_files_cannot_be_sent() {
@@ -531,7 +531,7 @@ async fn a_stored_file_body_goes_out_as_bytes_where_files_cannot_be_sent() {
     let (mapped, file) = crate::cache::body_file::BodyFile::store(&data).expect("a sealed file");
     let mut resp = http::Response::new(crate::proxy::body::full(mapped));
     resp.extensions_mut()
-        .insert(crate::proxy::cache_answer::FileBody(file));
+        .insert(crate::proxy::cached::respond::FileBody(file));
     let (res, wire) = written(resp, false).await;
     res.unwrap();
     let (head, body) = wire.split_once("\r\n\r\n").unwrap();

@@ -24,10 +24,10 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::body::{BoxError, ProxyBody};
-use super::header_lines::HeaderLines;
-use super::origin_conn::{Framing, ResponseHead};
-use super::upstream::{ConnectError, InFlight};
+use crate::proxy::body::{BoxError, ProxyBody};
+use crate::proxy::header_lines::HeaderLines;
+use crate::proxy::upstream::group::{ConnectError, InFlight};
+use crate::proxy::upstream::origin_conn::{Framing, ResponseHead};
 
 /// Pings on a quiet connection find an origin that vanished without a FIN (a host down, a
 /// firewall that forgot the flow) before a request does.

@@ -8,10 +8,10 @@ use std::time::Instant;
 use http::{Request, Version};
 use hyper::body::Body;
 
-use super::answer::Answer;
-use super::headers;
 use crate::config::proxy::AccessLogFormat;
 use crate::logfile::{clf_time, json_str, rfc3339};
+use crate::proxy::answer::Answer;
+use crate::proxy::http::headers;
 
 /// The origin that answered, left in the response's extensions for the log.
 #[derive(Clone)]

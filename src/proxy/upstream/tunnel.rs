@@ -24,12 +24,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::client_io::{stop_requested, Activity};
-use super::upstream::InFlight;
-use super::woken::PollWhenWoken;
-use super::Shared;
 use crate::clock::coarse_ms;
 use crate::config::proxy::Limits;
+use crate::proxy::listen::client_io::{stop_requested, Activity};
+use crate::proxy::listen::woken::PollWhenWoken;
+use crate::proxy::upstream::group::InFlight;
+use crate::proxy::Shared;
 
 /// Whether a client request asks to become a WebSocket: an HTTP/1.1 GET with `websocket`
 /// among its Upgrade protocols and `upgrade` among its Connection options.

@@ -19,21 +19,23 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::rustls::HandshakeKind;
 use tokio_rustls::TlsAcceptor;
 
-use super::admin::{ProxyAdmin, Reloader};
-use super::client_io::{stop_requested, Activity, CheckedTimer, Tracked, POLL_TICK_DIVISOR};
-use super::corked;
-use super::fast_h1;
-use super::forward::{self, ClientConn};
-use super::lazy_socket::{Acceptor, LastWrites, LazySocket, SendFile};
-use super::proxy_protocol;
-use super::refused::{self, Refusal};
-use super::tls::{self, CertStore};
-use super::tunnel::TunnelSlot;
-use super::woken::PollWhenWoken;
-use super::Shared;
 use crate::clock::coarse_ms;
 use crate::config::proxy::{Limits, ProxyConfig};
 use crate::control;
+use crate::proxy::admin::endpoints::{ProxyAdmin, Reloader};
+use crate::proxy::http::fast_h1;
+use crate::proxy::http::forward::{self, ClientConn};
+use crate::proxy::http::refused::{self, Refusal};
+use crate::proxy::listen::client_io::{
+    stop_requested, Activity, CheckedTimer, Tracked, POLL_TICK_DIVISOR,
+};
+use crate::proxy::listen::corked;
+use crate::proxy::listen::lazy_socket::{Acceptor, LastWrites, LazySocket, SendFile};
+use crate::proxy::listen::proxy_protocol;
+use crate::proxy::listen::tls::{self, CertStore};
+use crate::proxy::listen::woken::PollWhenWoken;
+use crate::proxy::upstream::tunnel::TunnelSlot;
+use crate::proxy::Shared;
 
 pub struct ProxyServer {
     pub shared: Arc<Shared>,
@@ -398,7 +400,7 @@ async fn serve_connection(
 trait ClientService:
     hyper::service::Service<
     http::Request<hyper::body::Incoming>,
-    Response = http::Response<super::body::ProxyBody>,
+    Response = http::Response<crate::proxy::body::ProxyBody>,
     Error = Infallible,
     Future: Send + 'static,
 >
@@ -408,7 +410,7 @@ trait ClientService:
 impl<S> ClientService for S where
     S: hyper::service::Service<
         http::Request<hyper::body::Incoming>,
-        Response = http::Response<super::body::ProxyBody>,
+        Response = http::Response<crate::proxy::body::ProxyBody>,
         Error = Infallible,
         Future: Send + 'static,
     >

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::AsyncReadExt;
 
-use super::lazy_socket::LazySocket;
+use crate::proxy::listen::lazy_socket::LazySocket;
 
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 const V1_PREFIX: &[u8] = b"PROXY ";

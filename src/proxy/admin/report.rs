@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Shared;
 use crate::clock::unix_ms;
 use crate::config::proxy::ReportsConfig;
 use crate::health::report::{Report, ReportKey, REPORT_PATH, SIGNATURE_HEADER};
+use crate::proxy::Shared;
 
 /// The report this node would send now.
 pub fn current(shared: &Shared, addresses: &[std::net::IpAddr], seq: u64) -> Report {

@@ -21,7 +21,7 @@ fn the_target_moves_into_pseudo_headers_and_te_says_trailers() {
         ],
     );
     let origin = Authority::from_static("127.0.0.1:9001");
-    let req = request(&p, super::super::body::empty(), &origin).unwrap();
+    let req = request(&p, crate::proxy::body::empty(), &origin).unwrap();
     assert_eq!(req.method(), Method::POST);
     assert_eq!(req.version(), Version::HTTP_2);
     assert_eq!(req.uri(), "http://api.example.test/pkg.Svc/Call?x=1");
@@ -35,7 +35,7 @@ fn the_target_moves_into_pseudo_headers_and_te_says_trailers() {
 fn without_a_usable_host_the_origin_is_the_authority() {
     let origin = Authority::from_static("127.0.0.1:9001");
     for headers in [&[][..], &[("host", "bad host")][..]] {
-        let req = request(&parts("/", headers), super::super::body::empty(), &origin).unwrap();
+        let req = request(&parts("/", headers), crate::proxy::body::empty(), &origin).unwrap();
         assert_eq!(req.uri(), "http://127.0.0.1:9001/");
     }
 }
@@ -80,7 +80,7 @@ async fn a_refused_stream_is_told_from_other_resets() {
     assert!(!reused);
     let origin = Authority::from_static("127.0.0.1:1");
     for (path, safe) in [("/refuse", true), ("/other", false)] {
-        let req = request(&parts(path, &[]), super::super::body::empty(), &origin).unwrap();
+        let req = request(&parts(path, &[]), crate::proxy::body::empty(), &origin).unwrap();
         let e = sender.send_request(req).await.unwrap_err();
         assert_eq!(never_processed(&e), safe, "{path}: {e:?}");
     }

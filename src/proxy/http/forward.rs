@@ -13,15 +13,15 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 
-use super::answer::Answer;
-use super::body::{empty, full, ProxyBody};
-use super::error::ProxyError;
-use super::exchange::Origin;
-use super::headers;
-use super::router::RouteMatch;
-use super::tunnel::{self, TunnelSlot};
-use super::{ProxyState, Shared};
 use crate::metrics::{method_index, status_index};
+use crate::proxy::answer::Answer;
+use crate::proxy::body::{empty, full, ProxyBody};
+use crate::proxy::error::ProxyError;
+use crate::proxy::http::headers;
+use crate::proxy::route::router::RouteMatch;
+use crate::proxy::upstream::exchange::Origin;
+use crate::proxy::upstream::tunnel::{self, TunnelSlot};
+use crate::proxy::{ProxyState, Shared};
 
 /// What we know of the client connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -33,12 +33,12 @@ pub struct ClientConn {
 /// A request body as a client sends it: hyper's, or none (`fast_h1` serves only
 /// requests without one).
 pub trait ClientBody:
-    Body<Data = Bytes, Error: Into<super::body::BoxError>> + Send + 'static
+    Body<Data = Bytes, Error: Into<crate::proxy::body::BoxError>> + Send + 'static
 {
 }
 
 impl<B> ClientBody for B where
-    B: Body<Data = Bytes, Error: Into<super::body::BoxError>> + Send + 'static
+    B: Body<Data = Bytes, Error: Into<crate::proxy::body::BoxError>> + Send + 'static
 {
 }
 
@@ -59,7 +59,7 @@ pub fn handle<'a, B: ClientBody>(
     let logged = shared
         .access_log
         .as_ref()
-        .map(|_| super::access_log::LoggedRequest::of(&req));
+        .map(|_| crate::proxy::admin::access_log::LoggedRequest::of(&req));
     let step = prepare(shared, &state, conn, req);
     async move {
         let outcome = match step {
@@ -144,7 +144,8 @@ fn prepare<B: ClientBody>(
         req.headers(),
         &state.config.forwarding.trusted_proxies,
     );
-    super::guard::admit(shared, state, route_index, client, &mut req).map_err(fail)?;
+    crate::proxy::route::guard::admit(shared, state, route_index, client, &mut req)
+        .map_err(fail)?;
     if route.redirect_https && !conn.tls {
         let answer = redirect_to_https(host.as_deref().unwrap_or(""), req.uri()).into();
         return Ok(Step::Answered((answer, Some(route_index))));
@@ -185,7 +186,7 @@ fn prepare<B: ClientBody>(
         empty()
     } else {
         Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-            .map_err(|e| e as super::body::BoxError)
+            .map_err(|e| e as crate::proxy::body::BoxError)
             .boxed_unsync()
     };
     let path = match websocket {
@@ -231,11 +232,13 @@ impl Prepared {
                 let upgrade = Box::pin(origin.upgrade(self.parts, client, tunnel));
                 upgrade.await.map(Answer::from)
             }
-            OriginPath::Cached => super::cached::serve(origin, scheme, host, self.parts)
-                .await
-                .map(Answer::from),
+            OriginPath::Cached => {
+                crate::proxy::cached::serve::serve(origin, scheme, host, self.parts)
+                    .await
+                    .map(Answer::from)
+            }
             OriginPath::PassUnsafe => {
-                let pass = Box::pin(super::cached::pass_unsafe(
+                let pass = Box::pin(crate::proxy::cached::serve::pass_unsafe(
                     origin,
                     scheme,
                     host,
@@ -258,7 +261,7 @@ impl Prepared {
 /// HTTP/1.1 framing that different parsers could read differently is refused before
 /// anything is forwarded (RFC 9112 §6.3): both Content-Length and Transfer-Encoding, or
 /// several Content-Length values.
-pub(super) fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
+pub(crate) fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
     let h = req.headers();
     if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
         return Err(ProxyError::BadFraming(
@@ -352,7 +355,7 @@ pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
             );
         }
         ProxyError::Unauthorized { realm } => {
-            if let Ok(v) = HeaderValue::from_str(&super::auth::challenge(realm)) {
+            if let Ok(v) = HeaderValue::from_str(&crate::proxy::route::auth::challenge(realm)) {
                 resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
             }
         }

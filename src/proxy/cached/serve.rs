@@ -14,10 +14,6 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::body::{empty, ProxyBody};
-use super::cache_answer::{gateway_timeout, pass_through, respond, CACHE_STATUS};
-use super::error::ProxyError;
-use super::exchange::Origin;
 use crate::cache::body_file::BodyFile;
 use crate::cache::coalesce::{self, Coalescer, Outcome, Role};
 use crate::cache::directives::RequestDirectives;
@@ -25,6 +21,10 @@ use crate::cache::rules::{self, Freshness, StaleDefaults, Use};
 use crate::cache::store::{self, Coding, Store, Variant};
 use crate::cache::{compress, key};
 use crate::config::proxy::CacheConfig;
+use crate::proxy::body::{empty, ProxyBody};
+use crate::proxy::cached::respond::{gateway_timeout, pass_through, respond, CACHE_STATUS};
+use crate::proxy::error::ProxyError;
+use crate::proxy::upstream::exchange::Origin;
 
 /// The cache's state in a proxy process; it outlives config reloads.
 pub struct CacheRuntime {
@@ -447,7 +447,7 @@ async fn store_or_pass(
             m.cache_uncacheable.inc();
             let resp = Response::from_parts(
                 head,
-                super::body::PrefixedBody::new(prefix, rest).boxed_unsync(),
+                crate::proxy::body::PrefixedBody::new(prefix, rest).boxed_unsync(),
             );
             Ok((
                 Outcome::NotStored,

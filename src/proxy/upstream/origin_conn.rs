@@ -21,9 +21,9 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-use super::body::{BoxError, ProxyBody};
-use super::origin_wire::{encode_head, framing, keeps_alive, parse_head, Upload};
-pub use super::origin_wire::{Framing, ResponseHead};
+use crate::proxy::body::{BoxError, ProxyBody};
+use crate::proxy::upstream::origin_wire::{encode_head, framing, keeps_alive, parse_head, Upload};
+pub use crate::proxy::upstream::origin_wire::{Framing, ResponseHead};
 
 /// A chunk-size line, extensions included, longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;

@@ -18,17 +18,17 @@ use http::header::{HeaderValue, CONNECTION, SET_COOKIE, UPGRADE, VIA};
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
-use super::access_log::ServedBy;
-use super::answer::Answer;
-use super::body::{empty, OriginBody, ProxyBody};
-use super::error::ProxyError;
-use super::headers::{self, ForwardContext};
-use super::origin_conn::{OriginConn, ResponseHead, SendError};
-use super::origin_h2::{self, H2Body};
-use super::tunnel::{self, Tunnel, TunnelSlot};
-use super::upstream::{InFlight, Upstream};
-use super::{ProxyState, Shared};
 use crate::config::proxy::OriginProtocol;
+use crate::proxy::admin::access_log::ServedBy;
+use crate::proxy::answer::Answer;
+use crate::proxy::body::{empty, OriginBody, ProxyBody};
+use crate::proxy::error::ProxyError;
+use crate::proxy::http::headers::{self, ForwardContext};
+use crate::proxy::upstream::group::{InFlight, Upstream};
+use crate::proxy::upstream::origin_conn::{OriginConn, ResponseHead, SendError};
+use crate::proxy::upstream::origin_h2::{self, H2Body};
+use crate::proxy::upstream::tunnel::{self, Tunnel, TunnelSlot};
+use crate::proxy::{ProxyState, Shared};
 
 /// How far the retry rule has gone for one request. A stale keep-alive connection costs no
 /// failover: the next attempt goes to the same origin on a new connection, which is never

@@ -8,14 +8,14 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 
-use super::refused::Refusal;
+use crate::proxy::http::refused::Refusal;
 
 /// Header slots on the stack; a head with more goes to hyper, which applies the
 /// configured limit.
-pub(super) const HEADER_SLOTS: usize = 100;
+pub(crate) const HEADER_SLOTS: usize = 100;
 
 /// Read buffer: room for a typical head, grown for larger ones up to the header limit.
-pub(super) const READ_BUF: usize = 8192;
+pub(crate) const READ_BUF: usize = 8192;
 /// A request this loop serves, with its whole body (most often none).
 pub type SimpleRequest = Request<Full<Bytes>>;
 
@@ -238,7 +238,7 @@ fn build(
     Some(req)
 }
 
-pub(super) fn has_close(value: &[u8]) -> bool {
+pub(crate) fn has_close(value: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))

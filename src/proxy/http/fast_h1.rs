@@ -41,17 +41,17 @@ use http::{Method, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::answer::Answer;
-use super::cache_answer::FileBody;
-use super::client_io::Activity;
-use super::forward::{self, ClientConn};
-use super::lazy_socket::{LastWrites, SendFile};
-use super::refused::{self, Refusal};
-use super::request_head::{has_close, READ_BUF};
-pub use super::request_head::{parse, Parsed, RequestLimits, SimpleRequest};
-use super::tunnel::TunnelSlot;
-use super::Shared;
 use crate::clock::{coarse_ms, http_date};
+use crate::proxy::answer::Answer;
+use crate::proxy::cached::respond::FileBody;
+use crate::proxy::http::forward::{self, ClientConn};
+use crate::proxy::http::refused::{self, Refusal};
+use crate::proxy::http::request_head::{has_close, READ_BUF};
+pub use crate::proxy::http::request_head::{parse, Parsed, RequestLimits, SimpleRequest};
+use crate::proxy::listen::client_io::Activity;
+use crate::proxy::listen::lazy_socket::{LastWrites, SendFile};
+use crate::proxy::upstream::tunnel::TunnelSlot;
+use crate::proxy::Shared;
 
 /// Body chunks up to this size are copied behind the head (or chunk size) and sent in
 /// one plain write; larger ones go out by `writev` without a copy.

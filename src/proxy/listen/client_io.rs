@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use super::lazy_socket::{LastWrites, Registered, SendFile};
 use crate::clock::coarse_ms;
+use crate::proxy::listen::lazy_socket::{LastWrites, Registered, SendFile};
 
 /// Activity of one client connection, for the idle timeout: the last read or write, and
 /// requests still waiting for their response head.
@@ -292,7 +292,7 @@ mod tests {
 
     #[tokio::test]
     async fn once_registered_the_first_write_after_a_read_yields_once() {
-        use super::super::lazy_socket::{Acceptor, LazySocket};
+        use crate::proxy::listen::lazy_socket::{Acceptor, LazySocket};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let acceptor =
             Acceptor::new(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();

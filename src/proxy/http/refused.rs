@@ -7,9 +7,9 @@
 
 use std::net::IpAddr;
 
-use super::error::ProxyError;
-use super::Shared;
 use crate::metrics::REFUSAL_REASONS;
+use crate::proxy::error::ProxyError;
+use crate::proxy::Shared;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -74,7 +74,7 @@ pub fn record(shared: &Shared, client: IpAddr, refusal: Refusal) {
     shared.metrics.refused[refusal as usize].inc();
     tracing::debug!(%client, reason = refusal.label(), status = refusal.status(), "request refused");
     if let Some((log, format)) = &shared.access_log {
-        let entry = super::access_log::AccessEntry {
+        let entry = crate::proxy::admin::access_log::AccessEntry {
             unix_ms: crate::clock::unix_ms(),
             client,
             host: "-",
@@ -89,7 +89,7 @@ pub fn record(shared: &Shared, client: IpAddr, refusal: Refusal) {
             referer: None,
             user_agent: None,
         };
-        log.write(super::access_log::format(&entry, *format));
+        log.write(crate::proxy::admin::access_log::format(&entry, *format));
     }
 }
 

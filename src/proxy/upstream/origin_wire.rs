@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Version};
 
-use super::header_lines::HeaderLines;
+use crate::proxy::header_lines::HeaderLines;
 
 /// A response head larger than this is refused (nginx's default proxy buffer is 4–8 KiB;
 /// HAProxy's whole buffer is 16 KiB).
@@ -90,7 +90,7 @@ pub fn keeps_alive(version: Version, headers: &HeaderLines) -> bool {
 
 /// How the request body goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Upload {
+pub(crate) enum Upload {
     None,
     /// As-is, after the client's Content-Length.
     Length(u64),
@@ -103,7 +103,7 @@ pub(super) enum Upload {
 /// not forwarded (a GET on a caching route, a revalidation) must not keep the client's
 /// `Content-Length`, or the origin would take that many bytes of the next request on this
 /// connection, perhaps another client's, as its body.
-pub(super) fn encode_head(
+pub(crate) fn encode_head(
     out: &mut Vec<u8>,
     head: &http::request::Parts,
     bodyless: bool,
@@ -161,7 +161,7 @@ pub struct ResponseHead {
 }
 
 /// Parses one response head off the front of `buf`; None until it is complete.
-pub(super) fn parse_head(
+pub(crate) fn parse_head(
     buf: &mut BytesMut,
 ) -> Result<Option<(StatusCode, Version, HeaderLines)>, &'static str> {
     // Uninitialised slots: zeroing 128 of them per response showed in profiles.
@@ -217,7 +217,7 @@ pub(super) fn parse_head(
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A request head, for these tests and `origin_conn`'s.

@@ -1,0 +1,231 @@
+//! What every request of the proxy reads: the state built from one config (routes,
+//! upstreams, rules, rate limits), swapped whole on reload, and what outlives reloads
+//! (the cache, origin state, connection counts, metrics).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus::{IntGauge, Registry};
+
+use super::cached::serve::CacheRuntime;
+use super::route::router::Router;
+use super::route::{auth, ratelimit, rules};
+use super::upstream::group::{OriginRegistry, Upstream};
+use crate::config::proxy::ProxyConfig;
+use crate::metrics::{ProxyMetrics, RouteMetrics};
+
+pub struct RouteRuntime {
+    /// Label for metrics and logs: `host-pattern + prefix` of the first host.
+    pub label: String,
+    pub upstream: usize,
+    pub redirect_https: bool,
+    pub cache: bool,
+    pub compress: bool,
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
+    pub auth: Option<RouteAuth>,
+    pub metrics: RouteMetrics,
+}
+
+pub struct RouteAuth {
+    pub realm: String,
+    pub users: auth::Users,
+    pub forward_authorization: bool,
+}
+
+/// Everything a request reads, swapped whole on reload.
+pub struct ProxyState {
+    pub config: ProxyConfig,
+    pub router: Router,
+    pub routes: Vec<RouteRuntime>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// In-flight gauges per upstream, per origin.
+    pub in_flight_gauges: Vec<Vec<IntGauge>>,
+    pub rules: Vec<rules::Rule>,
+    /// Match counters, one per rule.
+    pub rule_counters: Vec<prometheus::IntCounter>,
+    pub rate: ratelimit::RateLimits,
+}
+
+impl ProxyState {
+    pub fn build(
+        config: ProxyConfig,
+        registry: &OriginRegistry,
+        metrics: &ProxyMetrics,
+    ) -> anyhow::Result<Self> {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u, registry)))
+            .collect();
+        let mut routes = Vec::new();
+        for r in &config.routes {
+            let label = format!(
+                "{}{}",
+                r.hosts.first().map(String::as_str).unwrap_or("*"),
+                r.path_prefix
+            );
+            let auth = match &r.auth {
+                Some(a) => Some(RouteAuth {
+                    realm: a.realm.clone(),
+                    users: auth::Users::load(&a.users_file)?,
+                    forward_authorization: a.forward_authorization,
+                }),
+                None => None,
+            };
+            routes.push(RouteRuntime {
+                metrics: metrics.route(&label),
+                label,
+                upstream: upstreams
+                    .iter()
+                    .position(|u| u.name == r.upstream)
+                    .unwrap_or(0),
+                redirect_https: r.redirect_https,
+                cache: r.cache,
+                compress: r.compress,
+                allow: r.allow.clone(),
+                deny: r.deny.clone(),
+                auth,
+            });
+        }
+        let rules = rules::compile(&config.rules);
+        let rule_counters = rules
+            .iter()
+            .map(|r| {
+                let action = match r.action {
+                    crate::config::proxy::RuleAction::Deny => "deny",
+                    crate::config::proxy::RuleAction::Allow => "allow",
+                    crate::config::proxy::RuleAction::Tag => "tag",
+                };
+                metrics.rule_matches.with_label_values(&[&r.name, action])
+            })
+            .collect();
+        let route_rates: Vec<_> = config.routes.iter().map(|r| r.rate).collect();
+        let rate = ratelimit::RateLimits::new(&config.rate_limit, &route_rates);
+        for u in &upstreams {
+            metrics.retries.with_label_values(&[&u.name]);
+            metrics.upstream_connections.with_label_values(&[&u.name]);
+            for kind in ["connect", "reset", "bad_response", "timeout", "5xx"] {
+                metrics.upstream_errors.with_label_values(&[&u.name, kind]);
+            }
+            if let Some(r) = &config.reports {
+                for dns in &r.dns {
+                    for result in ["ok", "failed"] {
+                        metrics.reports.with_label_values(&[dns, result]);
+                    }
+                }
+            }
+        }
+        for listener in ["http", "https"] {
+            metrics.connections.with_label_values(&[listener]);
+        }
+        let in_flight_gauges = upstreams
+            .iter()
+            .map(|u| {
+                u.origins
+                    .iter()
+                    .map(|o| metrics.in_flight.with_label_values(&[&u.name, &o.name]))
+                    .collect()
+            })
+            .collect();
+        Ok(Self {
+            router: Router::new(&config.routes),
+            config,
+            routes,
+            upstreams,
+            in_flight_gauges,
+            rules,
+            rule_counters,
+            rate,
+        })
+    }
+
+    /// Whether every route has at least one healthy origin: what `/healthz` reports and
+    /// what the DNS side reads.
+    pub fn can_serve(&self) -> (bool, Vec<String>) {
+        let mut problems = Vec::new();
+        for r in &self.routes {
+            if let Some(u) = self.upstreams.get(r.upstream) {
+                if !u.can_serve() {
+                    problems.push(format!(
+                        "route {}: no healthy origin in upstream {}",
+                        r.label, u.name
+                    ));
+                }
+            }
+        }
+        (problems.is_empty(), problems)
+    }
+}
+
+/// What every connection task shares.
+pub struct Shared {
+    pub state: ArcSwap<ProxyState>,
+    /// Present when any route caches; outlives config reloads.
+    pub cache: Option<CacheRuntime>,
+    pub access_log: Option<(
+        crate::logfile::LogFile,
+        crate::config::proxy::AccessLogFormat,
+    )>,
+    /// Open connections per client, for `max_connections_per_client`.
+    pub connection_counts: ratelimit::ConnectionCounts,
+    pub metrics: ProxyMetrics,
+    pub registry: Registry,
+    pub origins: OriginRegistry,
+}
+
+impl Shared {
+    pub fn new(config: ProxyConfig) -> anyhow::Result<Arc<Self>> {
+        let registry = Registry::new();
+        let metrics = ProxyMetrics::new(&registry);
+        let origins = OriginRegistry::default();
+        let cache = if config.routes.iter().any(|r| r.cache) {
+            Some(CacheRuntime::new(&config.cache)?)
+        } else {
+            None
+        };
+        let access_log = match &config.access_log {
+            Some((path, format)) => Some((
+                crate::logfile::open(path.clone())
+                    .map_err(|e| anyhow::anyhow!("opening access log {}: {e}", path.display()))?,
+                *format,
+            )),
+            None => None,
+        };
+        let state = ProxyState::build(config, &origins, &metrics)?;
+        Ok(Arc::new(Self {
+            connection_counts: ratelimit::ConnectionCounts::default(),
+            access_log,
+            cache,
+            state: ArcSwap::from_pointee(state),
+            metrics,
+            registry,
+            origins,
+        }))
+    }
+
+    /// Brings the health gauges up to date (called before each scrape).
+    pub fn refresh_gauges(&self) {
+        self.metrics
+            .rate_limit_clients
+            .set(self.state.load().rate.tracked_clients() as i64);
+        if let Some(cache) = &self.cache {
+            self.metrics.cache_bytes.set(cache.store.bytes() as i64);
+            self.metrics.cache_objects.set(cache.store.objects() as i64);
+            let seen = self.metrics.cache_evictions.get();
+            let now = cache.store.evictions();
+            if now > seen {
+                self.metrics.cache_evictions.inc_by(now - seen);
+            }
+        }
+        let state = self.state.load();
+        for u in &state.upstreams {
+            for o in &u.origins {
+                self.metrics
+                    .upstream_up
+                    .with_label_values(&[&u.name, &o.name])
+                    .set(i64::from(o.state.is_healthy()));
+            }
+        }
+    }
+}
