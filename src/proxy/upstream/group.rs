@@ -1,5 +1,6 @@
 //! Upstream groups at run time: each origin's health (active checks and passive errors),
-//! its in-flight count, and its pool of idle HTTP/1.1 connections.
+//! its in-flight count, and its pool of idle HTTP/1.1 connections, which an origin's
+//! response body refills when it ends.
 //!
 //! We hold connections ourselves instead of using a pooled client so that a connect
 //! failure happens *before* the request is handed over: the request is still whole and can
@@ -7,17 +8,23 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::Authority;
-use tokio::net::TcpStream;
+use http_body::{Body, Frame, SizeHint};
 
 use crate::config::proxy::{Balance, HealthCheckConfig, OriginProtocol, UpstreamConfig};
 use crate::health::RiseFall;
+use crate::proxy::body::BoxError;
 use crate::proxy::upstream::balance::{self, Candidate};
-use crate::proxy::upstream::origin_conn::OriginConn;
+use crate::proxy::upstream::connect;
+pub use crate::proxy::upstream::connect::ConnectError;
+use crate::proxy::upstream::origin_conn::{OriginConn, ResponseBody};
 use crate::proxy::upstream::origin_h2::H2Session;
 
 /// Idle connections kept per origin; past this the longest idle is closed.
@@ -200,17 +207,6 @@ pub struct Upstream {
     seed: AtomicU64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("connect to {addr} timed out after {timeout:?}")]
-    Timeout { addr: SocketAddr, timeout: Duration },
-    #[error("connect to {addr}: {source}")]
-    Io {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
-
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig, registry: &OriginRegistry) -> Self {
         let origins = cfg
@@ -316,19 +312,9 @@ impl Upstream {
     /// A new connection to the origin, within the connect timeout.
     pub async fn connect(&self, index: usize) -> Result<OriginConn, ConnectError> {
         let addr = self.origins[index].addr;
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Err(_) => {
-                    return Err(ConnectError::Timeout {
-                        addr,
-                        timeout: self.connect_timeout,
-                    })
-                }
-                Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
-                Ok(Ok(s)) => s,
-            };
-        let _ = stream.set_nodelay(true);
-        Ok(OriginConn::new(stream))
+        connect::within(addr, self.connect_timeout, connect::tcp(addr))
+            .await
+            .map(OriginConn::new)
     }
 }
 
@@ -355,6 +341,60 @@ impl Drop for InFlight {
         if let Some(g) = &self.gauge {
             g.dec();
         }
+    }
+}
+
+/// An origin's response body on its way to the client. When the origin has sent it all,
+/// the connection goes back to the pool; if the client goes away first, the connection is
+/// dropped (its state is unknown). Either way the in-flight count goes down on drop.
+pub struct OriginBody {
+    inner: ResponseBody,
+    pool: Arc<OriginState>,
+    _in_flight: InFlight,
+}
+
+impl OriginBody {
+    pub fn new(inner: ResponseBody, pool: Arc<OriginState>, in_flight: InFlight) -> Self {
+        let mut body = Self {
+            inner,
+            pool,
+            _in_flight: in_flight,
+        };
+        body.release_if_done();
+        body
+    }
+
+    fn release_if_done(&mut self) {
+        if let Some(conn) = self.inner.take_reusable() {
+            self.pool.put_idle(conn);
+        }
+    }
+}
+
+impl Body for OriginBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None | Some(Ok(_))) = polled {
+            // The last frame often arrives with the end: give the connection back now,
+            // not a poll later.
+            this.release_if_done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -386,8 +426,8 @@ mod tests {
     }
 
     /// A connected pair: our end as an origin connection, and the origin's end.
-    async fn conn_pair(listener: &tokio::net::TcpListener) -> (OriginConn, TcpStream) {
-        let ours = TcpStream::connect(listener.local_addr().unwrap())
+    async fn conn_pair(listener: &tokio::net::TcpListener) -> (OriginConn, tokio::net::TcpStream) {
+        let ours = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (theirs, _) = listener.accept().await.unwrap();

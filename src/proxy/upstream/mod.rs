@@ -6,6 +6,7 @@
 
 pub mod balance;
 pub mod checks;
+pub mod connect;
 pub mod exchange;
 pub mod group;
 pub mod origin_conn;

@@ -22,12 +22,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use crate::proxy::body::{BoxError, ProxyBody};
 use crate::proxy::header_lines::HeaderLines;
-use crate::proxy::upstream::group::{ConnectError, InFlight};
-use crate::proxy::upstream::origin_conn::{Framing, ResponseHead};
+use crate::proxy::upstream::connect::{self, ConnectError};
+use crate::proxy::upstream::origin_wire::{Framing, ResponseHead};
 
 /// Pings on a quiet connection find an origin that vanished without a FIN (a host down, a
 /// firewall that forgot the flow) before a request does.
@@ -73,9 +72,8 @@ async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<SendRequest<ProxyBody>, ConnectError> {
-    let opened = tokio::time::timeout(timeout, async {
-        let stream = TcpStream::connect(addr).await?;
-        let _ = stream.set_nodelay(true);
+    let (sender, conn) = connect::within(addr, timeout, async {
+        let stream = connect::tcp(addr).await?;
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -86,12 +84,7 @@ async fn connect(
             .await
             .map_err(std::io::Error::other)
     })
-    .await;
-    let (sender, conn) = match opened {
-        Err(_) => return Err(ConnectError::Timeout { addr, timeout }),
-        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
-        Ok(Ok(pair)) => pair,
-    };
+    .await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(origin = %addr, error = %e, "h2c origin connection ended");
@@ -183,23 +176,20 @@ pub fn header_lines(headers: &HeaderMap) -> HeaderLines {
     HeaderLines::new(head.freeze(), spans)
 }
 
-/// An HTTP/2 origin's response body, which counts its request in flight at the origin
-/// until it ends or the client leaves.
-pub struct H2Body {
+/// An HTTP/2 origin's response body, holding `held` (the request's in-flight count at the
+/// origin) until it ends or the client leaves.
+pub struct H2Body<Held> {
     inner: Incoming,
-    _in_flight: InFlight,
+    _held: Held,
 }
 
-impl H2Body {
-    pub fn new(inner: Incoming, in_flight: InFlight) -> Self {
-        Self {
-            inner,
-            _in_flight: in_flight,
-        }
+impl<Held> H2Body<Held> {
+    pub fn new(inner: Incoming, held: Held) -> Self {
+        Self { inner, _held: held }
     }
 }
 
-impl Body for H2Body {
+impl<Held: Unpin> Body for H2Body<Held> {
     type Data = Bytes;
     type Error = BoxError;
 
