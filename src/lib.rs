@@ -1,21 +1,17 @@
 //! geoedge: a global server load balancing edge. See DESIGN.md for the architecture.
 
 pub mod cache;
-pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod dns;
 pub mod geo;
 pub mod health;
-pub mod listening;
-pub mod logfile;
-pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod probe;
+pub mod process;
 pub mod proxy;
-pub mod signals;
 pub mod steer;
 #[cfg(test)]
 pub mod test_support;

@@ -119,37 +119,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dns { config } => {
             let cfg = DnsConfig::load(&config)?;
-            geoedge::logging::init(cfg.log_level.as_deref());
+            geoedge::process::logging::init(cfg.log_level.as_deref());
             let runtime = runtime(cfg.workers)?;
             runtime.block_on(async {
-                let stop = geoedge::signals::shutdown();
+                let stop = geoedge::process::signals::shutdown();
                 let server = std::sync::Arc::new(DnsServer::new(&cfg)?);
                 server.run(&cfg, stop).await
             })
         }
         Command::Proxy { config } => {
             let cfg = ProxyConfig::load(&config)?;
-            geoedge::logging::init(cfg.log_level.as_deref());
+            geoedge::process::logging::init(cfg.log_level.as_deref());
             let runtime = runtime(cfg.workers)?;
             runtime.block_on(async {
-                let stop = geoedge::signals::shutdown();
+                let stop = geoedge::process::signals::shutdown();
                 let server = ProxyServer::new(cfg)?;
                 server.run(stop).await
             })
         }
         Command::Origin { listen, name } => {
-            geoedge::logging::init(None);
+            geoedge::process::logging::init(None);
             let runtime = runtime(1)?;
             runtime.block_on(async {
                 let listener = geoedge::origin::bind(listen)
                     .await
                     .with_context(|| format!("binding {listen}"))?;
-                geoedge::listening::announce(
+                geoedge::process::listening::announce(
                     &format!("HTTP (origin {name})"),
                     listener.local_addr()?,
                 );
                 let origin = geoedge::origin::Origin::new(&name);
-                let stop = geoedge::signals::shutdown();
+                let stop = geoedge::process::signals::shutdown();
                 tokio::select! {
                     _ = geoedge::origin::serve(listener, origin) => {},
                     _ = stop => {},
@@ -158,10 +158,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Demo { config_dir } => {
-            geoedge::logging::init(None);
+            geoedge::process::logging::init(None);
             let runtime = runtime(2)?;
             runtime.block_on(async {
-                let stop = geoedge::signals::shutdown();
+                let stop = geoedge::process::signals::shutdown();
                 geoedge::demo::run(&config_dir, stop).await
             })
         }
@@ -178,9 +178,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if json {
                     println!("{}", String::from_utf8_lossy(&body));
                 } else {
-                    let status: geoedge::control::dns::Status =
+                    let status: geoedge::dns::admin::Status =
                         serde_json::from_slice(&body).context("reading the status")?;
-                    print!("{}", geoedge::control::dns::status_table(&status));
+                    print!("{}", geoedge::dns::admin::status_table(&status));
                 }
                 Ok(())
             })

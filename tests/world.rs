@@ -251,7 +251,7 @@ fn forged_replayed_stale_and_unknown_reports_change_nothing() {
     w.wait_answer("192.0.2.0", "127.0.0.11", Duration::from_secs(5));
     let key = ReportKey::from_secret(KEY.as_bytes());
     let forger = ReportKey::from_secret(b"not-the-real-key-at-all");
-    let now = geoedge::clock::unix_ms();
+    let now = geoedge::process::clock::unix_ms();
     // Far in the future, so no real report from the node can beat it.
     let seq = u64::MAX / 2;
 
@@ -329,7 +329,13 @@ fn flapping_verdicts_do_not_flip_answers() {
     // Alternate "cannot serve" and "can serve" faster than fall (2): never two bad in a row.
     for i in 0..20 {
         seq += 1;
-        let body = report("eu-1", "eu", i % 2 == 1, seq, geoedge::clock::unix_ms());
+        let body = report(
+            "eu-1",
+            "eu",
+            i % 2 == 1,
+            seq,
+            geoedge::process::clock::unix_ms(),
+        );
         assert_eq!(signed_post(&w, &body, Some(key.sign(&body))), 204);
         assert_eq!(
             w.answer("192.0.2.0"),
@@ -473,7 +479,7 @@ fn dynamic_nodes_join_by_signed_report_where_the_region_allows_it() {
         proxies: Vec::new(),
     };
     let key = ReportKey::from_secret(KEY.as_bytes());
-    let now = geoedge::clock::unix_ms();
+    let now = geoedge::process::clock::unix_ms();
     let mut joined = serde_json::from_slice::<Report>(&report("eu-9", "eu", true, 1, now)).unwrap();
     joined.addresses = vec!["127.0.0.19".parse().unwrap()];
     let body = serde_json::to_vec(&joined).unwrap();
@@ -489,7 +495,7 @@ fn dynamic_nodes_join_by_signed_report_where_the_region_allows_it() {
         seq += 1;
         let mut again = joined.clone();
         again.seq = seq;
-        again.timestamp_ms = geoedge::clock::unix_ms();
+        again.timestamp_ms = geoedge::process::clock::unix_ms();
         let body = serde_json::to_vec(&again).unwrap();
         assert_eq!(signed_post(&w, &body, Some(key.sign(&body))), 204);
         let m = udp(

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::names::parse_fqdn;
 use super::regions::{validate_regions, RawRegion};
 pub use super::regions::{InitialState, NodeConfig, ProbeConfig, RegionConfig};
 use super::{ConfigDuration, ConfigError, Source};
@@ -160,6 +161,17 @@ fn default_answers() -> usize {
     2
 }
 
+/// Response rate limiting (`[rrl]`), validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RrlConfig {
+    pub responses_per_second: u32,
+    /// Every n-th limited answer is sent truncated (TC=1); 0 never slips.
+    pub slip: u32,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub max_tracked_networks: u64,
+}
+
 /// A validated `geoedge dns` config.
 #[derive(Debug, Clone)]
 pub struct DnsConfig {
@@ -190,7 +202,7 @@ pub struct DnsConfig {
     pub admin_token_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub query_log: Option<(PathBuf, f64)>,
-    pub rrl: Option<crate::dns::rrl::RrlConfig>,
+    pub rrl: Option<RrlConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -328,7 +340,7 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
                     "responses_per_second >= 1, ipv4_prefix <= 32, ipv6_prefix <= 128",
                 ));
             }
-            Some(crate::dns::rrl::RrlConfig {
+            Some(RrlConfig {
                 responses_per_second: r.responses_per_second,
                 slip: r.slip,
                 ipv4_prefix: r.ipv4_prefix,
@@ -527,28 +539,6 @@ fn validate_zones(src: &Source, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, Co
 }
 
 /// A name written in config: absolute when it ends with a dot, else relative to `origin`.
-fn parse_fqdn(text: &str, origin: Option<&Name>) -> Result<Name, String> {
-    let name = Name::from_ascii(text).map_err(|e| format!("`{text}` is not a domain name: {e}"))?;
-    if name.is_fqdn() {
-        return Ok(name);
-    }
-    match origin {
-        Some(origin) => name
-            .append_domain(origin)
-            .map_err(|e| format!("`{text}` is too long under {origin}: {e}")),
-        None => Ok(name
-            .append_domain(&Name::root())
-            .map_err(|e| e.to_string())?),
-    }
-}
-
-pub(super) fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 pub mod dns;
 mod forwarding;
 mod limits;
+mod names;
 mod protect;
 pub mod proxy;
 mod regions;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::dns::is_label;
+use super::names::is_label;
 use super::{ConfigDuration, ConfigError, Source};
 
 #[derive(Debug, Deserialize)]

@@ -1,8 +1,7 @@
 //! The HTTP side of a process that is not the proxy's data path: `/metrics` and
-//! `/healthz` for every process, plus what each face adds (the DNS server: reports in,
-//! `/status`, overrides; the proxy: its admin).
-
-pub mod dns;
+//! `/healthz` for every process, plus what each face adds through `Admin::route` (the
+//! DNS server's reports, `/status` and overrides in `dns::admin`; the proxy's admin in
+//! `proxy::admin`). It knows neither face: both build on it.
 
 use std::convert::Infallible;
 use std::sync::Arc;

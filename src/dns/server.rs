@@ -1,24 +1,22 @@
-//! Sockets and lifecycle of the DNS server: bind UDP and TCP on every listen address,
-//! the control listener, the health ticker and probes, and run until told to stop.
+//! A DNS server's shared parts and what changes them: reloads (config, keys, GeoIP
+//! database), nodes that announce themselves, health transitions and the probe loops.
+//! Binding sockets and running is `run`; the control routes are `admin`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus::Registry;
-use tokio::net::{TcpListener, UdpSocket};
 
-use super::{DnsState, GeoDnsHandler};
-use crate::clock::now_ms;
 use crate::config::dns::ProbeConfig;
 use crate::config::DnsConfig;
-use crate::control::{self, dns::DnsAdmin};
+use crate::dns::DnsState;
 use crate::health::report::ReportKey;
 use crate::health::{HealthTable, Transition};
 use crate::metrics::DnsMetrics;
+use crate::process::clock::now_ms;
 
 /// A DNS server's shared parts: what the query path, the control side and the health
 /// loops all see.
@@ -50,7 +48,7 @@ pub enum ReloadError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
-    State(#[from] super::state::StateError),
+    State(#[from] crate::dns::state::StateError),
     #[error("{0}")]
     Key(String),
 }
@@ -231,7 +229,7 @@ impl DnsServer {
         } else {
             Arc::new(
                 crate::geo::GeoDb::open(&cfg.geoip_database)
-                    .map_err(super::state::StateError::from)?,
+                    .map_err(crate::dns::state::StateError::from)?,
             )
         };
         let mut state = DnsState::build_with_geo(&self.with_dynamic(&cfg), geo)?;
@@ -280,7 +278,7 @@ impl DnsServer {
 
     /// Reloads the GeoIP database alone when its file changed on disk (an updater
     /// replaced it). Queries keep being answered from the old one until the swap.
-    fn reload_geo_if_changed(self: &Arc<Self>) {
+    pub(crate) fn reload_geo_if_changed(self: &Arc<Self>) {
         let cfg = self
             .config
             .lock()
@@ -403,70 +401,7 @@ impl DnsServer {
         }
     }
 
-    /// Binds every socket, prints one "listening" line per socket, and serves until
-    /// `shutdown` resolves.
-    pub async fn run(
-        self: Arc<Self>,
-        cfg: &DnsConfig,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<()> {
-        let mut handler = GeoDnsHandler::new(self.state.clone(), self.metrics.clone());
-        if let Some(rrl) = &cfg.rrl {
-            handler = handler.with_rrl(rrl.clone());
-        }
-        if let Some((path, sample)) = &cfg.query_log {
-            let log = crate::logfile::open(path.clone())
-                .with_context(|| format!("opening query log {}", path.display()))?;
-            handler = handler.with_query_log(log, *sample);
-        }
-        let handler = Arc::new(handler);
-        let mut tasks = Vec::new();
-        let udp_stop = Arc::new(AtomicBool::new(false));
-        let loops = if cfg.workers == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            cfg.workers
-        };
-        for addr in &cfg.listen {
-            let (udp, tcp) = bind_pair(*addr).await?;
-            crate::listening::announce("UDP", udp.local_addr()?);
-            crate::listening::announce("TCP", tcp.local_addr()?);
-            super::udp::serve(udp, loops, &handler, &udp_stop, &mut tasks)?;
-            tasks.push(tokio::spawn(tcp_loop(
-                tcp,
-                handler.clone(),
-                cfg.max_tcp_connections,
-                cfg.tcp_idle_timeout,
-                self.metrics.tcp_refused.clone(),
-            )));
-        }
-        if let Some(addr) = cfg.control {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding control listener {addr}"))?;
-            crate::listening::announce("HTTP (control)", listener.local_addr()?);
-            tasks.push(tokio::spawn(control::serve(
-                listener,
-                Arc::new(DnsAdmin(self.clone())),
-            )));
-        }
-
-        // Staleness and override expiries need time to pass, not events: re-evaluate
-        // often enough that a silent node is dropped within a tick of `stale_after`.
-        let tick =
-            (cfg.report_interval / 2).clamp(Duration::from_millis(10), Duration::from_millis(100));
-        tasks.push(tokio::spawn(tick_loop(self.clone(), tick)));
-        self.restart_probes(cfg);
-        tasks.push(tokio::spawn(reload_on_hangup(self.clone())));
-
-        shutdown.await;
-        tracing::info!("shutting down");
-        udp_stop.store(true, Ordering::Relaxed);
-        for task in &tasks {
-            task.abort();
-        }
+    pub(crate) fn stop_probes(&self) {
         for task in self
             .probes
             .lock()
@@ -475,10 +410,9 @@ impl DnsServer {
         {
             task.abort();
         }
-        Ok(())
     }
 
-    fn restart_probes(self: &Arc<Self>, cfg: &DnsConfig) {
+    pub(crate) fn restart_probes(self: &Arc<Self>, cfg: &DnsConfig) {
         let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
         for t in probes.drain(..) {
             t.abort();
@@ -511,29 +445,6 @@ impl DnsServer {
         }
         tasks
     }
-}
-
-async fn tick_loop(server: Arc<DnsServer>, every: Duration) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_geo_check = std::time::Instant::now();
-    loop {
-        ticker.tick().await;
-        let changes = server.health().tick(now_ms());
-        server.apply(changes);
-        if last_geo_check.elapsed() >= Duration::from_secs(1) {
-            last_geo_check = std::time::Instant::now();
-            server.reload_geo_if_changed();
-        }
-    }
-}
-
-/// SIGHUP reloads the configuration, as nginx and HAProxy do.
-async fn reload_on_hangup(server: Arc<DnsServer>) {
-    crate::signals::on_hangup(|| {
-        let _ = server.reload_and_report();
-    })
-    .await;
 }
 
 async fn probe_loop(
@@ -571,104 +482,4 @@ async fn probe_loop(
         let change = server.health().record_probe(node, result.is_ok(), now_ms());
         server.apply(change.into_iter().collect());
     }
-}
-
-/// Serves DNS over TCP (RFC 7766): at most `max_connections` at once (more are closed
-/// at once and counted), each closed after `idle` without a complete query; queries on a
-/// connection are answered in order.
-async fn tcp_loop(
-    listener: TcpListener,
-    handler: Arc<GeoDnsHandler>,
-    max_connections: usize,
-    idle: Duration,
-    refused: prometheus::IntCounter,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "TCP accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            refused.inc();
-            drop(stream);
-            continue;
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tcp_connection(stream, peer, &handler, idle).await {
-                tracing::debug!(client = %peer, error = %e, "DNS TCP connection ended");
-            }
-            drop(permit);
-        });
-    }
-}
-
-async fn tcp_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    handler: &GeoDnsHandler,
-    idle: Duration,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = tokio::io::BufReader::new(reader);
-    let mut packet = Vec::new();
-    let mut out = Vec::with_capacity(4096);
-    loop {
-        // The whole message, length and body, must arrive within the idle timeout.
-        let read = async {
-            let len = reader.read_u16().await? as usize;
-            packet.resize(len, 0);
-            reader.read_exact(&mut packet).await?;
-            Ok::<_, std::io::Error>(len)
-        };
-        let len = match tokio::time::timeout(idle, read).await {
-            Err(_) => return Ok(()),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(len)) => len,
-        };
-        if len == 0 {
-            return Ok(());
-        }
-        if handler.answer_stream(&packet, peer, &mut out) {
-            let Ok(n) = u16::try_from(out.len()) else {
-                continue;
-            };
-            let mut frame = Vec::with_capacity(out.len() + 2);
-            frame.extend_from_slice(&n.to_be_bytes());
-            frame.extend_from_slice(&out);
-            writer.write_all(&frame).await?;
-        }
-    }
-}
-
-/// Binds UDP and TCP on the same address. With port 0, the kernel picks the UDP port and
-/// TCP takes the same one, so clients can fall back from UDP to TCP on one port.
-async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
-    let attempts = if addr.port() == 0 { 20 } else { 1 };
-    let mut last_err = None;
-    for _ in 0..attempts {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("binding UDP {addr}"))?;
-        // Bursts of queries arrive faster than one loop drains them; a larger receive
-        // buffer absorbs them instead of the kernel dropping queries. The kernel may cap
-        // it (net.core.rmem_max); that is not an error.
-        let _ = socket2::SockRef::from(&udp).set_recv_buffer_size(4 << 20);
-        let bound = udp.local_addr()?;
-        match TcpListener::bind(bound).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) => last_err = Some(e),
-        }
-    }
-    Err(anyhow::anyhow!(
-        "binding TCP {addr}: {}",
-        last_err.map(|e| e.to_string()).unwrap_or_default()
-    ))
 }

@@ -4,12 +4,12 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{LowerName, Name, RData, Record};
+use hickory_proto::rr::LowerName;
 use ipnet::IpNet;
 
-use super::zone::{Zone, ZoneError};
 use crate::config::dns::DnsConfig;
+use crate::dns::steered::SteeredName;
+use crate::dns::zone::{Zone, ZoneError};
 use crate::geo::{GeoDb, GeoError};
 use crate::health::{HealthSettings, HealthTable, NodeId};
 use crate::steer::{RegionTable, Rule};
@@ -20,17 +20,6 @@ pub enum StateError {
     Zone(#[from] ZoneError),
     #[error(transparent)]
     Geo(#[from] GeoError),
-}
-
-/// A steered name with its answers for every region, precomputed.
-pub struct SteeredName {
-    pub name: Name,
-    pub ttl: u32,
-    pub answers: usize,
-    /// Per region: (node, A record) for each node with an IPv4 address.
-    pub v4: Vec<Vec<(NodeId, Record)>>,
-    /// Per region: (node, AAAA record) for each node with an IPv6 address.
-    pub v6: Vec<Vec<(NodeId, Record)>>,
 }
 
 pub struct DnsState {
@@ -47,7 +36,7 @@ pub struct DnsState {
     pub health: Arc<HealthTable>,
     pub health_settings: HealthSettings,
     /// Precomputed answers for the common queries (see `fast.rs`).
-    pub fast: super::fast::Table,
+    pub fast: crate::dns::query::fast::Table,
 }
 
 impl DnsState {
@@ -65,7 +54,7 @@ impl DnsState {
             let mut names = Vec::new();
             for s in &z.steered {
                 names.push((s.name.clone(), steered.len()));
-                steered.push(steered_records(&table, &s.name, s.ttl, s.answers));
+                steered.push(SteeredName::build(&table, &s.name, s.ttl, s.answers));
             }
             zones.push(Zone::load(&z.origin, &z.file, &names)?);
         }
@@ -93,7 +82,7 @@ impl DnsState {
         let health = Arc::new(HealthTable::new(
             &nodes,
             health_settings,
-            crate::clock::now_ms(),
+            crate::process::clock::now_ms(),
         ));
         let mut state = Self {
             zones,
@@ -107,7 +96,11 @@ impl DnsState {
             health_settings,
             fast: Default::default(),
         };
-        state.fast = super::fast::Table::build(&state.zones, |n| state.zone_for(n), &state.steered);
+        state.fast = crate::dns::query::fast::Table::build(
+            &state.zones,
+            |n| state.zone_for(n),
+            &state.steered,
+        );
         Ok(state)
     }
 
@@ -172,35 +165,5 @@ impl DnsState {
 
     pub fn deciding_network(&self, ip: IpAddr) -> Result<crate::geo::GeoMatch, GeoError> {
         self.geo.lookup(ip)
-    }
-}
-
-fn steered_records(table: &RegionTable, name: &Name, ttl: u32, answers: usize) -> SteeredName {
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
-    for region in &table.regions {
-        let mut r4 = Vec::new();
-        let mut r6 = Vec::new();
-        for id in region.nodes.clone() {
-            let node = &table.nodes[id];
-            if let Some(ip) = node.ipv4 {
-                r4.push((id, Record::from_rdata(name.clone(), ttl, RData::A(A(ip)))));
-            }
-            if let Some(ip) = node.ipv6 {
-                r6.push((
-                    id,
-                    Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(ip))),
-                ));
-            }
-        }
-        v4.push(r4);
-        v6.push(r6);
-    }
-    SteeredName {
-        name: name.clone(),
-        ttl,
-        answers,
-        v4,
-        v6,
     }
 }

@@ -164,7 +164,7 @@ pub struct Shared {
     /// Present when any route caches; outlives config reloads.
     pub cache: Option<CacheRuntime>,
     pub access_log: Option<(
-        crate::logfile::LogFile,
+        crate::process::logfile::LogFile,
         crate::config::proxy::AccessLogFormat,
     )>,
     /// Open connections per client, for `max_connections_per_client`.
@@ -186,7 +186,7 @@ impl Shared {
         };
         let access_log = match &config.access_log {
             Some((path, format)) => Some((
-                crate::logfile::open(path.clone())
+                crate::process::logfile::open(path.clone())
                     .map_err(|e| anyhow::anyhow!("opening access log {}: {e}", path.display()))?,
                 *format,
             )),

@@ -9,7 +9,7 @@ use http::{Request, Version};
 use hyper::body::Body;
 
 use crate::config::proxy::AccessLogFormat;
-use crate::logfile::{clf_time, json_str, rfc3339};
+use crate::process::logfile::{clf_time, json_str, rfc3339};
 use crate::proxy::answer::Answer;
 use crate::proxy::http::headers;
 
@@ -70,7 +70,7 @@ impl LoggedRequest {
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(cache_result);
         let entry = AccessEntry {
-            unix_ms: crate::clock::unix_ms(),
+            unix_ms: crate::process::clock::unix_ms(),
             client,
             host: &self.host,
             method: &self.method,

@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::unix_ms;
 use crate::config::proxy::ReportsConfig;
 use crate::health::report::{Report, ReportKey, REPORT_PATH, SIGNATURE_HEADER};
+use crate::process::clock::unix_ms;
 use crate::proxy::Shared;
 
 /// The report this node would send now.

@@ -60,7 +60,7 @@ impl CacheRuntime {
 }
 
 fn now() -> u64 {
-    crate::clock::unix_ms() / 1000
+    crate::process::clock::unix_ms() / 1000
 }
 
 /// GET or HEAD on a caching route.

@@ -41,7 +41,7 @@ use http::{Method, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::clock::{coarse_ms, http_date};
+use crate::process::clock::{coarse_ms, http_date};
 use crate::proxy::answer::Answer;
 use crate::proxy::cached::respond::FileBody;
 use crate::proxy::http::forward::{self, ClientConn};

@@ -75,7 +75,7 @@ pub fn record(shared: &Shared, client: IpAddr, refusal: Refusal) {
     tracing::debug!(%client, reason = refusal.label(), status = refusal.status(), "request refused");
     if let Some((log, format)) = &shared.access_log {
         let entry = crate::proxy::admin::access_log::AccessEntry {
-            unix_ms: crate::clock::unix_ms(),
+            unix_ms: crate::process::clock::unix_ms(),
             client,
             host: "-",
             method: "-",

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use crate::clock::coarse_ms;
+use crate::process::clock::coarse_ms;
 use crate::proxy::listen::lazy_socket::{LastWrites, Registered, SendFile};
 
 /// Activity of one client connection, for the idle timeout: the last read or write, and

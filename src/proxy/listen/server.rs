@@ -19,9 +19,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::rustls::HandshakeKind;
 use tokio_rustls::TlsAcceptor;
 
-use crate::clock::coarse_ms;
 use crate::config::proxy::{Limits, ProxyConfig};
 use crate::control;
+use crate::process::clock::coarse_ms;
 use crate::proxy::admin::endpoints::{ProxyAdmin, Reloader};
 use crate::proxy::http::fast_h1;
 use crate::proxy::http::forward::{self, ClientConn};
@@ -74,7 +74,7 @@ impl ProxyServer {
 
         for addr in &cfg.http {
             let listener = bind_clients(*addr, &limits).await?;
-            crate::listening::announce("HTTP", listener.local_addr()?);
+            crate::process::listening::announce("HTTP", listener.local_addr()?);
             tasks.push(tokio::spawn(accept_loop(
                 listener,
                 None,
@@ -89,7 +89,7 @@ impl ProxyServer {
             let acceptor = TlsAcceptor::from(tls::server_config(store.clone())?);
             for addr in &cfg.https {
                 let listener = bind_clients(*addr, &limits).await?;
-                crate::listening::announce("HTTPS", listener.local_addr()?);
+                crate::process::listening::announce("HTTPS", listener.local_addr()?);
                 tasks.push(tokio::spawn(accept_loop(
                     listener,
                     Some(acceptor.clone()),
@@ -107,7 +107,7 @@ impl ProxyServer {
         }
         if let Some(addr) = cfg.admin {
             let listener = bind(addr).await?;
-            crate::listening::announce("HTTP (admin)", listener.local_addr()?);
+            crate::process::listening::announce("HTTP (admin)", listener.local_addr()?);
             tasks.push(tokio::spawn(control::serve(
                 listener,
                 Arc::new(ProxyAdmin {
@@ -185,7 +185,7 @@ async fn watch_certificates(store: Arc<CertStore>, shared: Arc<Shared>) {
 
 /// SIGHUP reloads the configuration, as nginx and HAProxy do.
 async fn reload_on_hangup(reloader: Arc<Reloader>) {
-    crate::signals::on_hangup(|| {
+    crate::process::signals::on_hangup(|| {
         let _ = reloader.reload_and_report();
     })
     .await;

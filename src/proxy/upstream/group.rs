@@ -34,7 +34,7 @@ const MAX_IDLE_PER_ORIGIN: usize = 256;
 /// one to find out.
 const MAX_IDLE_MS: u64 = 4_000;
 
-pub use crate::clock::now_ms;
+pub use crate::process::clock::now_ms;
 
 /// State of one origin that must survive config reloads (looked up by name and address).
 pub struct OriginState {
@@ -112,7 +112,7 @@ impl OriginState {
 
     /// The most recently used idle connection that is still open and young enough, if any.
     pub fn take_idle(&self) -> Option<OriginConn> {
-        self.take_idle_at(crate::clock::coarse_ms())
+        self.take_idle_at(crate::process::clock::coarse_ms())
     }
 
     fn take_idle_at(&self, now: u64) -> Option<OriginConn> {
@@ -131,7 +131,7 @@ impl OriginState {
     }
 
     pub fn put_idle(&self, conn: OriginConn) {
-        self.put_idle_at(conn, crate::clock::coarse_ms());
+        self.put_idle_at(conn, crate::process::clock::coarse_ms());
     }
 
     fn put_idle_at(&self, conn: OriginConn, now: u64) {

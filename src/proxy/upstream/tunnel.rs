@@ -24,8 +24,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::clock::coarse_ms;
 use crate::config::proxy::Limits;
+use crate::process::clock::coarse_ms;
 use crate::proxy::listen::client_io::{stop_requested, Activity};
 use crate::proxy::listen::woken::PollWhenWoken;
 use crate::proxy::upstream::group::InFlight;

@@ -16,11 +16,11 @@ use hickory_server::server::Request;
 use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 
-use super::decisions::{Decision, DecisionCache, LocationCache};
-use super::ecs::{answer_scope, client_network, deciding_address};
-use super::fast;
-use super::state::DnsState;
-use super::zone::Lookup;
+use crate::dns::query::decisions::{Decision, DecisionCache, LocationCache};
+use crate::dns::query::ecs::{answer_scope, client_network, deciding_address};
+use crate::dns::query::fast;
+use crate::dns::state::DnsState;
+use crate::dns::zone::Lookup;
 use crate::health::NodeId;
 use crate::metrics::{qtype_index, rcode_index, DnsMetrics};
 
@@ -30,9 +30,9 @@ pub struct GeoDnsHandler {
     /// Spreads answers over a region's nodes when it has more than `answers` of them.
     rotation: AtomicUsize,
     /// Response rate limiting for UDP, when configured.
-    rrl: Option<super::rrl::Rrl>,
+    rrl: Option<crate::dns::query::rrl::Rrl>,
     /// Optional query log: the file, and "one query in `every`".
-    query_log: Option<(crate::logfile::LogFile, u64)>,
+    query_log: Option<(crate::process::logfile::LogFile, u64)>,
     logged: std::sync::atomic::AtomicU64,
     /// Answer common queries from precomputed records (off only to compare the paths).
     fast: bool,
@@ -97,13 +97,13 @@ impl GeoDnsHandler {
         self
     }
 
-    pub fn with_rrl(mut self, config: super::rrl::RrlConfig) -> Self {
-        self.rrl = Some(super::rrl::Rrl::new(config));
+    pub fn with_rrl(mut self, config: crate::dns::query::rrl::RrlConfig) -> Self {
+        self.rrl = Some(crate::dns::query::rrl::Rrl::new(config));
         self
     }
 
     /// Logs one query in `1 / sample` (sample in 0..=1) to `log`.
-    pub fn with_query_log(mut self, log: crate::logfile::LogFile, sample: f64) -> Self {
+    pub fn with_query_log(mut self, log: crate::process::logfile::LogFile, sample: f64) -> Self {
         let every = if sample <= 0.0 {
             u64::MAX
         } else {
@@ -410,12 +410,12 @@ impl GeoDnsHandler {
         }
         if let Some(rrl) = self.rrl.as_ref().filter(|_| !tcp) {
             match rrl.check(src.ip()) {
-                super::rrl::Action::Send => {}
-                super::rrl::Action::Drop => {
+                crate::dns::query::rrl::Action::Send => {}
+                crate::dns::query::rrl::Action::Drop => {
                     self.metrics.rrl_dropped.inc();
                     return false;
                 }
-                super::rrl::Action::Slip => {
+                crate::dns::query::rrl::Action::Slip => {
                     self.metrics.rrl_slipped.inc();
                     let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
                         return false;
@@ -566,7 +566,7 @@ fn query_line(state: &DnsState, request: &Request, plan: &Plan<'_>) -> String {
         .unwrap_or("-");
     format!(
         "{} {} {} {} {} {} ecs={} region={}",
-        crate::logfile::rfc3339(crate::clock::unix_ms()),
+        crate::process::logfile::rfc3339(crate::process::clock::unix_ms()),
         request.src().ip(),
         if request.protocol() == Protocol::Tcp {
             "tcp"

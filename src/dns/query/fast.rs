@@ -15,7 +15,7 @@ use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 use ipnet::IpNet;
 
-use super::zone::{Lookup, Zone};
+use crate::dns::zone::{Lookup, Zone};
 use crate::health::NodeId;
 
 const TYPE_A: u16 = 1;
@@ -245,7 +245,7 @@ impl Table {
     pub fn build<'z>(
         zones: &'z [Zone],
         zone_for: impl Fn(&LowerName) -> Option<&'z Zone>,
-        steered: &[super::state::SteeredName],
+        steered: &[crate::dns::steered::SteeredName],
     ) -> Self {
         let mut names: HashMap<Box<[u8]>, Entry> = HashMap::new();
         for zone in zones {

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use hyper::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{json, text, token_matches, Admin, Body, ControlRequest};
-use crate::clock::{now_ms, unix_ms};
+use crate::control::{json, text, token_matches, Admin, Body, ControlRequest};
 use crate::dns::server::DnsServer;
 use crate::health::report::{self, Rejection, REPORT_PATH, SIGNATURE_HEADER};
 use crate::health::{Forced, ReportError, ReportFigures};
+use crate::process::clock::{now_ms, unix_ms};
 
 pub struct DnsAdmin(pub Arc<DnsServer>);
 

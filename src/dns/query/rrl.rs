@@ -13,15 +13,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct RrlConfig {
-    pub responses_per_second: u32,
-    /// Every n-th limited answer is sent truncated (TC=1); 0 never slips.
-    pub slip: u32,
-    pub ipv4_prefix: u8,
-    pub ipv6_prefix: u8,
-    pub max_tracked_networks: u64,
-}
+pub use crate::config::dns::RrlConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

@@ -27,7 +27,7 @@ pub struct Decision {
 /// are remembered per database record, which outlives health changes.
 pub struct DecisionCache {
     /// Holding the state keeps its address from being reused while we compare to it.
-    owner: Option<Arc<super::state::DnsState>>,
+    owner: Option<Arc<crate::dns::state::DnsState>>,
     generation: u64,
     slots: Box<[Slot]>,
     locations: LocationCache,
@@ -70,7 +70,7 @@ impl DecisionCache {
 
     /// Makes the cache valid for `state` at health `generation`, emptying it if either
     /// changed since the last query.
-    pub fn prepare(&mut self, state: &Arc<super::state::DnsState>, generation: u64) {
+    pub fn prepare(&mut self, state: &Arc<crate::dns::state::DnsState>, generation: u64) {
         let same = self.owner.as_ref().is_some_and(|o| Arc::ptr_eq(o, state));
         if !same {
             self.locations.clear();

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::UdpSocket;
 
-use super::decisions::DecisionCache;
-use super::GeoDnsHandler;
+use crate::dns::query::decisions::DecisionCache;
+use crate::dns::GeoDnsHandler;
 
 /// Steering decisions remembered per receive loop: room for the distinct resolvers and
 /// client subnets of a busy server's working set in 512 KiB (32 bytes a slot).
@@ -57,7 +57,7 @@ pub fn serve(
 /// does; the loop goes on.
 #[cfg(target_os = "linux")]
 fn udp_thread(socket: std::net::UdpSocket, handler: Arc<GeoDnsHandler>, stop: Arc<AtomicBool>) {
-    use super::mmsg::{RecvBatch, SendBatch};
+    use crate::dns::listen::mmsg::{RecvBatch, SendBatch};
     use std::io::ErrorKind;
     use std::os::fd::AsRawFd;
 
