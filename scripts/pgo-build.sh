@@ -10,7 +10,7 @@
 # hot paths inlined and packed together, cold ones (errors, config) moved out of the way.
 # A proxied request's user CPU is spread thin over many small functions, with no one hot
 # loop, which is where layout and inlining by profile pay: 11-25 % of it here
-# (README.md, Benchmarks). rustc, clang and CPython (--enable-optimizations) ship so.
+# (docs/benchmarks.md). rustc, clang and CPython (--enable-optimizations) ship so.
 # BOLT then works on the linked binary, across crates and the C parts alike: it splits
 # every function into its hot and cold blocks and packs the hot ones of the whole
 # program into a few pages. That is what a proxy at a moderate rate needs, woken for each
