@@ -108,9 +108,10 @@ pub fn load_world(config_dir: &Path, files: &DemoFiles) -> anyhow::Result<DemoWo
     let mut admin_ports = std::collections::HashMap::new();
     for path in region_files {
         let mut cfg = ProxyConfig::load(&path)?;
-        cfg.certificates = vec![CertificateSource::Files {
+        cfg.tls.certificates = vec![CertificateSource::Files {
             cert: files.cert.clone(),
             key: files.key.clone(),
+            ocsp: None,
         }];
         let addresses: Vec<IpAddr> = cfg.http.iter().chain(&cfg.https).map(|a| a.ip()).collect();
         if let Some(admin) = cfg.admin {

@@ -1,5 +1,6 @@
-//! geoedge: a global server load balancing edge. See DESIGN.md for the architecture.
+//! geoedge: a global server load balancing edge. The map of the code is docs/ARCHITECTURE.md.
 
+pub mod acme;
 pub mod cache;
 pub mod config;
 pub mod control;

@@ -47,6 +47,14 @@ enum Command {
         listen: std::net::SocketAddr,
         #[arg(long)]
         name: String,
+        /// Speak HTTPS with this PEM certificate chain (and --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Demand a client certificate signed by one of these PEM CAs (mTLS).
+        #[arg(long, requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
     },
     /// Run the whole demo world (DNS + three regions + origins) on loopback.
     Demo {
@@ -137,21 +145,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 server.run(stop).await
             })
         }
-        Command::Origin { listen, name } => {
+        Command::Origin {
+            listen,
+            name,
+            tls_cert,
+            tls_key,
+            client_ca,
+        } => {
             geoedge::process::logging::init(None);
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(cert), Some(key)) => Some(
+                    geoedge::origin::tls_acceptor(cert, key, client_ca.as_deref())
+                        .map_err(anyhow::Error::msg)
+                        .context("loading the origin's TLS files")?,
+                ),
+                _ => None,
+            };
+            let kind = if tls.is_some() { "HTTPS" } else { "HTTP" };
             let runtime = runtime(1)?;
             runtime.block_on(async {
                 let listener = geoedge::origin::bind(listen)
                     .await
                     .with_context(|| format!("binding {listen}"))?;
                 geoedge::process::listening::announce(
-                    &format!("HTTP (origin {name})"),
+                    &format!("{kind} (origin {name})"),
                     listener.local_addr()?,
                 );
                 let origin = geoedge::origin::Origin::new(&name);
                 let stop = geoedge::process::signals::shutdown();
                 tokio::select! {
-                    _ = geoedge::origin::serve(listener, origin) => {},
+                    _ = geoedge::origin::serve_with(listener, origin, tls) => {},
                     _ = stop => {},
                 }
                 Ok(())
@@ -255,15 +278,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn check(file: &std::path::Path) -> anyhow::Result<()> {
     if detect_kind(file)? == ConfigKind::Proxy {
         let cfg = ProxyConfig::load(file)?;
+        let failed = |key: &str, message: String| ConfigError {
+            file: file.to_path_buf(),
+            key: Some(key.into()),
+            line: None,
+            message,
+        };
         if !cfg.https.is_empty() {
-            geoedge::proxy::listen::tls::CertSet::load(&cfg.certificates).map_err(|e| {
-                ConfigError {
-                    file: file.to_path_buf(),
-                    key: Some("tls.certificates".into()),
-                    line: None,
-                    message: e.to_string(),
-                }
-            })?;
+            geoedge::proxy::listen::tls::TlsListener::new(&cfg.tls)
+                .map_err(|e| failed("tls", e.to_string()))?;
+        }
+        for u in &cfg.upstreams {
+            if let Some(tls) = &u.tls {
+                geoedge::proxy::upstream::origin_tls::OriginTls::new(&u.name, u.protocol, tls)
+                    .map_err(|e| failed(&format!("upstreams.{}.tls", u.name), e.to_string()))?;
+            }
         }
         return Ok(());
     }

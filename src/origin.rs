@@ -14,9 +14,13 @@
 //! - `POST /_origin/status?code=500` makes every answer that status (0 to stop);
 //! - `POST /_origin/health?status=503` changes what `/healthz` answers;
 //! - `POST /_origin/delay?ms=300` adds latency to every answer.
+//!
+//! With `--tls-cert` and `--tls-key` it speaks HTTPS (HTTP/1.1 and h2 by ALPN), and with
+//! `--client-ca` too it demands a client certificate: the origins of TLS upstreams.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +31,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::control::percent_decode;
 
@@ -287,6 +294,11 @@ fn asked_trailers(query: Option<&str>) -> Option<http::HeaderMap> {
 
 /// Serves the origin on a bound listener until the task is dropped.
 pub async fn serve(listener: TcpListener, origin: Arc<Origin>) {
+    serve_with(listener, origin, None).await
+}
+
+/// Serves in the clear, or over TLS with `tls` (ALPN h2 and http/1.1).
+pub async fn serve_with(listener: TcpListener, origin: Arc<Origin>, tls: Option<TlsAcceptor>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -294,24 +306,75 @@ pub async fn serve(listener: TcpListener, origin: Arc<Origin>) {
         };
         let _ = stream.set_nodelay(true);
         let origin = origin.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let origin = origin.clone();
-                let trailers = asked_trailers(req.uri().query());
-                async move {
-                    let resp = origin.answer(req).await;
-                    Ok::<_, Infallible>(resp.map(|body| match trailers {
-                        Some(t) => body.with_trailers(async move { Some(Ok(t)) }).boxed(),
-                        None => body.boxed(),
-                    }))
-                }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => serve_connection(TokioIo::new(stream), origin).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => serve_connection(TokioIo::new(stream), origin).await,
+                    Err(e) => tracing::debug!(error = %e, "origin TLS handshake failed"),
+                },
+            }
         });
     }
+}
+
+async fn serve_connection<I>(io: TokioIo<I>, origin: Arc<Origin>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let origin = origin.clone();
+        let trailers = asked_trailers(req.uri().query());
+        async move {
+            let resp = origin.answer(req).await;
+            Ok::<_, Infallible>(resp.map(|body| match trailers {
+                Some(t) => body.with_trailers(async move { Some(Ok(t)) }).boxed(),
+                None => body.boxed(),
+            }))
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let _ = builder.serve_connection_with_upgrades(io, service).await;
+}
+
+/// A TLS acceptor from PEM files, for an origin that speaks HTTPS; with `client_ca`, it
+/// demands a client certificate signed by one of those CAs (an origin behind mTLS).
+pub fn tls_acceptor(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<TlsAcceptor, String> {
+    let read_certs = |path: &Path| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let chain = read_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(read_certs(ca)?);
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -2,15 +2,15 @@
 //! a GET of a path, and the expected status, all within a timeout. Used by the proxy for
 //! its origins and by the DNS server for the nodes.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-
-pub use crate::config::proxy::OriginProtocol;
 
 /// Sent with every probe so operators can tell checks from traffic in their logs.
 pub const USER_AGENT: &str = concat!("geoedge-health-check/", env!("CARGO_PKG_VERSION"));
@@ -22,33 +22,35 @@ pub async fn http_probe(
     timeout: Duration,
     expect_status: u16,
 ) -> Result<(), String> {
-    probe(
-        addr,
-        host,
-        path,
-        timeout,
-        expect_status,
-        OriginProtocol::Http1,
-    )
-    .await
+    let connect = async {
+        TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))
+    };
+    probe(connect, host, path, timeout, expect_status, false, false).await
 }
 
-pub async fn probe(
-    addr: SocketAddr,
+/// A probe over a connection `connect` opens (TCP, or TLS on top): HTTP/1.1, or HTTP/2
+/// when `http2` (by prior knowledge on a plain stream, as agreed by ALPN over TLS); `tls`
+/// says which scheme the request names.
+pub async fn probe<S>(
+    connect: impl Future<Output = Result<S, String>>,
     host: &str,
     path: &str,
     timeout: Duration,
     expect_status: u16,
-    protocol: OriginProtocol,
-) -> Result<(), String> {
+    http2: bool,
+    tls: bool,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let attempt = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let stream = connect.await?;
         let io = TokioIo::new(stream);
         let request = Request::get(path).header(http::header::USER_AGENT, USER_AGENT);
-        let (status, conn_task) = match protocol {
-            OriginProtocol::Http1 => {
+        let (status, conn_task) = match http2 {
+            false => {
                 let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
                     .await
                     .map_err(|e| format!("handshake: {e}"))?;
@@ -64,14 +66,17 @@ pub async fn probe(
                     conn_task,
                 )
             }
-            OriginProtocol::H2c => {
+            true => {
                 let (mut sender, conn) =
                     hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                         .await
                         .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
                 let conn_task = tokio::spawn(conn);
                 let req = request
-                    .uri(format!("http://{host}{path}"))
+                    .uri(format!(
+                        "{}://{host}{path}",
+                        if tls { "https" } else { "http" }
+                    ))
                     .version(http::Version::HTTP_2)
                     .body(Empty::<bytes::Bytes>::new())
                     .map_err(|e| format!("request: {e}"))?;
@@ -136,7 +141,12 @@ mod tests {
     async fn an_http2_only_origin_is_checked_over_h2c() {
         let addr = h2_only_server().await;
         let t = Duration::from_secs(2);
-        let h2 = |path| probe(addr, "origin", path, t, 200, OriginProtocol::H2c);
+        let connect = || async {
+            TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))
+        };
+        let h2 = |path| probe(connect(), "origin", path, t, 200, true, false);
         assert_eq!(h2("/healthz").await, Ok(()));
         let e = h2("/missing").await.unwrap_err();
         assert!(e.contains("status 404"), "{e}");

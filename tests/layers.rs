@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "geo",
         "health",
+        "acme",
         "steer",
         "cache",
         "probe",

@@ -4,6 +4,7 @@
 pub mod dns;
 mod forwarding;
 mod limits;
+mod listener_tls;
 mod names;
 mod protect;
 pub mod proxy;

@@ -14,11 +14,16 @@ use super::forwarding::{self, RawForwarding};
 pub use super::forwarding::{ForwardHeaders, Forwarding, InvalidVia, ViaHop};
 pub use super::limits::Limits;
 use super::limits::RawLimits;
+use super::listener_tls::RawTls;
+pub use super::listener_tls::{
+    AcmeCertificate, AcmeChallenge, CertificateSource, ClientAuth, ClientAuthMode, ListenerTls,
+    TlsProfile, TlsVersion,
+};
 use super::protect::{self, RawAuth, RawRateLimit, RawRule};
 pub use super::protect::{AuthConfig, RateConfig, RateLimitConfig, RuleAction, RuleConfig};
 use super::upstreams::RawUpstream;
 pub use super::upstreams::{
-    Balance, HealthCheckConfig, OriginConfig, OriginProtocol, UpstreamConfig,
+    Balance, HealthCheckConfig, OriginConfig, OriginProtocol, OriginTlsConfig, UpstreamConfig,
 };
 use super::{ConfigDuration, ConfigError, Source};
 
@@ -97,22 +102,6 @@ impl Default for RawProxyProtocol {
     fn default() -> Self {
         RawProxyProtocol::All(false)
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    #[serde(default)]
-    certificates: Vec<RawCertificate>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCertificate {
-    cert: Option<Spanned<PathBuf>>,
-    key: Option<Spanned<PathBuf>>,
-    /// Generate a self-signed certificate for these names at start (demo and tests).
-    self_signed: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +186,11 @@ struct RawRoute {
     #[serde(default)]
     deny: Vec<IpNet>,
     auth: Option<RawAuth>,
+    /// Strict-Transport-Security on this route's HTTPS responses (RFC 6797).
+    hsts: Option<Spanned<String>>,
+    /// Requests on connections without a verified client certificate get 403.
+    #[serde(default)]
+    require_client_cert: bool,
 }
 
 fn d_prefix() -> String {
@@ -216,7 +210,8 @@ pub struct ProxyConfig {
     /// The HTTP and HTTPS listeners where every connection starts with a PROXY protocol
     /// header (v1 or v2) whose source address is the client's.
     pub proxy_protocol: Vec<SocketAddr>,
-    pub certificates: Vec<CertificateSource>,
+    /// Certificates and the TLS policy of the HTTPS listeners.
+    pub tls: ListenerTls,
     pub limits: Limits,
     pub forwarding: Forwarding,
     pub routes: Vec<RouteConfig>,
@@ -254,12 +249,6 @@ pub struct ReportsConfig {
     pub addresses: Vec<std::net::IpAddr>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum CertificateSource {
-    Files { cert: PathBuf, key: PathBuf },
-    SelfSigned(Vec<String>),
-}
-
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     /// Lower-case host names; `*.example.test` matches any single-or-more label prefix.
@@ -274,6 +263,9 @@ pub struct RouteConfig {
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
     pub auth: Option<AuthConfig>,
+    /// The Strict-Transport-Security value for HTTPS responses, checked to hold max-age.
+    pub hsts: Option<String>,
+    pub require_client_cert: bool,
 }
 
 impl ProxyConfig {
@@ -321,44 +313,14 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
             "give at least one `http` or `https` address",
         ));
     }
-    if !raw.listen.https.is_empty() && raw.tls.certificates.is_empty() {
+    let proxy_protocol = proxy_protocol_listeners(src, &raw.listen)?;
+    let tls = super::listener_tls::validate(src, raw.tls)?;
+    if !raw.listen.https.is_empty() && tls.certificates.is_empty() {
         return Err(src.error(
             "tls.certificates",
             None,
             "HTTPS listeners need at least one certificate",
         ));
-    }
-    let proxy_protocol = proxy_protocol_listeners(src, &raw.listen)?;
-    let mut certificates = Vec::new();
-    for (i, c) in raw.tls.certificates.into_iter().enumerate() {
-        let key = format!("tls.certificates[{i}]");
-        let source = match (c.cert, c.key, c.self_signed) {
-            (Some(cert), Some(keyfile), None) => {
-                for (what, p) in [("cert", &cert), ("key", &keyfile)] {
-                    let resolved = src.resolve(p.get_ref());
-                    if !resolved.is_file() {
-                        return Err(src.error(
-                            format!("{key}.{what}"),
-                            Some(p.span()),
-                            format!("{} does not exist", resolved.display()),
-                        ));
-                    }
-                }
-                CertificateSource::Files {
-                    cert: src.resolve(cert.get_ref()),
-                    key: src.resolve(keyfile.get_ref()),
-                }
-            }
-            (None, None, Some(names)) if !names.is_empty() => CertificateSource::SelfSigned(names),
-            _ => {
-                return Err(src.error(
-                    key,
-                    None,
-                    "a certificate is either `cert` + `key` files or `self_signed = [names]`",
-                ))
-            }
-        };
-        certificates.push(source);
     }
 
     let limits = super::limits::validate(src, raw.limits)?;
@@ -388,6 +350,30 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
             return Err(src.error(format!("{key}.rate.rps"), None, "must be at least 1"));
         }
         let auth = r.auth.map(|a| protect::auth(src, &key, a)).transpose()?;
+        let hsts = match r.hsts {
+            None => None,
+            Some(v) => {
+                let value = v.get_ref().trim().to_string();
+                let has_max_age = value
+                    .split(';')
+                    .any(|d| d.trim().to_ascii_lowercase().starts_with("max-age="));
+                if !has_max_age || http::HeaderValue::from_str(&value).is_err() {
+                    return Err(src.error(
+                        format!("{key}.hsts"),
+                        Some(v.span()),
+                        "a Strict-Transport-Security value with max-age, as \"max-age=31536000; includeSubDomains\"",
+                    ));
+                }
+                Some(value)
+            }
+        };
+        if r.require_client_cert && tls.client_auth.is_none() {
+            return Err(src.error(
+                format!("{key}.require_client_cert"),
+                None,
+                "needs tls.client_ca: the CAs whose client certificates are accepted",
+            ));
+        }
         routes.push(RouteConfig {
             hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             path_prefix: r.path_prefix,
@@ -399,6 +385,8 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
             allow: r.allow,
             deny: r.deny,
             auth,
+            hsts,
+            require_client_cert: r.require_client_cert,
         });
     }
     if routes.is_empty() {
@@ -500,6 +488,17 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
     let rate_limit = protect::rate_limit(src, raw.rate_limit)?;
     let rules = protect::rules(src, raw.rules)?;
 
+    let dns_challenge = tls
+        .certificates
+        .iter()
+        .any(|c| matches!(c, CertificateSource::Acme(a) if a.challenge == AcmeChallenge::Dns01));
+    if dns_challenge && reports.is_none() {
+        return Err(src.error(
+            "tls.certificates",
+            None,
+            "dns-01 challenges are published by the DNS servers this node reports to: configure [reports]",
+        ));
+    }
     Ok(ProxyConfig {
         rate_limit,
         rules,
@@ -516,7 +515,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         https: raw.listen.https,
         admin: raw.listen.admin,
         proxy_protocol,
-        certificates,
+        tls,
         limits,
         forwarding,
         routes,

@@ -1,11 +1,16 @@
 //! The `[upstreams]` part of the proxy config: origin groups with their balancing,
-//! sticky cookie, timeouts, active health checks and passive failure detection.
+//! sticky cookie, timeouts, active health checks, passive failure detection, and TLS to
+//! the origins.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
+use toml::Spanned;
 
 use super::{ConfigDuration, ConfigError, Source};
 
@@ -25,6 +30,18 @@ pub(super) struct RawUpstream {
     passive: RawPassive,
     #[serde(default)]
     protocol: OriginProtocol,
+    tls: Option<RawOriginTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOriginTls {
+    ca_file: Option<Spanned<PathBuf>>,
+    server_name: Option<Spanned<String>>,
+    client_cert: Option<Spanned<PathBuf>>,
+    client_key: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
 }
 
 fn d_connect_timeout() -> ConfigDuration {
@@ -44,7 +61,7 @@ pub enum Balance {
 }
 
 /// How the proxy speaks to an upstream's origins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OriginProtocol {
     /// HTTP/1.1 with a pool of keep-alive connections.
@@ -53,6 +70,48 @@ pub enum OriginProtocol {
     /// HTTP/2 without TLS, by prior knowledge (RFC 9113 §3.3): one multiplexed connection
     /// per origin. What gRPC services and other HTTP/2-only origins speak.
     H2c,
+    /// HTTP/1.1 over TLS, pooled like `Http1`.
+    Https,
+    /// HTTP/2 over TLS, agreed by ALPN; one multiplexed connection per origin like `H2c`.
+    H2,
+}
+
+impl OriginProtocol {
+    /// One multiplexed HTTP/2 connection per origin, rather than a pool of HTTP/1.1 ones.
+    pub fn is_http2(self) -> bool {
+        matches!(self, OriginProtocol::H2c | OriginProtocol::H2)
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, OriginProtocol::Https | OriginProtocol::H2)
+    }
+
+    /// The name in config, metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            OriginProtocol::Http1 => "http1",
+            OriginProtocol::H2c => "h2c",
+            OriginProtocol::Https => "https",
+            OriginProtocol::H2 => "h2",
+        }
+    }
+}
+
+/// TLS to an upstream's origins (`protocol = "https"` or `"h2"`), checked at load: the
+/// files exist and hold what they should, and the names are names.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OriginTlsConfig {
+    /// PEM certificates trusted to sign the origins' certificates; `None`: the system's
+    /// trust store.
+    pub ca_file: Option<PathBuf>,
+    /// The name origins' certificates are checked against (and sent as SNI), unless an
+    /// origin names its own; without either, an origin's IP address.
+    pub server_name: Option<String>,
+    /// A certificate chain and key presented to origins that ask for one (mTLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Accept any certificate. Logged loudly at start and on every reload, and shown as
+    /// `geoedge_proxy_upstream_tls_unverified`.
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +121,8 @@ struct RawOrigin {
     addr: SocketAddr,
     #[serde(default = "d_weight")]
     weight: u32,
+    /// This origin's TLS name, where it differs from the upstream's `tls.server_name`.
+    server_name: Option<Spanned<String>>,
 }
 
 fn d_weight() -> u32 {
@@ -138,6 +199,8 @@ pub struct UpstreamConfig {
     pub passive_failures: u32,
     pub passive_cooldown: Duration,
     pub protocol: OriginProtocol,
+    /// Present exactly when the protocol runs over TLS.
+    pub tls: Option<OriginTlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -145,6 +208,7 @@ pub struct OriginConfig {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,10 +253,22 @@ pub(super) fn validate(
                     "weight must be between 1 and 1000",
                 ));
             }
+            let server_name = match o.server_name {
+                Some(n) => Some(tls_name(src, format!("{key}.origins[{i}].server_name"), n)?),
+                None => None,
+            };
+            if server_name.is_some() && !u.protocol.is_tls() {
+                return Err(src.error(
+                    format!("{key}.origins[{i}].server_name"),
+                    None,
+                    "a TLS name needs protocol = \"https\" or \"h2\"",
+                ));
+            }
             origins.push(OriginConfig {
                 name: o.name,
                 addr: o.addr,
                 weight: o.weight,
+                server_name,
             });
         }
         if let Some(cookie) = &u.sticky_cookie {
@@ -242,6 +318,20 @@ pub(super) fn validate(
             }
             None => None,
         };
+        let tls = match (u.protocol.is_tls(), u.tls) {
+            (true, raw) => Some(origin_tls(src, &key, raw)?),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(src.error(
+                    format!("{key}.tls"),
+                    None,
+                    format!(
+                    "TLS settings need protocol = \"https\" or \"h2\" (this upstream speaks {})",
+                    u.protocol.name()
+                ),
+                ))
+            }
+        };
         upstreams.push(UpstreamConfig {
             name,
             balance: u.balance,
@@ -253,7 +343,228 @@ pub(super) fn validate(
             passive_failures: u.passive.failures.max(1),
             passive_cooldown: u.passive.cooldown.0,
             protocol: u.protocol,
+            tls,
         });
     }
     Ok(upstreams)
+}
+
+fn tls_name(src: &Source, key: String, name: Spanned<String>) -> Result<String, ConfigError> {
+    let span = name.span();
+    let name = name.into_inner();
+    match ServerName::try_from(name.as_str()) {
+        Ok(_) => Ok(name),
+        Err(_) => Err(src.error(
+            key,
+            Some(span),
+            format!("`{name}` is not a DNS name or IP address"),
+        )),
+    }
+}
+
+/// An existing file, resolved against the config's folder.
+fn existing(src: &Source, key: &str, path: &Spanned<PathBuf>) -> Result<PathBuf, ConfigError> {
+    let resolved = src.resolve(path.get_ref());
+    if resolved.is_file() {
+        Ok(resolved)
+    } else {
+        Err(src.error(
+            key,
+            Some(path.span()),
+            format!("{} does not exist", resolved.display()),
+        ))
+    }
+}
+
+fn origin_tls(
+    src: &Source,
+    key: &str,
+    raw: Option<RawOriginTls>,
+) -> Result<OriginTlsConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(OriginTlsConfig::default());
+    };
+    let ca_file = match &raw.ca_file {
+        Some(p) => {
+            let k = format!("{key}.tls.ca_file");
+            let path = existing(src, &k, p)?;
+            let certs = CertificateDer::pem_file_iter(&path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| src.error(&k, Some(p.span()), format!("{}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(src.error(
+                    k,
+                    Some(p.span()),
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    let server_name = match raw.server_name {
+        Some(n) => Some(tls_name(src, format!("{key}.tls.server_name"), n)?),
+        None => None,
+    };
+    let client_cert = match (&raw.client_cert, &raw.client_key) {
+        (None, None) => None,
+        (Some(cert), Some(k)) => {
+            let cert_key = format!("{key}.tls.client_cert");
+            let cert_path = existing(src, &cert_key, cert)?;
+            let chain = CertificateDer::pem_file_iter(&cert_path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    src.error(
+                        &cert_key,
+                        Some(cert.span()),
+                        format!("{}: {e}", cert_path.display()),
+                    )
+                })?;
+            if chain.is_empty() {
+                return Err(src.error(
+                    cert_key,
+                    Some(cert.span()),
+                    format!("{} holds no PEM certificate", cert_path.display()),
+                ));
+            }
+            let key_key = format!("{key}.tls.client_key");
+            let key_path = existing(src, &key_key, k)?;
+            PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+                src.error(
+                    &key_key,
+                    Some(k.span()),
+                    format!("{}: {e}", key_path.display()),
+                )
+            })?;
+            Some((cert_path, key_path))
+        }
+        _ => {
+            return Err(src.error(
+                format!("{key}.tls"),
+                None,
+                "client_cert and client_key go together",
+            ))
+        }
+    };
+    Ok(OriginTlsConfig {
+        ca_file,
+        server_name,
+        client_cert,
+        insecure_skip_verify: raw.insecure_skip_verify,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProxyConfig;
+
+    fn load(upstream: &str) -> Result<ProxyConfig, ConfigError> {
+        let text = format!(
+            r#"
+[node]
+name = "eu-1"
+region = "eu"
+
+[listen]
+http = ["127.0.0.1:0"]
+
+[[routes]]
+hosts = ["www.example.test"]
+upstream = "web"
+
+[upstreams.web]
+{upstream}
+"#
+        );
+        ProxyConfig::from_source(&Source::from_text("/tmp/region.toml", &text))
+    }
+
+    const ORIGIN: &str = "[[upstreams.web.origins]]\nname = \"o1\"\naddr = \"127.0.0.1:9443\"\n";
+
+    #[test]
+    fn tls_upstreams_verify_against_the_system_store_unless_told_otherwise() {
+        let c = load(&format!("protocol = \"https\"\n{ORIGIN}")).unwrap();
+        let u = &c.upstreams[0];
+        assert!(u.protocol.is_tls() && !u.protocol.is_http2());
+        assert_eq!(u.tls, Some(OriginTlsConfig::default()));
+        let c = load(&format!("protocol = \"h2\"\n{ORIGIN}")).unwrap();
+        assert!(c.upstreams[0].protocol.is_http2());
+        // Plain upstreams carry no TLS settings at all.
+        let c = load(ORIGIN).unwrap();
+        assert_eq!(c.upstreams[0].tls, None);
+    }
+
+    #[test]
+    fn tls_settings_are_checked_where_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        let cases = [
+            (
+                format!("{ORIGIN}[upstreams.web.tls]\ninsecure_skip_verify = true\n"),
+                "upstreams.web.tls",
+                "need protocol",
+            ),
+            (
+                format!("protocol = \"https\"\n{ORIGIN}[upstreams.web.tls]\nca_file = \"/nonexistent.pem\"\n"),
+                "upstreams.web.tls.ca_file",
+                "does not exist",
+            ),
+            (
+                format!(
+                    "protocol = \"https\"\n{ORIGIN}[upstreams.web.tls]\nca_file = \"{}\"\n",
+                    not_pem.display()
+                ),
+                "upstreams.web.tls.ca_file",
+                "no PEM certificate",
+            ),
+            (
+                format!("protocol = \"https\"\n{ORIGIN}[upstreams.web.tls]\nserver_name = \"not a name\"\n"),
+                "upstreams.web.tls.server_name",
+                "not a DNS name",
+            ),
+            (
+                format!(
+                    "protocol = \"https\"\n{ORIGIN}[upstreams.web.tls]\nclient_cert = \"{}\"\n",
+                    not_pem.display()
+                ),
+                "upstreams.web.tls",
+                "go together",
+            ),
+            (
+                format!("{ORIGIN}server_name = \"origin.test\"\n"),
+                "upstreams.web.origins[0].server_name",
+                "needs protocol",
+            ),
+            (
+                format!("protocol = \"https\"\n{ORIGIN}[upstreams.web.tls]\nverify = false\n"),
+                "verify",
+                "unknown field",
+            ),
+        ];
+        for (text, key, words) in cases {
+            let err = load(&text).unwrap_err();
+            let shown = err.to_string();
+            assert!(
+                err.key.as_deref() == Some(key) || shown.contains(key),
+                "{key}: {shown}"
+            );
+            assert!(shown.contains(words), "{words}: {shown}");
+        }
+    }
+
+    #[test]
+    fn an_origin_names_its_own_tls_name() {
+        let c = load(&format!(
+            "protocol = \"https\"\n{ORIGIN}server_name = \"o1.internal\"\n[upstreams.web.tls]\nserver_name = \"web.internal\"\n"
+        ))
+        .unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.origins[0].server_name.as_deref(), Some("o1.internal"));
+        assert_eq!(
+            u.tls.as_ref().and_then(|t| t.server_name.as_deref()),
+            Some("web.internal")
+        );
+    }
 }

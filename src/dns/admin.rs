@@ -7,6 +7,7 @@ use std::sync::Arc;
 use hyper::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::acme::challenge::{self, CHALLENGE_PATH, MAX_CHALLENGE_BYTES};
 use crate::control::{json, text, token_matches, Admin, Body, ControlRequest};
 use crate::dns::server::DnsServer;
 use crate::health::report::{self, Rejection, REPORT_PATH, SIGNATURE_HEADER};
@@ -41,6 +42,68 @@ pub struct NodeStatusView {
 }
 
 impl DnsAdmin {
+    /// A proxy publishes or withdraws a dns-01 challenge. The 200 is the proxy's proof
+    /// that this server now answers it: the proxy asks the ACME server to validate only
+    /// when every DNS server it reports to has said so.
+    fn challenge(&self, req: &ControlRequest) -> Response<Body> {
+        let server = &self.0;
+        let key_guard = server.report_key.load();
+        let Some(key) = key_guard.as_deref() else {
+            return text(
+                StatusCode::FORBIDDEN,
+                "ACME challenges need signed reports: set health.report_key_file\n",
+            );
+        };
+        if req.body.len() > MAX_CHALLENGE_BYTES {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "challenge too large\n");
+        }
+        let now = unix_ms();
+        let skew = server
+            .max_clock_skew_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let message = match challenge::open(key, &req.body, req.header(SIGNATURE_HEADER), now, skew)
+        {
+            Ok(m) => m,
+            Err(r) => {
+                server
+                    .metrics
+                    .reports_rejected
+                    .with_label_values(&[r.label()])
+                    .inc();
+                tracing::warn!(reason = %r, "ACME challenge refused");
+                return text(
+                    StatusCode::UNAUTHORIZED,
+                    format!("challenge rejected: {r}\n"),
+                );
+            }
+        };
+        let absolute = format!("{}.", message.domain.trim_end_matches('.'));
+        let in_our_zones = hickory_proto::rr::Name::from_ascii(&absolute)
+            .is_ok_and(|n| server.state.load().zone_for(&n.into()).is_some());
+        if !in_our_zones {
+            return text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{} is in none of this server's zones\n", message.domain),
+            );
+        }
+        if message.remove {
+            server.challenges.withdraw(&message.domain, &message.value);
+            tracing::info!(node = %message.node, domain = %message.domain, "ACME challenge withdrawn");
+            return text(StatusCode::OK, "withdrawn\n");
+        }
+        let expires = now + u64::from(message.ttl_secs.min(3600)) * 1000;
+        match server
+            .challenges
+            .publish(&message.domain, &message.value, expires, now)
+        {
+            Ok(()) => {
+                tracing::info!(node = %message.node, domain = %message.domain, "ACME challenge published");
+                text(StatusCode::OK, "published\n")
+            }
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        }
+    }
+
     fn report(&self, req: &ControlRequest) -> Response<Body> {
         let server = &self.0;
         let key_guard = server.report_key.load();
@@ -249,6 +312,7 @@ impl Admin for DnsAdmin {
     fn route(&self, req: &ControlRequest) -> Option<Response<Body>> {
         Some(match (&req.method, req.path.as_str()) {
             (&Method::POST, REPORT_PATH) => self.report(req),
+            (&Method::POST, CHALLENGE_PATH) => self.challenge(req),
             (&Method::GET, "/status") => {
                 let status = self.status();
                 if req.param("format") == Some("text") {
@@ -283,7 +347,7 @@ impl Admin for DnsAdmin {
                     ),
                 }
             }
-            (_, REPORT_PATH | "/status" | "/admin/force" | "/admin/reload") => {
+            (_, REPORT_PATH | CHALLENGE_PATH | "/status" | "/admin/force" | "/admin/reload") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n")
             }
             _ => return None,

@@ -26,7 +26,8 @@ impl DnsServer {
         cfg: &DnsConfig,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let mut handler = GeoDnsHandler::new(self.state.clone(), self.metrics.clone());
+        let mut handler = GeoDnsHandler::new(self.state.clone(), self.metrics.clone())
+            .with_challenges(self.challenges.clone());
         if let Some(rrl) = &cfg.rrl {
             handler = handler.with_rrl(rrl.clone());
         }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus::Registry;
 
+use crate::acme::table::ChallengeTable;
 use crate::config::dns::ProbeConfig;
 use crate::config::DnsConfig;
 use crate::dns::DnsState;
@@ -22,6 +23,8 @@ use crate::process::clock::now_ms;
 /// loops all see.
 pub struct DnsServer {
     pub state: Arc<ArcSwap<DnsState>>,
+    /// dns-01 challenges the proxies published, answered as TXT.
+    pub challenges: Arc<ChallengeTable>,
     pub metrics: Arc<DnsMetrics>,
     pub registry: Registry,
     pub report_key: ArcSwapOption<ReportKey>,
@@ -97,6 +100,7 @@ impl DnsServer {
             .collect();
         let server = Self {
             state: Arc::new(ArcSwap::from_pointee(state)),
+            challenges: Arc::new(ChallengeTable::default()),
             metrics,
             registry,
             report_key: ArcSwapOption::from(report_key.map(Arc::new)),

@@ -14,12 +14,15 @@ pub const PROXY_UPSTREAM_UP: &str = "geoedge_proxy_upstream_up";
 pub const PROXY_RETRIES: &str = "geoedge_proxy_retries_total";
 pub const PROXY_UPSTREAM_ERRORS: &str = "geoedge_proxy_upstream_errors_total";
 pub const PROXY_UPSTREAM_CONNECTIONS: &str = "geoedge_proxy_upstream_connections_opened_total";
+pub const PROXY_UPSTREAM_TLS_UNVERIFIED: &str = "geoedge_proxy_upstream_tls_unverified";
 pub const PROXY_TLS_HANDSHAKES: &str = "geoedge_proxy_tls_handshakes_total";
 pub const PROXY_TLS_RESUMED: &str = "geoedge_proxy_tls_resumed_total";
 pub const PROXY_CONNECTIONS_OPEN: &str = "geoedge_proxy_connections_open";
 pub const PROXY_CONNECTIONS: &str = "geoedge_proxy_connections_total";
 pub const PROXY_TUNNELS_OPEN: &str = "geoedge_proxy_tunnels_open";
 pub const PROXY_CERT_RELOADS: &str = "geoedge_proxy_certificate_reloads_total";
+pub const PROXY_CERT_EXPIRY: &str = "geoedge_proxy_certificate_expiry_seconds";
+pub const PROXY_ACME_ORDERS: &str = "geoedge_proxy_acme_orders_total";
 pub const PROXY_REPORTS: &str = "geoedge_proxy_reports_sent_total";
 pub const PROXY_RULE_MATCHES: &str = "geoedge_proxy_rule_matches_total";
 pub const PROXY_RATE_LIMITED: &str = "geoedge_proxy_rate_limited_total";
@@ -89,6 +92,8 @@ pub struct ProxyMetrics {
     pub retries: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub upstream_connections: IntCounterVec,
+    /// 1 for an upstream whose origins' certificates are not verified.
+    pub upstream_tls_unverified: IntGaugeVec,
     pub tls_ok: IntCounter,
     pub tls_failed: IntCounter,
     pub tls_resumed: IntCounter,
@@ -97,6 +102,10 @@ pub struct ProxyMetrics {
     pub tunnels_open: IntGauge,
     pub cert_reload_ok: IntCounter,
     pub cert_reload_failed: IntCounter,
+    /// Seconds until each served certificate expires (negative once it has).
+    pub cert_expiry: IntGaugeVec,
+    pub acme_ok: IntCounter,
+    pub acme_failed: IntCounter,
     pub reports: IntCounterVec,
     pub cache_hit: IntCounter,
     pub cache_miss: IntCounter,
@@ -170,6 +179,33 @@ impl ProxyMetrics {
                 &["upstream", "origin"],
             )
             .expect("valid"),
+        );
+        let upstream_tls_unverified = register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    PROXY_UPSTREAM_TLS_UNVERIFIED,
+                    "1 when the upstream's origin certificates are not verified (insecure_skip_verify)",
+                ),
+                &["upstream"],
+            )
+            .expect("valid"),
+        );
+        let cert_expiry = register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    PROXY_CERT_EXPIRY,
+                    "Seconds until the certificate expires, by its first name",
+                ),
+                &["certificate"],
+            )
+            .expect("valid"),
+        );
+        let acme = v(
+            PROXY_ACME_ORDERS,
+            "ACME orders (issues and renewals), by result",
+            &["result"],
         );
         let retries = v(
             PROXY_RETRIES,
@@ -332,6 +368,7 @@ impl ProxyMetrics {
             retries,
             upstream_errors,
             upstream_connections,
+            upstream_tls_unverified,
             tls_ok: tls.with_label_values(&["ok"]),
             tls_failed: tls.with_label_values(&["error"]),
             connections_open,
@@ -339,6 +376,9 @@ impl ProxyMetrics {
             tunnels_open,
             cert_reload_ok: reloads.with_label_values(&["ok"]),
             cert_reload_failed: reloads.with_label_values(&["error"]),
+            cert_expiry,
+            acme_ok: acme.with_label_values(&["ok"]),
+            acme_failed: acme.with_label_values(&["error"]),
             reports,
         }
     }

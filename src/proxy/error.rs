@@ -34,6 +34,8 @@ pub enum ProxyError {
     TooManyParams,
     #[error("client address not allowed on this route")]
     AddressDenied,
+    #[error("this route needs a client certificate, and the connection has none")]
+    ClientCertRequired,
     #[error("denied by rule {rule}")]
     RuleDenied { rule: String, status: u16 },
     #[error("over the {scope} rate limit")]
@@ -65,7 +67,7 @@ impl ProxyError {
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ProxyError::TooManyParams => StatusCode::BAD_REQUEST,
-            ProxyError::AddressDenied => StatusCode::FORBIDDEN,
+            ProxyError::AddressDenied | ProxyError::ClientCertRequired => StatusCode::FORBIDDEN,
             ProxyError::RuleDenied { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN)
             }
@@ -85,6 +87,7 @@ impl ProxyError {
             | ProxyError::VersionNotSupported
             | ProxyError::TooManyParams
             | ProxyError::AddressDenied
+            | ProxyError::ClientCertRequired
             | ProxyError::RuleDenied { .. }
             | ProxyError::RateLimited { .. }
             | ProxyError::Unauthorized { .. } => Blame::Client,
@@ -109,6 +112,7 @@ impl ProxyError {
             ProxyError::VersionNotSupported => "505 HTTP Version Not Supported\n",
             ProxyError::TooManyParams => "400 Bad Request: too many query parameters\n",
             ProxyError::AddressDenied => "403 Forbidden\n",
+            ProxyError::ClientCertRequired => "403 Forbidden: a client certificate is required\n",
             ProxyError::RuleDenied { .. } => "Request denied\n",
             ProxyError::RateLimited { .. } => "429 Too Many Requests\n",
             ProxyError::Unauthorized { .. } => "401 Unauthorized\n",

@@ -24,6 +24,9 @@ pub struct RouteRuntime {
     pub allow: Vec<ipnet::IpNet>,
     pub deny: Vec<ipnet::IpNet>,
     pub auth: Option<RouteAuth>,
+    /// Strict-Transport-Security for the route's HTTPS responses.
+    pub hsts: Option<http::HeaderValue>,
+    pub require_client_cert: bool,
     pub metrics: RouteMetrics,
 }
 
@@ -56,8 +59,8 @@ impl ProxyState {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(Upstream::new(u, registry)))
-            .collect();
+            .map(|u| Upstream::new(u, registry).map(Arc::new))
+            .collect::<Result<_, _>>()?;
         let mut routes = Vec::new();
         for r in &config.routes {
             let label = format!(
@@ -86,6 +89,11 @@ impl ProxyState {
                 allow: r.allow.clone(),
                 deny: r.deny.clone(),
                 auth,
+                hsts: r
+                    .hsts
+                    .as_deref()
+                    .and_then(|v| http::HeaderValue::from_str(v).ok()),
+                require_client_cert: r.require_client_cert,
             });
         }
         let rules = rules::compile(&config.rules);
@@ -103,9 +111,20 @@ impl ProxyState {
         let route_rates: Vec<_> = config.routes.iter().map(|r| r.rate).collect();
         let rate = ratelimit::RateLimits::new(&config.rate_limit, &route_rates);
         for u in &upstreams {
+            let unverified = u.tls.as_ref().is_some_and(|t| t.unverified);
+            if unverified {
+                tracing::warn!(
+                    upstream = %u.name,
+                    "TLS to this upstream's origins does NOT verify their certificates (insecure_skip_verify): anyone on the path can read and change its traffic"
+                );
+            }
+            metrics
+                .upstream_tls_unverified
+                .with_label_values(&[&u.name])
+                .set(i64::from(unverified));
             metrics.retries.with_label_values(&[&u.name]);
             metrics.upstream_connections.with_label_values(&[&u.name]);
-            for kind in ["connect", "reset", "bad_response", "timeout", "5xx"] {
+            for kind in ["connect", "tls", "reset", "bad_response", "timeout", "5xx"] {
                 metrics.upstream_errors.with_label_values(&[&u.name, kind]);
             }
             if let Some(r) = &config.reports {

@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod pki;
 pub mod proxy_world;
 pub mod raw_origin;
 
@@ -216,4 +217,19 @@ pub fn build_geo(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("geo.mmdb");
     std::fs::write(&path, bytes).expect("write mmdb");
     path
+}
+
+/// Whether the real tools a test drives are installed. In CI a missing one fails the
+/// test (`.ci/run` must install it); elsewhere the test is skipped with a line saying so.
+pub fn need(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install {missing:?} (.ci/run)"
+    );
+    eprintln!("skipped: {missing:?} not installed");
+    false
 }

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::config::proxy::ProxyConfig;
+use crate::config::proxy::{CertificateSource, ProxyConfig};
 use crate::control::{self, Admin};
-use crate::proxy::listen::tls::CertStore;
+use crate::proxy::listen::tls::TlsListener;
 use crate::proxy::upstream::checks;
 use crate::proxy::Shared;
 
@@ -22,7 +22,7 @@ pub(crate) struct ProxyAdmin {
 /// the access log file are set at start and need a restart to change.
 pub struct Reloader {
     shared: Arc<Shared>,
-    certs: Option<Arc<CertStore>>,
+    pub(crate) tls: Option<Arc<TlsListener>>,
     path: std::path::PathBuf,
     background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -30,12 +30,12 @@ pub struct Reloader {
 impl Reloader {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        certs: Option<Arc<CertStore>>,
+        tls: Option<Arc<TlsListener>>,
         path: std::path::PathBuf,
     ) -> Self {
         Self {
             shared,
-            certs,
+            tls,
             path,
             background: std::sync::Mutex::new(Vec::new()),
         }
@@ -44,16 +44,18 @@ impl Reloader {
     pub fn reload(&self) -> Result<(), String> {
         let cfg = ProxyConfig::load(&self.path).map_err(|e| e.to_string())?;
         let old = self.shared.state.load_full();
-        if let Some(store) = &self.certs {
-            store
-                .set_sources(cfg.certificates.clone())
-                .map_err(|e| e.to_string())?;
-        } else if !cfg.https.is_empty() {
+        if self.tls.is_none() && !cfg.https.is_empty() {
             return Err("HTTPS listeners were added: that needs a restart".into());
         }
+        let tls = cfg.tls.clone();
         let state =
             crate::proxy::ProxyState::build(cfg, &self.shared.origins, &self.shared.metrics)
                 .map_err(|e| format!("{e:#}"))?;
+        // Certificates and TLS policy last of what can fail: a config that breaks
+        // them changes nothing at all.
+        if let Some(listener) = &self.tls {
+            listener.reconfigure(&tls).map_err(|e| e.to_string())?;
+        }
         let o = &old.config;
         let n = &state.config;
         if o.http != n.http
@@ -84,6 +86,9 @@ impl Reloader {
             t.abort();
         }
         *tasks = checks::spawn(&state.upstreams);
+        if let Some(tls) = &self.tls {
+            tasks.extend(crate::proxy::listen::acme::spawn(&tls.store, &self.shared));
+        }
         if let Some(reports) = state.config.reports.clone() {
             match crate::proxy::admin::report::spawn(self.shared.clone(), reports) {
                 Ok(t) => tasks.push(t),
@@ -112,9 +117,55 @@ impl Reloader {
     }
 }
 
+impl ProxyAdmin {
+    /// The certificates served, when each expires, and how each was got.
+    fn status(&self) -> Vec<u8> {
+        let now = crate::process::clock::unix_ms() / 1000;
+        let mut certificates = Vec::new();
+        if let Some(tls) = &self.reloader.tls {
+            let sources = tls.store.sources();
+            for (i, c) in tls.store.current().certs.iter().enumerate() {
+                let (source, acme_error) = match sources.get(i) {
+                    Some(CertificateSource::Acme(a)) => ("acme", tls.store.acme_error(&a.names[0])),
+                    Some(CertificateSource::SelfSigned(_)) => ("self_signed", None),
+                    _ => ("file", None),
+                };
+                certificates.push(serde_json::json!({
+                    "name": c.label,
+                    "source": source,
+                    "not_after": c.not_after,
+                    "days_left": (c.not_after as f64 - now as f64) / 86_400.0,
+                    "acme_error": acme_error,
+                }));
+            }
+        }
+        let state = self.shared.state.load();
+        let (can_serve, problems) = state.can_serve();
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "node": state.config.node,
+            "region": state.config.region,
+            "can_serve": can_serve,
+            "problems": problems,
+            "certificates": certificates,
+        }))
+        .unwrap_or_default()
+    }
+}
+
 impl Admin for ProxyAdmin {
     fn metrics(&self) -> String {
         self.shared.refresh_gauges();
+        if let Some(tls) = &self.reloader.tls {
+            let now = i64::try_from(crate::process::clock::unix_ms() / 1000).unwrap_or(0);
+            for c in &tls.store.current().certs {
+                let until = i64::try_from(c.not_after).unwrap_or(i64::MAX);
+                self.shared
+                    .metrics
+                    .cert_expiry
+                    .with_label_values(&[&c.label])
+                    .set(until.saturating_sub(now));
+            }
+        }
         crate::metrics::render(&self.shared.registry)
     }
 
@@ -122,6 +173,7 @@ impl Admin for ProxyAdmin {
         use hyper::StatusCode;
         match req.path.as_str() {
             "/cache/purge" => Some(purge(&self.shared, req)),
+            "/status" => Some(control::json(StatusCode::OK, self.status())),
             "/admin/reload" => {
                 if req.method != hyper::Method::POST {
                     return Some(control::text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"));

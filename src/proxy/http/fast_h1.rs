@@ -236,7 +236,7 @@ where
         first = false;
         let head_request = req.method() == Method::HEAD;
         s.activity.waiting.fetch_add(1, Ordering::Relaxed);
-        let response = forward::handle(s.shared, s.conn, s.tunnel, req).await;
+        let response = forward::handle(s.shared, s.conn.clone(), s.tunnel, req).await;
         s.activity.waiting.fetch_sub(1, Ordering::Relaxed);
         let stopping = s.stopping.load(Ordering::Relaxed);
         let close = closes_after(asked_close, stopping, &response);

@@ -18,16 +18,20 @@ use crate::proxy::answer::Answer;
 use crate::proxy::body::{empty, full, ProxyBody};
 use crate::proxy::error::ProxyError;
 use crate::proxy::http::headers;
+use crate::proxy::listen::tls::ClientIdentity;
 use crate::proxy::route::router::RouteMatch;
 use crate::proxy::upstream::exchange::Origin;
 use crate::proxy::upstream::tunnel::{self, TunnelSlot};
 use crate::proxy::{ProxyState, Shared};
 
 /// What we know of the client connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientConn {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The client certificate that verified in the TLS handshake, if one was asked for
+    /// and given.
+    pub identity: Option<Arc<ClientIdentity>>,
 }
 
 /// A request body as a client sends it: hyper's, or none (`fast_h1` serves only
@@ -60,20 +64,30 @@ pub fn handle<'a, B: ClientBody>(
         .access_log
         .as_ref()
         .map(|_| crate::proxy::admin::access_log::LoggedRequest::of(&req));
-    let step = prepare(shared, &state, conn, req);
+    let step = prepare(shared, &state, &conn, req);
     async move {
         let outcome = match step {
             Ok(Step::Answered(outcome)) => Ok(outcome),
             Ok(Step::Forward(prepared)) => prepared.forward(tunnel).await,
             Err(failed) => Err(failed),
         };
-        let (answer, route) = match outcome {
+        let (mut answer, route) = match outcome {
             Ok(outcome) => outcome,
             Err((e, route)) => {
                 tracing::debug!(error = %e, client = %conn.peer, "request failed");
                 (error_response(&e).into(), route)
             }
         };
+        if conn.tls {
+            if let Some(hsts) = route.and_then(|r| state.routes.get(r)?.hsts.as_ref()) {
+                // Ours, not the origin's: a browser heeds only the first one it sees.
+                answer.passed.remove("strict-transport-security");
+                answer
+                    .response
+                    .headers_mut()
+                    .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+            }
+        }
         let metrics = match route.and_then(|r| state.routes.get(r)) {
             Some(route) => &route.metrics,
             None => &shared.metrics.unrouted,
@@ -122,7 +136,7 @@ enum OriginPath {
 fn prepare<B: ClientBody>(
     shared: &Arc<Shared>,
     state: &Arc<ProxyState>,
-    conn: ClientConn,
+    conn: &ClientConn,
     mut req: Request<B>,
 ) -> Result<Step, Failed> {
     check_framing(&req).map_err(|e| (e, None))?;
@@ -146,6 +160,12 @@ fn prepare<B: ClientBody>(
     );
     crate::proxy::route::guard::admit(shared, state, route_index, client, &mut req)
         .map_err(fail)?;
+    if let Some(auth) = &state.config.tls.client_auth {
+        client_certificate_headers(req.headers_mut(), auth, conn.identity.as_deref());
+    }
+    if route.require_client_cert && conn.identity.is_none() {
+        return Err(fail(ProxyError::ClientCertRequired));
+    }
     if route.redirect_https && !conn.tls {
         let answer = redirect_to_https(host.as_deref().unwrap_or(""), req.uri()).into();
         return Ok(Step::Answered((answer, Some(route_index))));
@@ -362,6 +382,31 @@ pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
         _ => {}
     }
     resp
+}
+
+/// The verified client certificate, told to the origin in the configured headers; any
+/// such header the client sent itself is removed first, so none can be claimed.
+fn client_certificate_headers(
+    headers: &mut http::HeaderMap,
+    auth: &crate::config::proxy::ClientAuth,
+    identity: Option<&ClientIdentity>,
+) {
+    headers.remove(auth.subject_header.as_str());
+    headers.remove(auth.fingerprint_header.as_str());
+    let Some(id) = identity else {
+        return;
+    };
+    for (name, value) in [
+        (&auth.subject_header, &id.subject),
+        (&auth.fingerprint_header, &id.sha256),
+    ] {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -32,28 +32,28 @@ use crate::proxy::listen::client_io::{
 use crate::proxy::listen::corked;
 use crate::proxy::listen::lazy_socket::{Acceptor, LastWrites, LazySocket, SendFile};
 use crate::proxy::listen::proxy_protocol;
-use crate::proxy::listen::tls::{self, CertStore};
+use crate::proxy::listen::tls::{CertStore, ClientIdentity, TlsListener, ACME_TLS_ALPN};
 use crate::proxy::listen::woken::PollWhenWoken;
 use crate::proxy::upstream::tunnel::TunnelSlot;
 use crate::proxy::Shared;
 
 pub struct ProxyServer {
     pub shared: Arc<Shared>,
-    pub certs: Option<Arc<CertStore>>,
+    pub tls: Option<Arc<TlsListener>>,
 }
 
 impl ProxyServer {
     pub fn new(config: ProxyConfig) -> anyhow::Result<Self> {
-        let certs = if config.https.is_empty() {
+        let tls = if config.https.is_empty() {
             None
         } else {
             Some(Arc::new(
-                CertStore::new(config.certificates.clone()).context("loading TLS certificates")?,
+                TlsListener::new(&config.tls).context("loading TLS certificates")?,
             ))
         };
         Ok(Self {
             shared: Shared::new(config)?,
-            certs,
+            tls,
         })
     }
 
@@ -68,7 +68,7 @@ impl ProxyServer {
         let mut tasks = Vec::new();
         let reloader = Arc::new(Reloader::new(
             self.shared.clone(),
-            self.certs.clone(),
+            self.tls.clone(),
             cfg.path.clone(),
         ));
 
@@ -85,14 +85,13 @@ impl ProxyServer {
                 cfg.proxy_protocol.contains(addr),
             )));
         }
-        if let Some(store) = &self.certs {
-            let acceptor = TlsAcceptor::from(tls::server_config(store.clone())?);
+        if let Some(tls) = &self.tls {
             for addr in &cfg.https {
                 let listener = bind_clients(*addr, &limits).await?;
                 crate::process::listening::announce("HTTPS", listener.local_addr()?);
                 tasks.push(tokio::spawn(accept_loop(
                     listener,
-                    Some(acceptor.clone()),
+                    Some(tls.clone()),
                     self.shared.clone(),
                     limits.clone(),
                     permits.clone(),
@@ -101,7 +100,7 @@ impl ProxyServer {
                 )));
             }
             tasks.push(tokio::spawn(watch_certificates(
-                store.clone(),
+                tls.store.clone(),
                 self.shared.clone(),
             )));
         }
@@ -193,7 +192,7 @@ async fn reload_on_hangup(reloader: Arc<Reloader>) {
 
 async fn accept_loop(
     listener: Acceptor,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<TlsListener>>,
     shared: Arc<Shared>,
     limits: Arc<Limits>,
     permits: Arc<Semaphore>,
@@ -219,7 +218,8 @@ async fn accept_loop(
         accepted.inc();
         let shared = shared.clone();
         let limits = limits.clone();
-        let tls = tls.clone();
+        // The policy in force when the connection came: a reload changes later ones.
+        let tls = tls.as_ref().map(|t| t.acceptor());
         let stop = stop.clone();
         let cap = shared
             .state
@@ -307,19 +307,18 @@ async fn serve_connection(
 ) {
     let activity = Arc::new(Activity::default());
     activity.last_ms.store(coarse_ms(), Ordering::Relaxed);
-    let conn = ClientConn {
-        peer,
-        tls: tls.is_some(),
-    };
     let tunnel = Arc::new(TunnelSlot::default());
-    let service = {
-        let shared = shared.clone();
-        let activity = activity.clone();
-        let tunnel = tunnel.clone();
+    let (service_shared, service_activity, service_tunnel) =
+        (shared.clone(), activity.clone(), tunnel.clone());
+    let service_for = move |conn: ClientConn| {
+        let shared = service_shared.clone();
+        let activity = service_activity.clone();
+        let tunnel = service_tunnel.clone();
         service_fn(move |req| {
             let shared = shared.clone();
             let activity = activity.clone();
             let tunnel = tunnel.clone();
+            let conn = conn.clone();
             async move {
                 activity.waiting.fetch_add(1, Ordering::Relaxed);
                 // Boxed: hyper moves the service future around (HTTP/2 spawns a task per
@@ -334,6 +333,12 @@ async fn serve_connection(
     match tls {
         None => {
             let io = Tracked::new(stream, activity.clone());
+            let conn = ClientConn {
+                peer,
+                tls: false,
+                identity: None,
+            };
+            let service = service_for(conn.clone());
             let fast = FastContext {
                 shared,
                 conn,
@@ -369,7 +374,19 @@ async fn serve_connection(
                             return;
                         }
                     };
-                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let session = tls_stream.get_ref().1;
+                if session.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                    // The CA has seen the challenge certificate; nothing more is said
+                    // on such a connection (RFC 8737 §3).
+                    return;
+                }
+                let h2 = session.alpn_protocol() == Some(b"h2");
+                let conn = ClientConn {
+                    peer,
+                    tls: true,
+                    identity: ClientIdentity::of(session.peer_certificates()).map(Arc::new),
+                };
+                let service = service_for(conn.clone());
                 let tracked = Tracked::new(tls_stream, activity.clone());
                 if h2 {
                     serve_h2(tracked, service, activity, limits, stop).await;
@@ -500,7 +517,7 @@ async fn serve_http1<I, S: ClientService>(
     let stopping = AtomicBool::new(false);
     let serving = fast_h1::Serving {
         shared: fast.shared,
-        conn: fast.conn,
+        conn: fast.conn.clone(),
         tunnel: fast.tunnel,
         activity: &activity,
         header_read_timeout: limits.header_read_timeout,

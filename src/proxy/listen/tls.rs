@@ -1,6 +1,7 @@
 //! TLS offload: certificates chosen by SNI behind an atomically swapped set, reloaded from
 //! disk without touching open connections, keeping the last good set when a new file is
-//! broken.
+//! broken; OCSP responses stapled from files reloaded the same way; and the listeners'
+//! policy (protocol versions, client certificates) in a server config swapped on reload.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +15,13 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use crate::config::proxy::CertificateSource;
+use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
+use sha2::Digest;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::proxy::{
+    AcmeChallenge, CertificateSource, ClientAuth, ClientAuthMode, ListenerTls, TlsVersion,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -33,6 +40,31 @@ pub enum TlsError {
 pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,
     pub pem: String,
+    /// The name it is known by in `/status` and metrics: its first DNS name.
+    pub label: String,
+    /// When it expires (unix seconds; 0 when the leaf cannot be read).
+    pub not_after: u64,
+}
+
+/// The first DNS name and the expiry of a leaf certificate.
+fn describe(leaf: Option<&CertificateDer<'_>>) -> (String, u64) {
+    let parsed = leaf.and_then(|l| x509_parser::parse_x509_certificate(l.as_ref()).ok());
+    let Some((_, cert)) = parsed else {
+        return ("unknown".into(), 0);
+    };
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    let name = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+        })
+        .unwrap_or_else(|| cert.subject().to_string());
+    (name, not_after)
 }
 
 /// The certificates in force. The first configured one is the default for clients that
@@ -73,7 +105,7 @@ impl CertSet {
 
 fn load_one(source: &CertificateSource) -> Result<LoadedCert, TlsError> {
     match source {
-        CertificateSource::Files { cert, key } => {
+        CertificateSource::Files { cert, key, ocsp } => {
             let file_err = |path: &Path, message: String| TlsError::File {
                 path: path.to_path_buf(),
                 message,
@@ -89,15 +121,40 @@ fn load_one(source: &CertificateSource) -> Result<LoadedCert, TlsError> {
                 .map_err(|e| file_err(key, format!("no usable private key: {e}")))?;
             let signing = provider::sign::any_supported_type(&der)
                 .map_err(|e| file_err(key, format!("unsupported private key: {e}")))?;
-            let certified = CertifiedKey::new(chain, signing);
+            let mut certified = CertifiedKey::new(chain, signing);
             certified
                 .keys_match()
                 .map_err(|e| file_err(key, format!("key does not match the certificate: {e}")))?;
+            if let Some(path) = ocsp {
+                let response = std::fs::read(path)
+                    .map_err(|e| file_err(path, format!("cannot read the OCSP response: {e}")))?;
+                // A DER OCSPResponse is a SEQUENCE; anything else would be stapled as
+                // garbage that clients reject.
+                if response.first() != Some(&0x30) || response.len() < 8 {
+                    return Err(file_err(path, "not a DER OCSP response".into()));
+                }
+                certified.ocsp = Some(response);
+            }
             let pem = std::fs::read_to_string(cert).unwrap_or_default();
+            let (label, not_after) = describe(certified.cert.first());
             Ok(LoadedCert {
                 key: Arc::new(certified),
                 pem,
+                label,
+                not_after,
             })
+        }
+        CertificateSource::Acme(acme) => {
+            if acme.cert.exists() && acme.key.exists() {
+                return load_one(&CertificateSource::Files {
+                    cert: acme.cert.clone(),
+                    key: acme.key.clone(),
+                    ocsp: None,
+                });
+            }
+            // Not issued yet: a stand-in for its names until the CA answers, so the
+            // listener runs (and a tls-alpn-01 handshake can reach it).
+            load_one(&CertificateSource::SelfSigned(acme.names.clone()))
         }
         CertificateSource::SelfSigned(names) => {
             let generated = rcgen::generate_simple_self_signed(names.clone()).map_err(|e| {
@@ -113,12 +170,15 @@ fn load_one(source: &CertificateSource) -> Result<LoadedCert, TlsError> {
                     names: names.clone(),
                     message: e.to_string(),
                 })?;
+            let (label, not_after) = describe(Some(generated.cert.der()));
             Ok(LoadedCert {
                 key: Arc::new(CertifiedKey::new(
                     vec![generated.cert.der().clone()],
                     signing,
                 )),
                 pem,
+                label,
+                not_after,
             })
         }
     }
@@ -129,6 +189,11 @@ pub struct CertStore {
     current: ArcSwap<CertSet>,
     sources: std::sync::Mutex<Vec<CertificateSource>>,
     stamps: std::sync::Mutex<Vec<Option<SystemTime>>>,
+    /// tls-alpn-01 challenge certificates by domain, shown only to `acme-tls/1`
+    /// handshakes while an order is open.
+    alpn_challenges: std::sync::Mutex<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+    /// The last ACME failure per certificate (first name), for `/status`.
+    acme_errors: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -147,7 +212,45 @@ impl CertStore {
             current: ArcSwap::from_pointee(set),
             sources: std::sync::Mutex::new(sources),
             stamps,
+            alpn_challenges: Default::default(),
+            acme_errors: Default::default(),
         })
+    }
+
+    pub fn sources(&self) -> Vec<CertificateSource> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn show_alpn_challenge(&self, domain: &str, cert: Arc<CertifiedKey>) {
+        self.alpn_challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_ascii_lowercase(), cert);
+    }
+
+    pub fn hide_alpn_challenge(&self, domain: &str) {
+        self.alpn_challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&domain.to_ascii_lowercase());
+    }
+
+    pub fn note_acme_error(&self, certificate: &str, error: String) {
+        self.acme_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(certificate.to_string(), error);
+    }
+
+    pub fn acme_error(&self, certificate: &str) -> Option<String> {
+        self.acme_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(certificate)
+            .cloned()
     }
 
     pub fn current(&self) -> Arc<CertSet> {
@@ -219,35 +322,174 @@ fn file_stamps(sources: &[CertificateSource]) -> Vec<Option<SystemTime>> {
     sources
         .iter()
         .flat_map(|s| match s {
-            CertificateSource::Files { cert, key } => vec![cert.clone(), key.clone()],
+            CertificateSource::Files { cert, key, ocsp } => {
+                let mut files = vec![cert.clone(), key.clone()];
+                files.extend(ocsp.iter().cloned());
+                files
+            }
+            CertificateSource::Acme(a) => vec![a.cert.clone(), a.key.clone()],
             CertificateSource::SelfSigned(_) => Vec::new(),
         })
         .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .collect()
 }
 
+/// The ALPN protocol of the tls-alpn-01 challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+        {
+            // Only a challenge certificate answers the CA's validation handshake; with
+            // no order open there is none, and the handshake fails.
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self
+                .alpn_challenges
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&name)
+                .cloned();
+        }
         self.current.load().resolve_name(hello.server_name())
     }
 }
 
-/// The rustls server config: TLS 1.2 and 1.3, ALPN h2 then http/1.1, stateless session
-/// tickets plus a session cache for TLS 1.2 resumption.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+/// The HTTPS listeners' TLS: the certificate store and the server config made from the
+/// policy, swapped whole on a config reload (connections open keep theirs). Session
+/// tickets and the session cache outlive reloads, so clients still resume after one.
+pub struct TlsListener {
+    pub store: Arc<CertStore>,
+    config: ArcSwap<ServerConfig>,
+    ticketer: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions>,
+}
+
+impl TlsListener {
+    pub fn new(tls: &ListenerTls) -> Result<Self, TlsError> {
+        let store = Arc::new(CertStore::new(tls.certificates.clone())?);
+        let ticketer = provider::Ticketer::new()?;
+        let sessions: Arc<dyn StoresServerSessions> =
+            rustls::server::ServerSessionMemoryCache::new(16_384);
+        let config = server_config(&store, tls, ticketer.clone(), sessions.clone())?;
+        Ok(Self {
+            store,
+            config: ArcSwap::new(config),
+            ticketer,
+            sessions,
+        })
+    }
+
+    /// The acceptor for a new connection, with the policy in force now.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.load_full())
+    }
+
+    /// Takes a reloaded config's certificates and policy; on error nothing changes.
+    pub fn reconfigure(&self, tls: &ListenerTls) -> Result<(), TlsError> {
+        let config = server_config(
+            &self.store,
+            tls,
+            self.ticketer.clone(),
+            self.sessions.clone(),
+        )?;
+        self.store.set_sources(tls.certificates.clone())?;
+        self.config.store(config);
+        Ok(())
+    }
+}
+
+/// The rustls server config: the versions the policy allows, ALPN h2 then http/1.1,
+/// client certificates where asked for, stateless session tickets plus a session cache
+/// for TLS 1.2 resumption.
+pub fn server_config(
+    store: &Arc<CertStore>,
+    tls: &ListenerTls,
+    ticketer: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(provider::default_provider());
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::V12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V13 => &[&rustls::version::TLS13],
+    };
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => builder.with_client_cert_verifier(client_verifier(auth, provider)?),
+    };
+    let mut config = builder.with_cert_resolver(store.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config.ticketer = provider::Ticketer::new()?;
+    let alpn_challenges = tls.certificates.iter().any(
+        |s| matches!(s, CertificateSource::Acme(a) if a.challenge == AcmeChallenge::TlsAlpn01),
+    );
+    if alpn_challenges {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
+    config.ticketer = ticketer;
     // One ticket per handshake, not rustls's two: OpenSSL servers send one after a
     // resumption, and each ticket costs the client a session object and a key
     // derivation. Our tickets are stateless and every connection gets a fresh one, so a
     // client that reconnects always has one to offer.
     config.send_tls13_tickets = 1;
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16_384);
+    config.session_storage = sessions;
     Ok(Arc::new(config))
+}
+
+fn client_verifier(
+    auth: &ClientAuth,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let file_err = |message: String| TlsError::File {
+        path: auth.ca_file.clone(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(&auth.ca_file)
+        .map_err(|e| file_err(format!("cannot read client CAs: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(format!("bad PEM certificate: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(file_err("no usable CA certificate".into()));
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match auth.mode {
+        ClientAuthMode::Required => builder,
+        ClientAuthMode::Optional => builder.allow_unauthenticated(),
+    };
+    builder
+        .build()
+        .map_err(|e| file_err(format!("client certificate verifier: {e}")))
+}
+
+/// A client certificate that verified, as origins are told of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The subject's distinguished name (`CN=edge-1, O=Example`).
+    pub subject: String,
+    /// SHA-256 of the certificate's DER, lower-case hex.
+    pub sha256: String,
+}
+
+impl ClientIdentity {
+    /// From the leaf of a verified chain; None when there is none (or it cannot be read).
+    pub fn of(chain: Option<&[CertificateDer<'_>]>) -> Option<Self> {
+        let leaf = chain?.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        let digest = sha2::Sha256::digest(leaf.as_ref());
+        let mut sha256 = String::with_capacity(64);
+        for b in digest {
+            sha256.push_str(&format!("{b:02x}"));
+        }
+        Some(Self {
+            subject: cert.subject().to_string(),
+            sha256,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -276,8 +518,16 @@ mod tests {
         let (c1, k1) = write_pair(dir.path(), "a", &["www.example.test"]);
         let (c2, k2) = write_pair(dir.path(), "b", &["*.api.example.test"]);
         let set = CertSet::load(&[
-            CertificateSource::Files { cert: c1, key: k1 },
-            CertificateSource::Files { cert: c2, key: k2 },
+            CertificateSource::Files {
+                cert: c1,
+                key: k1,
+                ocsp: None,
+            },
+            CertificateSource::Files {
+                cert: c2,
+                key: k2,
+                ocsp: None,
+            },
         ])
         .unwrap();
         let first = leaf(&set.certs[0].key);
@@ -301,6 +551,7 @@ mod tests {
         let store = CertStore::new(vec![CertificateSource::Files {
             cert: cert.clone(),
             key: key.clone(),
+            ocsp: None,
         }])
         .unwrap();
         let before = leaf(&store.current().certs[0].key);
@@ -323,6 +574,7 @@ mod tests {
         let err = CertSet::load(&[CertificateSource::Files {
             cert: good_cert,
             key: other_key,
+            ocsp: None,
         }])
         .err()
         .unwrap();

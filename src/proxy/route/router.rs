@@ -110,6 +110,8 @@ mod tests {
             allow: vec![],
             deny: vec![],
             auth: None,
+            hsts: None,
+            require_client_cert: false,
         }
     }
 

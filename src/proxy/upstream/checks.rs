@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use crate::config::proxy::HealthCheckConfig;
+use crate::proxy::upstream::connect;
 use crate::proxy::upstream::group::Upstream;
 
 /// Starts one check loop per origin of every upstream that has checks configured.
@@ -30,13 +31,21 @@ async fn check_loop(upstream: Arc<Upstream>, index: usize, hc: HealthCheckConfig
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        // Over the same TLS as requests: a check that passed in the clear would say
+        // nothing of an origin whose certificate has expired.
+        let connect = async {
+            connect::open(origin.addr, hc.timeout, upstream.tls_to(index))
+                .await
+                .map_err(|e| e.to_string())
+        };
         let result = crate::probe::probe(
-            origin.addr,
+            connect,
             origin.authority.as_str(),
             &hc.path,
             hc.timeout,
             hc.expect_status,
-            upstream.protocol,
+            upstream.protocol.is_http2(),
+            upstream.tls.is_some(),
         )
         .await;
         let ok = result.is_ok();

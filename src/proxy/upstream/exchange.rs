@@ -18,7 +18,6 @@ use http::header::{HeaderValue, CONNECTION, SET_COOKIE, UPGRADE, VIA};
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
-use crate::config::proxy::OriginProtocol;
 use crate::proxy::admin::access_log::ServedBy;
 use crate::proxy::answer::Answer;
 use crate::proxy::body::{empty, ProxyBody};
@@ -103,12 +102,12 @@ impl Origin {
         client: hyper::upgrade::OnUpgrade,
         slot: &TunnelSlot,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        if self.upstream.protocol == OriginProtocol::H2c {
+        if self.upstream.protocol.is_http2() {
             // An HTTP/2 origin would need RFC 8441's extended CONNECT; nginx's
             // `grpc_pass` does not tunnel either.
             return Err(ProxyError::Upstream {
                 origin: self.upstream.name.clone(),
-                message: "WebSocket needs an upstream with protocol http1".into(),
+                message: "WebSocket needs an upstream with protocol http1 or https".into(),
             });
         }
         tunnel::ask_for_websocket(&mut parts.headers);
@@ -208,7 +207,7 @@ impl Origin {
                 .and_then(|g| g.get(index))
                 .cloned();
             let in_flight = InFlight::new(origin.state.clone(), gauge);
-            if upstream.protocol == OriginProtocol::H2c {
+            if upstream.protocol.is_http2() {
                 // Boxed: its future would otherwise enlarge every HTTP/1.1 request's.
                 let attempt = Box::pin(
                     self.attempt_h2(index, fresh, &parts, &mut body, replayable, in_flight),
@@ -243,7 +242,7 @@ impl Origin {
             let (mut conn, reused) = match connected {
                 Ok(c) => c,
                 Err(e) => {
-                    count_failure(shared, upstream, index, "connect");
+                    count_failure(shared, upstream, index, e.kind());
                     exclude = Some(index);
                     let error = ProxyError::Connect {
                         origin: origin.name.clone(),
@@ -332,7 +331,7 @@ impl Origin {
         }
     }
 
-    /// One attempt at an `h2c` upstream's origin, sorted by the retry rule at the top of
+    /// One attempt at an HTTP/2 upstream's origin, sorted by the retry rule at the top of
     /// this file. A stream the origin refused unprocessed (a GOAWAY met the request, or
     /// REFUSED_STREAM) counts as a stale keep-alive connection does.
     async fn attempt_h2(
@@ -354,8 +353,14 @@ impl Origin {
             origin: origin.name.clone(),
             message,
         };
-        let (mut sender, reused) = match session.sender(origin.addr, upstream.connect_timeout).await
-        {
+        let opened = session
+            .sender(
+                origin.addr,
+                upstream.connect_timeout,
+                upstream.tls_to(index),
+            )
+            .await;
+        let (mut sender, reused) = match opened {
             Ok((sender, reused)) => {
                 if !reused {
                     count_connection(shared, upstream);
@@ -363,7 +368,7 @@ impl Origin {
                 (sender, reused)
             }
             Err(e) => {
-                count_failure(shared, upstream, index, "connect");
+                count_failure(shared, upstream, index, e.kind());
                 return H2Attempt::Failed {
                     error: ProxyError::Connect {
                         origin: origin.name.clone(),
@@ -379,15 +384,16 @@ impl Origin {
                 retry: false,
             };
         };
-        let request = match origin_h2::request(parts, body, &origin.authority) {
-            Ok(r) => r,
-            Err(e) => {
-                return H2Attempt::Failed {
-                    error: failed(format!("request not representable in HTTP/2: {e}")),
-                    retry: false,
+        let request =
+            match origin_h2::request(parts, body, &origin.authority, upstream.tls.is_some()) {
+                Ok(r) => r,
+                Err(e) => {
+                    return H2Attempt::Failed {
+                        error: failed(format!("request not representable in HTTP/2: {e}")),
+                        retry: false,
+                    }
                 }
-            }
-        };
+            };
         let sent = tokio::time::timeout(upstream.response_timeout, sender.send_request(request));
         match sent.await {
             Ok(Ok(response)) => {

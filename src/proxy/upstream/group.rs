@@ -17,15 +17,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::Authority;
 use http_body::{Body, Frame, SizeHint};
+use rustls::pki_types::ServerName;
 
 use crate::config::proxy::{Balance, HealthCheckConfig, OriginProtocol, UpstreamConfig};
 use crate::health::RiseFall;
 use crate::proxy::body::BoxError;
 use crate::proxy::upstream::balance::{self, Candidate};
-use crate::proxy::upstream::connect;
 pub use crate::proxy::upstream::connect::ConnectError;
+use crate::proxy::upstream::connect::{self, TlsTo};
 use crate::proxy::upstream::origin_conn::{OriginConn, ResponseBody};
 use crate::proxy::upstream::origin_h2::H2Session;
+use crate::proxy::upstream::origin_tls::{self, OriginTls, OriginTlsError};
 
 /// Idle connections kept per origin; past this the longest idle is closed.
 const MAX_IDLE_PER_ORIGIN: usize = 256;
@@ -160,7 +162,9 @@ impl OriginState {
 /// over for origins that still exist.
 #[derive(Default)]
 pub struct OriginRegistry {
-    states: Mutex<HashMap<(String, SocketAddr), Arc<OriginState>>>,
+    /// By protocol too: a pooled plain connection must never carry a request that an
+    /// upstream now sends over TLS.
+    states: Mutex<HashMap<(String, SocketAddr, OriginProtocol), Arc<OriginState>>>,
 }
 
 impl OriginRegistry {
@@ -168,12 +172,13 @@ impl OriginRegistry {
         &self,
         name: &str,
         addr: SocketAddr,
+        protocol: OriginProtocol,
         hc: Option<&HealthCheckConfig>,
     ) -> Arc<OriginState> {
         let (rise, fall) = hc.map(|h| (h.rise, h.fall)).unwrap_or((1, 1));
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         states
-            .entry((name.to_string(), addr))
+            .entry((name.to_string(), addr, protocol))
             .or_insert_with(|| Arc::new(OriginState::new(rise, fall)))
             .clone()
     }
@@ -188,6 +193,8 @@ pub struct Origin {
     pub authority: Authority,
     /// Value of the sticky cookie that pins a client here.
     pub sticky: String,
+    /// The name its certificate is checked against, for TLS upstreams.
+    pub tls_name: ServerName<'static>,
     pub state: Arc<OriginState>,
 }
 
@@ -201,6 +208,8 @@ pub struct Upstream {
     pub passive_cooldown: Duration,
     pub health_check: Option<HealthCheckConfig>,
     pub protocol: OriginProtocol,
+    /// Present for `https` and `h2` upstreams.
+    pub tls: Option<OriginTls>,
     pub origins: Vec<Origin>,
     schedule: Vec<usize>,
     turn: AtomicUsize,
@@ -208,7 +217,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, registry: &OriginRegistry) -> Self {
+    pub fn new(cfg: &UpstreamConfig, registry: &OriginRegistry) -> Result<Self, OriginTlsError> {
+        let tls = match &cfg.tls {
+            Some(t) => Some(OriginTls::new(&cfg.name, cfg.protocol, t)?),
+            None => None,
+        };
+        let upstream_name = cfg.tls.as_ref().and_then(|t| t.server_name.as_deref());
         let origins = cfg
             .origins
             .iter()
@@ -220,11 +234,12 @@ impl Upstream {
                 authority: Authority::try_from(o.addr.to_string().as_str())
                     .unwrap_or_else(|_| Authority::from_static("origin")),
                 sticky: balance::sticky_value(&o.name),
-                state: registry.state(&o.name, o.addr, cfg.health_check.as_ref()),
+                tls_name: origin_tls::origin_name(o.server_name.as_deref(), upstream_name, o.addr),
+                state: registry.state(&o.name, o.addr, cfg.protocol, cfg.health_check.as_ref()),
             })
             .collect::<Vec<_>>();
         let weights: Vec<u32> = origins.iter().map(|o| o.weight).collect();
-        Self {
+        Ok(Self {
             name: cfg.name.clone(),
             balance: cfg.balance,
             sticky_cookie: cfg.sticky_cookie.clone(),
@@ -234,11 +249,20 @@ impl Upstream {
             passive_cooldown: cfg.passive_cooldown,
             health_check: cfg.health_check.clone(),
             protocol: cfg.protocol,
+            tls,
             origins,
             schedule: balance::weighted_schedule(&weights),
             turn: AtomicUsize::new(0),
             seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15 ^ now_ms()),
-        }
+        })
+    }
+
+    /// How to secure a connection to origin `index`, for TLS upstreams.
+    pub fn tls_to(&self, index: usize) -> Option<TlsTo<'_>> {
+        self.tls.as_ref().map(|tls| TlsTo {
+            tls,
+            name: &self.origins[index].tls_name,
+        })
     }
 
     /// At least one origin can take traffic.
@@ -312,7 +336,7 @@ impl Upstream {
     /// A new connection to the origin, within the connect timeout.
     pub async fn connect(&self, index: usize) -> Result<OriginConn, ConnectError> {
         let addr = self.origins[index].addr;
-        connect::within(addr, self.connect_timeout, connect::tcp(addr))
+        connect::open(addr, self.connect_timeout, self.tls_to(index))
             .await
             .map(OriginConn::new)
     }
@@ -415,14 +439,16 @@ mod tests {
                     name: format!("o{i}"),
                     addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                     weight: 1,
+                    server_name: None,
                 })
                 .collect(),
             health_check: None,
             passive_failures: 2,
             passive_cooldown: Duration::from_secs(60),
             protocol: OriginProtocol::Http1,
+            tls: None,
         };
-        Upstream::new(&cfg, &OriginRegistry::default())
+        Upstream::new(&cfg, &OriginRegistry::default()).unwrap()
     }
 
     /// A connected pair: our end as an origin connection, and the origin's end.
@@ -541,19 +567,21 @@ mod tests {
                 name: "o".into(),
                 addr: addr.parse().unwrap(),
                 weight: 1,
+                server_name: None,
             }],
             health_check: None,
             passive_failures: 2,
             passive_cooldown: Duration::from_secs(1),
             protocol: OriginProtocol::Http1,
+            tls: None,
         };
-        let before = Upstream::new(&cfg("127.0.0.1:1"), &registry);
+        let before = Upstream::new(&cfg("127.0.0.1:1"), &registry).unwrap();
         let guard = InFlight::new(before.origins[0].state.clone(), None);
-        let after = Upstream::new(&cfg("127.0.0.1:1"), &registry);
+        let after = Upstream::new(&cfg("127.0.0.1:1"), &registry).unwrap();
         assert_eq!(after.origins[0].state.in_flight.load(Ordering::Relaxed), 1);
         drop(guard);
         assert_eq!(after.origins[0].state.in_flight.load(Ordering::Relaxed), 0);
-        let moved = Upstream::new(&cfg("127.0.0.1:2"), &registry);
+        let moved = Upstream::new(&cfg("127.0.0.1:2"), &registry).unwrap();
         assert!(!Arc::ptr_eq(
             &moved.origins[0].state,
             &before.origins[0].state

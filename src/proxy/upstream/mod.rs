@@ -1,7 +1,8 @@
 //! Stage 5, origins: the upstream groups (origin state that survives reloads, balancing,
 //! active checks and passive detection, idle connection pools), and one request's
 //! exchange with an origin under the retry rule: over HTTP/1.1 (`origin_conn` by the wire
-//! rules of `origin_wire`), h2c (`origin_h2`), or as a WebSocket tunnel. It hands back an
+//! rules of `origin_wire`) or HTTP/2 (`origin_h2`), in the clear or over TLS
+//! (`origin_tls`, opened by `connect`), or as a WebSocket tunnel. It hands back an
 //! `Answer` whose body returns the connection to its pool when done.
 
 pub mod balance;
@@ -11,5 +12,6 @@ pub mod exchange;
 pub mod group;
 pub mod origin_conn;
 pub mod origin_h2;
+pub mod origin_tls;
 pub mod origin_wire;
 pub mod tunnel;

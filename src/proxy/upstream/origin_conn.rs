@@ -19,9 +19,9 @@ use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
 
 use crate::proxy::body::{BoxError, ProxyBody};
+use crate::proxy::upstream::connect::OriginStream;
 use crate::proxy::upstream::origin_wire::{encode_head, framing, keeps_alive, parse_head, Upload};
 pub use crate::proxy::upstream::origin_wire::{Framing, ResponseHead};
 
@@ -35,7 +35,7 @@ const MAX_READ: usize = 64 * 1024;
 const UPLOAD_BATCH: usize = 16 * 1024;
 
 pub struct OriginConn {
-    io: TcpStream,
+    io: OriginStream,
     /// Bytes read from the origin and not yet handed on.
     buf: BytesMut,
     /// The request head (and small body pieces) on their way out; kept for its capacity.
@@ -218,14 +218,49 @@ async fn upload<W: AsyncWrite + Unpin>(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     io.write_all(out).await.map_err(SendError::Closed)?;
+    io.flush().await.map_err(SendError::Closed)?;
     out.clear();
     Ok(())
 }
 
+/// Sends a request body while reading the response head, so an origin that answers
+/// early (a 413, say) is heard. The flag is false when the connection is out of step
+/// afterwards (answered before the whole body went out, or the sending broke).
+#[allow(clippy::too_many_arguments)]
+async fn send_with_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut rd: R,
+    mut wr: W,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    head: &http::request::Parts,
+    body: ProxyBody,
+    framing: Upload,
+    upgrading: bool,
+) -> (Result<(ResponseHead, bool), SendError>, bool) {
+    let reading = read_head(&mut rd, buf, &head.method, upgrading);
+    let sending = upload(&mut wr, out, body, framing);
+    tokio::pin!(reading, sending);
+    tokio::select! {
+        biased;
+        // Answered before the whole body went out: the origin will not read the rest, and
+        // we cannot tell where this connection stands.
+        answer = &mut reading => (answer, false),
+        sent = &mut sending => match sent {
+            Ok(()) => (reading.await, true),
+            Err(SendError::ClientBody(e)) => (Err(SendError::ClientBody(e)), true),
+            // The origin may have answered and closed; take its answer if so.
+            Err(e) => match reading.await {
+                Ok(answer) => (Ok(answer), false),
+                Err(_) => (Err(e), false),
+            },
+        },
+    }
+}
+
 impl OriginConn {
-    pub fn new(io: TcpStream) -> Self {
+    pub fn new(io: impl Into<OriginStream>) -> Self {
         Self {
-            io,
+            io: io.into(),
             buf: BytesMut::new(),
             out: Vec::new(),
             reusable: true,
@@ -237,7 +272,7 @@ impl OriginConn {
     /// close shows as read-closed readiness, and checking it costs no system call.
     pub fn is_open(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        let ready = std::pin::pin!(self.io.ready(Interest::READABLE));
+        let ready = std::pin::pin!(self.io.tcp().ready(Interest::READABLE));
         match ready.poll(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Ok(r)) => !(r.is_read_closed() || r.is_error()),
@@ -297,36 +332,49 @@ impl OriginConn {
         // Upgrade survives hop-by-hop removal only where the proxy means to tunnel.
         let upgrading = head.headers.contains_key(UPGRADE);
         let result = if framing == Upload::None {
-            match self.io.write_all(&self.out).await {
+            // Flushing a TLS stream sends its records; on TCP it is nothing.
+            let written = match self.io.write_all(&self.out).await {
+                Ok(()) => self.io.flush().await,
+                Err(e) => Err(e),
+            };
+            match written {
                 Ok(()) => read_head(&mut self.io, &mut self.buf, &head.method, upgrading).await,
                 Err(e) => Err(SendError::Closed(e)),
             }
         } else {
-            let (mut rd, mut wr) = self.io.split();
-            let reading = read_head(&mut rd, &mut self.buf, &head.method, upgrading);
-            let sending = upload(&mut wr, &mut self.out, body, framing);
-            tokio::pin!(reading, sending);
-            tokio::select! {
-                biased;
-                answer = &mut reading => {
-                    // Answered before the whole body went out: the origin will not read
-                    // the rest, and we cannot tell where this connection stands.
-                    self.reusable = false;
-                    answer
+            let in_step = match &mut self.io {
+                OriginStream::Plain(tcp) => {
+                    let (rd, wr) = tcp.split();
+                    let sent = send_with_body(
+                        rd,
+                        wr,
+                        &mut self.buf,
+                        &mut self.out,
+                        head,
+                        body,
+                        framing,
+                        upgrading,
+                    );
+                    sent.await
                 }
-                sent = &mut sending => match sent {
-                    Ok(()) => reading.await,
-                    Err(SendError::ClientBody(e)) => Err(SendError::ClientBody(e)),
-                    Err(e) => {
-                        // The origin may have answered and closed; take its answer if so.
-                        self.reusable = false;
-                        match reading.await {
-                            Ok(answer) => Ok(answer),
-                            Err(_) => Err(e),
-                        }
-                    }
-                },
-            }
+                OriginStream::Tls(tls) => {
+                    let (rd, wr) = tokio::io::split(tls.as_mut());
+                    let sent = send_with_body(
+                        rd,
+                        wr,
+                        &mut self.buf,
+                        &mut self.out,
+                        head,
+                        body,
+                        framing,
+                        upgrading,
+                    );
+                    sent.await
+                }
+            };
+            let (result, in_step) = in_step;
+            self.reusable &= in_step;
+            result
         };
         match result {
             Ok((head, keep)) => {
@@ -342,7 +390,7 @@ impl OriginConn {
 
     /// After a 101: the socket, and what the origin sent past the head, which belongs to
     /// the upgraded protocol.
-    pub fn into_tunnel(self) -> (TcpStream, Bytes) {
+    pub fn into_tunnel(self) -> (OriginStream, Bytes) {
         (self.io, self.buf.freeze())
     }
 

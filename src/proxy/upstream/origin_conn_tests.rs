@@ -7,6 +7,7 @@ use crate::proxy::upstream::origin_wire::tests::parts;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 
 /// Reads one request head (and nothing more) from the origin side.
 async fn read_request_head(s: &mut TcpStream) -> Vec<u8> {

@@ -1,5 +1,6 @@
-//! HTTP/2 to origins without TLS (h2c by prior knowledge, RFC 9113 §3.3), for upstreams
-//! with `protocol = "h2c"`: gRPC services and other origins that speak only HTTP/2.
+//! HTTP/2 to origins, for upstreams with `protocol = "h2c"` (without TLS, by prior
+//! knowledge, RFC 9113 §3.3) or `"h2"` (over TLS, agreed by ALPN): gRPC services and
+//! other origins that speak only HTTP/2.
 //!
 //! One connection per origin carries every request to it, each on its own stream, as
 //! nginx's `grpc_pass` and HAProxy's `proto h2` do. It is opened by the first request
@@ -25,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::proxy::body::{BoxError, ProxyBody};
 use crate::proxy::header_lines::HeaderLines;
-use crate::proxy::upstream::connect::{self, ConnectError};
+use crate::proxy::upstream::connect::{self, ConnectError, TlsTo};
 use crate::proxy::upstream::origin_wire::{Framing, ResponseHead};
 
 /// Pings on a quiet connection find an origin that vanished without a FIN (a host down, a
@@ -49,13 +50,14 @@ impl H2Session {
         &self,
         addr: SocketAddr,
         timeout: Duration,
+        tls: Option<TlsTo<'_>>,
     ) -> Result<(SendRequest<ProxyBody>, bool), ConnectError> {
         let mut slot = self.sender.lock().await;
         if let Some(open) = slot.as_ref().filter(|s| !s.is_closed()) {
             return Ok((open.clone(), true));
         }
         *slot = None;
-        let sender = connect(addr, timeout).await?;
+        let sender = connect(addr, timeout, tls).await?;
         *slot = Some(sender.clone());
         Ok((sender, false))
     }
@@ -71,18 +73,17 @@ impl H2Session {
 async fn connect(
     addr: SocketAddr,
     timeout: Duration,
+    tls: Option<TlsTo<'_>>,
 ) -> Result<SendRequest<ProxyBody>, ConnectError> {
+    let stream = connect::open(addr, timeout, tls).await?;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
+    let handshake = builder.handshake::<_, ProxyBody>(TokioIo::new(stream));
     let (sender, conn) = connect::within(addr, timeout, async {
-        let stream = connect::tcp(addr).await?;
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
-        builder
-            .handshake::<_, ProxyBody>(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)
+        handshake.await.map_err(std::io::Error::other)
     })
     .await?;
     tokio::spawn(async move {
@@ -101,6 +102,7 @@ pub fn request(
     parts: &http::request::Parts,
     body: ProxyBody,
     origin: &Authority,
+    tls: bool,
 ) -> Result<Request<ProxyBody>, http::Error> {
     let authority = parts
         .headers
@@ -108,7 +110,7 @@ pub fn request(
         .and_then(|h| Authority::try_from(h.as_bytes()).ok())
         .unwrap_or_else(|| origin.clone());
     let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
+    uri.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
     uri.authority = Some(authority);
     uri.path_and_query = parts.uri.path_and_query().cloned();
     let mut headers = parts.headers.clone();

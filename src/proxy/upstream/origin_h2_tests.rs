@@ -21,7 +21,7 @@ fn the_target_moves_into_pseudo_headers_and_te_says_trailers() {
         ],
     );
     let origin = Authority::from_static("127.0.0.1:9001");
-    let req = request(&p, crate::proxy::body::empty(), &origin).unwrap();
+    let req = request(&p, crate::proxy::body::empty(), &origin, false).unwrap();
     assert_eq!(req.method(), Method::POST);
     assert_eq!(req.version(), Version::HTTP_2);
     assert_eq!(req.uri(), "http://api.example.test/pkg.Svc/Call?x=1");
@@ -35,7 +35,13 @@ fn the_target_moves_into_pseudo_headers_and_te_says_trailers() {
 fn without_a_usable_host_the_origin_is_the_authority() {
     let origin = Authority::from_static("127.0.0.1:9001");
     for headers in [&[][..], &[("host", "bad host")][..]] {
-        let req = request(&parts("/", headers), crate::proxy::body::empty(), &origin).unwrap();
+        let req = request(
+            &parts("/", headers),
+            crate::proxy::body::empty(),
+            &origin,
+            false,
+        )
+        .unwrap();
         assert_eq!(req.uri(), "http://127.0.0.1:9001/");
     }
 }
@@ -76,16 +82,28 @@ async fn a_refused_stream_is_told_from_other_resets() {
         }
     });
     let session = H2Session::default();
-    let (mut sender, reused) = session.sender(addr, Duration::from_secs(2)).await.unwrap();
+    let (mut sender, reused) = session
+        .sender(addr, Duration::from_secs(2), None)
+        .await
+        .unwrap();
     assert!(!reused);
     let origin = Authority::from_static("127.0.0.1:1");
     for (path, safe) in [("/refuse", true), ("/other", false)] {
-        let req = request(&parts(path, &[]), crate::proxy::body::empty(), &origin).unwrap();
+        let req = request(
+            &parts(path, &[]),
+            crate::proxy::body::empty(),
+            &origin,
+            false,
+        )
+        .unwrap();
         let e = sender.send_request(req).await.unwrap_err();
         assert_eq!(never_processed(&e), safe, "{path}: {e:?}");
     }
     // The connection is shared: the next request reuses it.
-    let (_, reused) = session.sender(addr, Duration::from_secs(2)).await.unwrap();
+    let (_, reused) = session
+        .sender(addr, Duration::from_secs(2), None)
+        .await
+        .unwrap();
     assert!(reused);
 }
 
@@ -106,13 +124,19 @@ async fn a_closed_connection_is_replaced() {
         }
     });
     let session = H2Session::default();
-    let (first, _) = session.sender(addr, Duration::from_secs(2)).await.unwrap();
+    let (first, _) = session
+        .sender(addr, Duration::from_secs(2), None)
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !first.is_closed() {
         assert!(std::time::Instant::now() < deadline, "close never seen");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (second, reused) = session.sender(addr, Duration::from_secs(2)).await.unwrap();
+    let (second, reused) = session
+        .sender(addr, Duration::from_secs(2), None)
+        .await
+        .unwrap();
     assert!(!reused, "a closed connection is not handed out");
     drop(second);
     while accepted.load(std::sync::atomic::Ordering::SeqCst) < 2 {
@@ -130,7 +154,7 @@ async fn a_connect_error_says_where() {
         .unwrap();
     let session = H2Session::default();
     let e = session
-        .sender(addr, Duration::from_secs(2))
+        .sender(addr, Duration::from_secs(2), None)
         .await
         .expect_err("no origin there");
     assert!(e.to_string().contains(&addr.to_string()), "{e}");

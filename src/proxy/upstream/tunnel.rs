@@ -21,13 +21,13 @@ use http::{HeaderMap, HeaderValue, Method, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::proxy::Limits;
 use crate::process::clock::coarse_ms;
 use crate::proxy::listen::client_io::{stop_requested, Activity};
 use crate::proxy::listen::woken::PollWhenWoken;
+use crate::proxy::upstream::connect::OriginStream;
 use crate::proxy::upstream::group::InFlight;
 use crate::proxy::Shared;
 
@@ -59,7 +59,7 @@ pub fn ask_for_websocket(headers: &mut HeaderMap) {
 /// the client's side.
 pub struct Tunnel {
     pub client: OnUpgrade,
-    pub origin: TcpStream,
+    pub origin: OriginStream,
     /// Origin bytes read along with the 101 head: the tunnel's first bytes to the client.
     pub early: Bytes,
     pub in_flight: InFlight,
