@@ -180,12 +180,12 @@ pub(super) fn validate(src: &Source, raw: RawTls) -> Result<ListenerTls, ConfigE
         let source = match (c.cert, c.key, c.self_signed) {
             (Some(cert), Some(keyfile), None) => {
                 let ocsp = match &c.ocsp_file {
-                    Some(p) => Some(existing(src, &format!("{key}.ocsp_file"), p)?),
+                    Some(p) => Some(src.existing_file(&format!("{key}.ocsp_file"), p)?),
                     None => None,
                 };
                 CertificateSource::Files {
-                    cert: existing(src, &format!("{key}.cert"), &cert)?,
-                    key: existing(src, &format!("{key}.key"), &keyfile)?,
+                    cert: src.existing_file(&format!("{key}.cert"), &cert)?,
+                    key: src.existing_file(&format!("{key}.key"), &keyfile)?,
                     ocsp,
                 }
             }
@@ -244,7 +244,7 @@ pub(super) fn validate(src: &Source, raw: RawTls) -> Result<ListenerTls, ConfigE
             None
         }
         Some(ca) => {
-            let ca_file = existing(src, "tls.client_ca", &ca)?;
+            let ca_file = src.existing_file("tls.client_ca", &ca)?;
             let certs = CertificateDer::pem_file_iter(&ca_file)
                 .and_then(|c| c.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| {
@@ -337,7 +337,7 @@ fn acme_certificate(
         }
     }
     let directory_ca = match &raw.directory_ca {
-        Some(p) => Some(existing(src, &format!("{key}.acme.directory_ca"), p)?),
+        Some(p) => Some(src.existing_file(&format!("{key}.acme.directory_ca"), p)?),
         None => None,
     };
     let file_stem = names[0].replace('*', "_wildcard");
@@ -381,19 +381,6 @@ fn header_name(
             Some(name.span()),
             format!("`{}` is not a header name", name.get_ref()),
         )),
-    }
-}
-
-fn existing(src: &Source, key: &str, path: &Spanned<PathBuf>) -> Result<PathBuf, ConfigError> {
-    let resolved = src.resolve(path.get_ref());
-    if resolved.is_file() {
-        Ok(resolved)
-    } else {
-        Err(src.error(
-            key,
-            Some(path.span()),
-            format!("{} does not exist", resolved.display()),
-        ))
     }
 }
 

@@ -132,6 +132,25 @@ impl Source {
 
     /// Resolves a path written in the config relative to the config file's folder, so a
     /// config works the same from whatever directory the binary is started in.
+    /// A file the config names, resolved against the config's folder; an error naming
+    /// `key` and the line when it does not exist.
+    pub fn existing_file(
+        &self,
+        key: &str,
+        path: &toml::Spanned<PathBuf>,
+    ) -> Result<PathBuf, ConfigError> {
+        let resolved = self.resolve(path.get_ref());
+        if resolved.is_file() {
+            Ok(resolved)
+        } else {
+            Err(self.error(
+                key,
+                Some(path.span()),
+                format!("{} does not exist", resolved.display()),
+            ))
+        }
+    }
+
     pub fn resolve(&self, written: &Path) -> PathBuf {
         if written.is_absolute() {
             return written.to_path_buf();

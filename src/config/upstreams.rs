@@ -362,20 +362,6 @@ fn tls_name(src: &Source, key: String, name: Spanned<String>) -> Result<String, 
     }
 }
 
-/// An existing file, resolved against the config's folder.
-fn existing(src: &Source, key: &str, path: &Spanned<PathBuf>) -> Result<PathBuf, ConfigError> {
-    let resolved = src.resolve(path.get_ref());
-    if resolved.is_file() {
-        Ok(resolved)
-    } else {
-        Err(src.error(
-            key,
-            Some(path.span()),
-            format!("{} does not exist", resolved.display()),
-        ))
-    }
-}
-
 fn origin_tls(
     src: &Source,
     key: &str,
@@ -387,7 +373,7 @@ fn origin_tls(
     let ca_file = match &raw.ca_file {
         Some(p) => {
             let k = format!("{key}.tls.ca_file");
-            let path = existing(src, &k, p)?;
+            let path = src.existing_file(&k, p)?;
             let certs = CertificateDer::pem_file_iter(&path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| src.error(&k, Some(p.span()), format!("{}: {e}", path.display())))?;
@@ -410,7 +396,7 @@ fn origin_tls(
         (None, None) => None,
         (Some(cert), Some(k)) => {
             let cert_key = format!("{key}.tls.client_cert");
-            let cert_path = existing(src, &cert_key, cert)?;
+            let cert_path = src.existing_file(&cert_key, cert)?;
             let chain = CertificateDer::pem_file_iter(&cert_path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| {
@@ -428,7 +414,7 @@ fn origin_tls(
                 ));
             }
             let key_key = format!("{key}.tls.client_key");
-            let key_path = existing(src, &key_key, k)?;
+            let key_path = src.existing_file(&key_key, k)?;
             PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
                 src.error(
                     &key_key,

@@ -9,8 +9,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
-use hickory_proto::rr::rdata::TXT;
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
@@ -18,6 +17,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 
 use crate::acme::table::ChallengeTable;
+use crate::dns::query::challenge;
 use crate::dns::query::decisions::{Decision, DecisionCache, LocationCache};
 use crate::dns::query::ecs::{answer_scope, client_network, deciding_address};
 use crate::dns::query::fast;
@@ -25,9 +25,6 @@ use crate::dns::state::DnsState;
 use crate::dns::zone::Lookup;
 use crate::health::NodeId;
 use crate::metrics::{qtype_index, rcode_index, DnsMetrics};
-
-/// Challenge records are short-lived by nature: resolvers must not keep an old value.
-const CHALLENGE_TTL: u32 = 5;
 
 pub struct GeoDnsHandler {
     pub state: Arc<ArcSwap<DnsState>>,
@@ -103,39 +100,6 @@ impl GeoDnsHandler {
     pub fn with_challenges(mut self, table: Arc<ChallengeTable>) -> Self {
         self.challenges = Some(table);
         self
-    }
-
-    /// The TXT records of a published dns-01 challenge the request asks for, if any.
-    fn challenge_records(&self, state: &DnsState, request: &Request) -> Option<Vec<Record>> {
-        let table = self.challenges.as_ref().filter(|t| !t.is_empty())?;
-        let query = request.queries.queries().first()?;
-        if query.query_type() != RecordType::TXT || request.queries.queries().len() != 1 {
-            return None;
-        }
-        state.zone_for(query.name())?;
-        let owner = Name::from(query.name().clone());
-        if !owner
-            .iter()
-            .next()?
-            .eq_ignore_ascii_case(b"_acme-challenge")
-        {
-            return None;
-        }
-        let values = table.values(
-            &owner.base_name().to_ascii(),
-            crate::process::clock::unix_ms(),
-        );
-        if values.is_empty() {
-            return None;
-        }
-        Some(
-            values
-                .into_iter()
-                .map(|v| {
-                    Record::from_rdata(owner.clone(), CHALLENGE_TTL, RData::TXT(TXT::new(vec![v])))
-                })
-                .collect(),
-        )
     }
 
     /// Answers everything with the general path (tests compare the two).
@@ -516,7 +480,10 @@ impl GeoDnsHandler {
                 return !out.is_empty();
             }
         };
-        let challenge = self.challenge_records(state, &request);
+        let challenge = self
+            .challenges
+            .as_deref()
+            .and_then(|table| challenge::records(table, state, &request));
         let plan = match &challenge {
             Some(_) => Plan::authoritative(Vec::new(), &[], ResponseCode::NoError),
             None => self.plan(state, &request),

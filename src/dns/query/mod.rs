@@ -4,6 +4,7 @@
 //! steering decisions cached per network (`decisions`), and response rate limiting
 //! (`rrl`) before anything is sent.
 
+pub mod challenge;
 pub mod decisions;
 pub mod ecs;
 pub mod fast;
