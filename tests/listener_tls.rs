@@ -341,3 +341,49 @@ fn a_route_can_demand_a_certificate_on_an_optional_listener() {
     let allowed = curl(https(&w), "/admin/x", &["--cert", &cert, "--key", &key]).unwrap();
     assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
 }
+
+/// A reload whose TLS settings are broken (a client CA file that is not there) keeps the
+/// policy in force and says why; a good one then changes it for new handshakes.
+#[test]
+fn a_reload_that_breaks_tls_settings_keeps_the_old_policy() {
+    if !need(&["openssl"]) {
+        return;
+    }
+    let w = tls_world("profile = \"modern\"", "");
+    let config_path = w.dir.path().join("proxy.toml");
+    let good = std::fs::read_to_string(&config_path).unwrap();
+    let pid = w.proxy.child.id().to_string();
+    let hup = || {
+        let ok = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(ok.success());
+    };
+    let broken = good.replace(
+        "profile = \"modern\"",
+        "profile = \"intermediate\"\nclient_ca = \"no-such-ca.pem\"\nclient_auth = \"optional\"",
+    );
+    std::fs::write(&config_path, broken).unwrap();
+    hup();
+    wait_for(Duration::from_secs(5), "the bad reload counted", || {
+        common::metric(w.admin(), "geoedge_proxy_config_reloads_total{result=\"error\"}")
+            .filter(|n| *n >= 1.0)
+    });
+    let why = w.proxy.stderr();
+    assert!(why.contains("no-such-ca.pem"), "the log names the file:\n{why}");
+    let old = s_client(https(&w), &["-tls1_2"]);
+    assert!(
+        old.contains("no peer certificate available"),
+        "the broken reload replaced the modern profile:\n{old}"
+    );
+
+    std::fs::write(&config_path, good.replace("\"modern\"", "\"intermediate\"")).unwrap();
+    hup();
+    wait_for(Duration::from_secs(5), "the good reload counted", || {
+        common::metric(w.admin(), "geoedge_proxy_config_reloads_total{result=\"ok\"}")
+            .filter(|n| *n >= 1.0)
+    });
+    let now = s_client(https(&w), &["-tls1_2"]);
+    assert!(
+        now.contains("TLSv1.2") && !now.contains("no peer certificate available"),
+        "the good reload did not take: {now}"
+    );
+}
