@@ -339,7 +339,9 @@ pub fn rcode_index(code: hickory_proto::op::ResponseCode) -> usize {
 }
 
 mod proxy;
+mod stream;
 pub use proxy::*;
+pub use stream::*;
 
 #[cfg(test)]
 mod tests {

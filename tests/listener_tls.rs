@@ -364,11 +364,17 @@ fn a_reload_that_breaks_tls_settings_keeps_the_old_policy() {
     std::fs::write(&config_path, broken).unwrap();
     hup();
     wait_for(Duration::from_secs(5), "the bad reload counted", || {
-        common::metric(w.admin(), "geoedge_proxy_config_reloads_total{result=\"error\"}")
-            .filter(|n| *n >= 1.0)
+        common::metric(
+            w.admin(),
+            "geoedge_proxy_config_reloads_total{result=\"error\"}",
+        )
+        .filter(|n| *n >= 1.0)
     });
     let why = w.proxy.stderr();
-    assert!(why.contains("no-such-ca.pem"), "the log names the file:\n{why}");
+    assert!(
+        why.contains("no-such-ca.pem"),
+        "the log names the file:\n{why}"
+    );
     let old = s_client(https(&w), &["-tls1_2"]);
     assert!(
         old.contains("no peer certificate available"),
@@ -378,8 +384,11 @@ fn a_reload_that_breaks_tls_settings_keeps_the_old_policy() {
     std::fs::write(&config_path, good.replace("\"modern\"", "\"intermediate\"")).unwrap();
     hup();
     wait_for(Duration::from_secs(5), "the good reload counted", || {
-        common::metric(w.admin(), "geoedge_proxy_config_reloads_total{result=\"ok\"}")
-            .filter(|n| *n >= 1.0)
+        common::metric(
+            w.admin(),
+            "geoedge_proxy_config_reloads_total{result=\"ok\"}",
+        )
+        .filter(|n| *n >= 1.0)
     });
     let now = s_client(https(&w), &["-tls1_2"]);
     assert!(

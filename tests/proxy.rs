@@ -552,7 +552,7 @@ fn bad_proxy_configs_are_refused_with_file_and_key() {
         ),
         (
             base.replace("[upstreams.web]", "[upstreams.web]\nprotocol = \"h3\""),
-            "proxy.toml:10: unknown variant `h3`, expected one of `http1`, `h2c`, `https`, `h2`",
+            "proxy.toml:10: unknown variant `h3`, expected one of `http1`, `h2c`, `https`, `h2`, `tcp`, `tls`, `ftp`, `ftps`",
         ),
     ];
     for (text, needle) in cases {

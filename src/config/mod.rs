@@ -9,6 +9,7 @@ mod names;
 mod protect;
 pub mod proxy;
 mod regions;
+mod streams;
 mod upstreams;
 
 use std::fmt;

@@ -21,6 +21,8 @@ pub use super::listener_tls::{
 };
 use super::protect::{self, RawAuth, RawRateLimit, RawRule};
 pub use super::protect::{AuthConfig, RateConfig, RateLimitConfig, RuleAction, RuleConfig};
+use super::streams::RawStream;
+pub use super::streams::{FtpConfig, FtpTls, ProxyVersion, StreamConfig, StreamMode};
 use super::upstreams::RawUpstream;
 pub use super::upstreams::{
     Balance, HealthCheckConfig, OriginConfig, OriginProtocol, OriginTlsConfig, UpstreamConfig,
@@ -49,6 +51,8 @@ struct RawProxyConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    streams: Vec<RawStream>,
     reports: Option<RawReports>,
 }
 
@@ -216,6 +220,7 @@ pub struct ProxyConfig {
     pub forwarding: Forwarding,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    pub streams: Vec<StreamConfig>,
     pub reports: Option<ReportsConfig>,
     pub cache: CacheConfig,
     pub access_log: Option<(PathBuf, AccessLogFormat)>,
@@ -306,11 +311,11 @@ fn proxy_protocol_listeners(
 }
 
 fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigError> {
-    if raw.listen.http.is_empty() && raw.listen.https.is_empty() {
+    if raw.listen.http.is_empty() && raw.listen.https.is_empty() && raw.streams.is_empty() {
         return Err(src.error(
             "listen",
             None,
-            "give at least one `http` or `https` address",
+            "give at least one `http` or `https` address, or a [[streams]] listener",
         ));
     }
     let proxy_protocol = proxy_protocol_listeners(src, &raw.listen)?;
@@ -325,16 +330,46 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
 
     let limits = super::limits::validate(src, raw.limits)?;
     let upstreams = super::upstreams::validate(src, raw.upstreams)?;
+    let web_listeners: Vec<SocketAddr> = raw
+        .listen
+        .http
+        .iter()
+        .chain(&raw.listen.https)
+        .chain(&raw.listen.admin)
+        .copied()
+        .collect();
+    let streams = super::streams::validate(src, raw.streams, &upstreams, &web_listeners)?;
+    if streams.iter().any(|s| s.terminates_tls()) && tls.certificates.is_empty() {
+        return Err(src.error(
+            "tls.certificates",
+            None,
+            "TLS stream listeners need at least one certificate",
+        ));
+    }
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = format!("routes[{i}]");
-        if !upstreams.iter().any(|u| &u.name == r.upstream.get_ref()) {
-            return Err(src.error(
-                format!("{key}.upstream"),
-                Some(r.upstream.span()),
-                format!("no upstream is named `{}`", r.upstream.get_ref()),
-            ));
+        match upstreams.iter().find(|u| &u.name == r.upstream.get_ref()) {
+            None => {
+                return Err(src.error(
+                    format!("{key}.upstream"),
+                    Some(r.upstream.span()),
+                    format!("no upstream is named `{}`", r.upstream.get_ref()),
+                ))
+            }
+            Some(u) if u.protocol.is_stream() => {
+                return Err(src.error(
+                    format!("{key}.upstream"),
+                    Some(r.upstream.span()),
+                    format!(
+                        "upstream `{}` speaks {}, for [[streams]]; a route needs an HTTP upstream",
+                        u.name,
+                        u.protocol.name()
+                    ),
+                ))
+            }
+            Some(_) => {}
         }
         if r.hosts.is_empty() {
             return Err(src.error(
@@ -389,8 +424,8 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
             require_client_cert: r.require_client_cert,
         });
     }
-    if routes.is_empty() {
-        return Err(src.error("routes", None, "at least one route is needed"));
+    if routes.is_empty() && (!raw.listen.http.is_empty() || !raw.listen.https.is_empty()) {
+        return Err(src.error("routes", None, "HTTP listeners need at least one route"));
     }
 
     let reports = match raw.reports {
@@ -520,6 +555,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         forwarding,
         routes,
         upstreams,
+        streams,
     })
 }
 

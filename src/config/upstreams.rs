@@ -74,6 +74,14 @@ pub enum OriginProtocol {
     Https,
     /// HTTP/2 over TLS, agreed by ALPN; one multiplexed connection per origin like `H2c`.
     H2,
+    /// Bytes over TCP, for `[[streams]]`; health checks connect.
+    Tcp,
+    /// Bytes over TLS, for `[[streams]]`; health checks connect and shake hands.
+    Tls,
+    /// FTP (RFC 959), for the FTP gateway; health checks expect the `220` banner.
+    Ftp,
+    /// FTP upgraded with `AUTH TLS` (explicit FTPS, RFC 4217), data connections in TLS too.
+    Ftps,
 }
 
 impl OriginProtocol {
@@ -83,7 +91,18 @@ impl OriginProtocol {
     }
 
     pub fn is_tls(self) -> bool {
-        matches!(self, OriginProtocol::Https | OriginProtocol::H2)
+        matches!(
+            self,
+            OriginProtocol::Https | OriginProtocol::H2 | OriginProtocol::Tls | OriginProtocol::Ftps
+        )
+    }
+
+    /// Carries a `[[streams]]` listener's bytes rather than HTTP requests of a route.
+    pub fn is_stream(self) -> bool {
+        matches!(
+            self,
+            OriginProtocol::Tcp | OriginProtocol::Tls | OriginProtocol::Ftp | OriginProtocol::Ftps
+        )
     }
 
     /// The name in config, metrics and logs.
@@ -93,6 +112,10 @@ impl OriginProtocol {
             OriginProtocol::H2c => "h2c",
             OriginProtocol::Https => "https",
             OriginProtocol::H2 => "h2",
+            OriginProtocol::Tcp => "tcp",
+            OriginProtocol::Tls => "tls",
+            OriginProtocol::Ftp => "ftp",
+            OriginProtocol::Ftps => "ftps",
         }
     }
 }
@@ -326,7 +349,7 @@ pub(super) fn validate(
                     format!("{key}.tls"),
                     None,
                     format!(
-                    "TLS settings need protocol = \"https\" or \"h2\" (this upstream speaks {})",
+                    "TLS settings need protocol = \"https\", \"h2\", \"tls\" or \"ftps\" (this upstream speaks {})",
                     u.protocol.name()
                 ),
                 ))

@@ -15,6 +15,9 @@
 //! - [`upstream`] picks an origin, speaks to it and applies the retry rule.
 //! - [`admin`] is beside the path: the admin listener, reload, health reports to the DNS
 //!   servers and the access log.
+//! - [`stream`] is the other path, for bytes rather than requests: `[[streams]]`
+//!   listeners pass TCP or TLS to an upstream's origins; [`ftp`] is the FTP gateway
+//!   behind the `ftp` streams.
 //!
 //! The files at this level are what every stage passes along: the state a request reads
 //! ([`state`]), bodies, errors, answers and an origin's header lines.
@@ -24,11 +27,14 @@ pub mod answer;
 pub mod body;
 pub mod cached;
 pub mod error;
+pub mod ftp;
 pub mod header_lines;
 pub mod http;
 pub mod listen;
+pub mod maybe_tls;
 pub mod route;
 pub mod state;
+pub mod stream;
 #[cfg(test)]
 mod test_bodies;
 pub mod upstream;

@@ -12,7 +12,7 @@ use super::route::router::Router;
 use super::route::{auth, ratelimit, rules};
 use super::upstream::group::{OriginRegistry, Upstream};
 use crate::config::proxy::ProxyConfig;
-use crate::metrics::{ProxyMetrics, RouteMetrics};
+use crate::metrics::{ProxyMetrics, RouteMetrics, StreamMetrics};
 
 pub struct RouteRuntime {
     /// Label for metrics and logs: `host-pattern + prefix` of the first host.
@@ -173,7 +173,35 @@ impl ProxyState {
                 }
             }
         }
+        for (service, up) in self.services() {
+            if !up {
+                problems.push(format!("stream {service}: no healthy origin"));
+            }
+        }
         (problems.is_empty(), problems)
+    }
+
+    /// The upstream a stream (or an SNI rule of one) names.
+    pub fn upstream(&self, name: &str) -> Option<(usize, &Arc<Upstream>)> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .find(|(_, u)| u.name == name)
+    }
+
+    /// Each stream service and whether it can take connections now (one of its upstreams
+    /// has a healthy origin): what the reports carry for steered names that need it.
+    pub fn services(&self) -> Vec<(String, bool)> {
+        self.config
+            .streams
+            .iter()
+            .map(|s| {
+                let up = s
+                    .upstreams()
+                    .any(|u| self.upstream(u).is_some_and(|(_, u)| u.can_serve()));
+                (s.name.clone(), up)
+            })
+            .collect()
     }
 }
 
@@ -189,6 +217,7 @@ pub struct Shared {
     /// Open connections per client, for `max_connections_per_client`.
     pub connection_counts: ratelimit::ConnectionCounts,
     pub metrics: ProxyMetrics,
+    pub stream_metrics: StreamMetrics,
     pub registry: Registry,
     pub origins: OriginRegistry,
 }
@@ -197,6 +226,7 @@ impl Shared {
     pub fn new(config: ProxyConfig) -> anyhow::Result<Arc<Self>> {
         let registry = Registry::new();
         let metrics = ProxyMetrics::new(&registry);
+        let stream_metrics = StreamMetrics::new(&registry);
         let origins = OriginRegistry::default();
         let cache = if config.routes.iter().any(|r| r.cache) {
             Some(CacheRuntime::new(&config.cache)?)
@@ -218,6 +248,7 @@ impl Shared {
             cache,
             state: ArcSwap::from_pointee(state),
             metrics,
+            stream_metrics,
             registry,
             origins,
         }))
@@ -245,6 +276,12 @@ impl Shared {
                     .with_label_values(&[&u.name, &o.name])
                     .set(i64::from(o.state.is_healthy()));
             }
+        }
+        for (service, up) in state.services() {
+            self.stream_metrics
+                .up
+                .with_label_values(&[&service])
+                .set(i64::from(up));
         }
     }
 }

@@ -9,6 +9,33 @@ use tokio::io::AsyncReadExt;
 
 use crate::proxy::listen::lazy_socket::LazySocket;
 
+/// A socket whose waiting bytes can be looked at before they are read: the header is
+/// read exactly, never a byte of what follows it.
+pub trait Peek: tokio::io::AsyncRead + Unpin {
+    fn peek_waiting<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a;
+}
+
+impl Peek for LazySocket {
+    fn peek_waiting<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
+        self.peek(buf)
+    }
+}
+
+impl Peek for tokio::net::TcpStream {
+    fn peek_waiting<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
+        self.peek(buf)
+    }
+}
+
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 const V1_PREFIX: &[u8] = b"PROXY ";
 /// The longest v1 header the spec allows, CRLF included.
@@ -92,12 +119,12 @@ pub fn source(header: &[u8]) -> Result<Option<SocketAddr>, String> {
 /// (a TLS ClientHello, an HTTP request) stays for the connection. Bytes are peeked first,
 /// so nothing past the header is read; those that are all header are taken at once, so a
 /// header that arrives in pieces is waited for, not spun on.
-pub async fn read_header(stream: &mut LazySocket) -> Result<Option<SocketAddr>, String> {
+pub async fn read_header<S: Peek>(stream: &mut S) -> Result<Option<SocketAddr>, String> {
     let mut header = Vec::with_capacity(V1_MAX);
     let mut peeked = [0u8; 512];
     loop {
         let n = stream
-            .peek(&mut peeked)
+            .peek_waiting(&mut peeked)
             .await
             .map_err(|e| format!("reading the PROXY header: {e}"))?;
         if n == 0 {

@@ -44,7 +44,7 @@ pub struct ProxyServer {
 
 impl ProxyServer {
     pub fn new(config: ProxyConfig) -> anyhow::Result<Self> {
-        let tls = if config.https.is_empty() {
+        let tls = if config.https.is_empty() && !config.streams.iter().any(|s| s.terminates_tls()) {
             None
         } else {
             Some(Arc::new(
@@ -104,6 +104,7 @@ impl ProxyServer {
                 self.shared.clone(),
             )));
         }
+        tasks.extend(crate::proxy::stream::listen::start(&self.shared, self.tls.as_ref()).await?);
         if let Some(addr) = cfg.admin {
             let listener = bind(addr).await?;
             crate::process::listening::announce("HTTP (admin)", listener.local_addr()?);

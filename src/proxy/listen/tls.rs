@@ -363,6 +363,9 @@ impl ResolvesServerCert for CertStore {
 pub struct TlsListener {
     pub store: Arc<CertStore>,
     config: ArcSwap<ServerConfig>,
+    /// The same without ALPN, for stream listeners: what they carry is not HTTP, and a
+    /// client offering a protocol we do not list must not be refused for it.
+    stream_config: ArcSwap<ServerConfig>,
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions>,
 }
@@ -376,6 +379,7 @@ impl TlsListener {
         let config = server_config(&store, tls, ticketer.clone(), sessions.clone())?;
         Ok(Self {
             store,
+            stream_config: ArcSwap::new(without_alpn(&config)),
             config: ArcSwap::new(config),
             ticketer,
             sessions,
@@ -387,6 +391,11 @@ impl TlsListener {
         TlsAcceptor::from(self.config.load_full())
     }
 
+    /// The acceptor for a stream listener's connection (no ALPN).
+    pub fn stream_acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.stream_config.load_full())
+    }
+
     /// Takes a reloaded config's certificates and policy; on error nothing changes.
     pub fn reconfigure(&self, tls: &ListenerTls) -> Result<(), TlsError> {
         let config = server_config(
@@ -396,9 +405,16 @@ impl TlsListener {
             self.sessions.clone(),
         )?;
         self.store.set_sources(tls.certificates.clone())?;
+        self.stream_config.store(without_alpn(&config));
         self.config.store(config);
         Ok(())
     }
+}
+
+fn without_alpn(config: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+    let mut plain = (**config).clone();
+    plain.alpn_protocols.clear();
+    Arc::new(plain)
 }
 
 /// The rustls server config: the versions the policy allows, ALPN h2 then http/1.1,

@@ -1,11 +1,12 @@
-//! Active origin health checks: GET a path on every origin at an interval, and feed the
-//! results through rise/fall into the origin's state.
+//! Active origin health checks: GET a path on every HTTP origin at an interval (stream
+//! origins: a connect, a TLS handshake, or an FTP banner), and feed the results through
+//! rise/fall into the origin's state.
 
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use crate::config::proxy::HealthCheckConfig;
+use crate::config::proxy::{HealthCheckConfig, OriginProtocol};
 use crate::proxy::upstream::connect;
 use crate::proxy::upstream::group::Upstream;
 
@@ -31,23 +32,18 @@ async fn check_loop(upstream: Arc<Upstream>, index: usize, hc: HealthCheckConfig
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        // Over the same TLS as requests: a check that passed in the clear would say
-        // nothing of an origin whose certificate has expired.
-        let connect = async {
-            connect::open(origin.addr, hc.timeout, upstream.tls_to(index))
-                .await
-                .map_err(|e| e.to_string())
+        let result = match upstream.protocol {
+            OriginProtocol::Tcp | OriginProtocol::Tls => {
+                connect::open(origin.addr, hc.timeout, upstream.tls_to(index))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            OriginProtocol::Ftp | OriginProtocol::Ftps => {
+                crate::proxy::ftp::check::check(&upstream, index, hc.timeout).await
+            }
+            _ => http_check(&upstream, index, &hc).await,
         };
-        let result = crate::probe::probe(
-            connect,
-            origin.authority.as_str(),
-            &hc.path,
-            hc.timeout,
-            hc.expect_status,
-            upstream.protocol.is_http2(),
-            upstream.tls.is_some(),
-        )
-        .await;
         let ok = result.is_ok();
         if let Some(up) = origin.state.record_check(ok) {
             match &result {
@@ -60,4 +56,29 @@ async fn check_loop(upstream: Arc<Upstream>, index: usize, hc: HealthCheckConfig
             }
         }
     }
+}
+
+async fn http_check(
+    upstream: &Upstream,
+    index: usize,
+    hc: &HealthCheckConfig,
+) -> Result<(), String> {
+    let origin = &upstream.origins[index];
+    // Over the same TLS as requests: a check that passed in the clear would say nothing
+    // of an origin whose certificate has expired.
+    let connect = async {
+        connect::open(origin.addr, hc.timeout, upstream.tls_to(index))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    crate::probe::probe(
+        connect,
+        origin.authority.as_str(),
+        &hc.path,
+        hc.timeout,
+        hc.expect_status,
+        upstream.protocol.is_http2(),
+        upstream.tls.is_some(),
+    )
+    .await
 }

@@ -7,15 +7,13 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::proxy::maybe_tls::MaybeTls;
 use crate::proxy::upstream::origin_tls::OriginTls;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,81 +43,13 @@ impl ConnectError {
 }
 
 /// A connection to an origin, in the clear or over TLS.
-pub enum OriginStream {
-    Plain(TcpStream),
-    /// Boxed: a TLS stream's state is ~1 KB, and the plain case should not carry it.
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl From<TcpStream> for OriginStream {
-    fn from(tcp: TcpStream) -> Self {
-        OriginStream::Plain(tcp)
-    }
-}
+pub type OriginStream = MaybeTls<TlsStream<TcpStream>>;
 
 impl OriginStream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
-            OriginStream::Plain(tcp) => tcp,
-            OriginStream::Tls(tls) => tls.get_ref().0,
-        }
-    }
-}
-
-impl AsyncRead for OriginStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            OriginStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            OriginStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for OriginStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            OriginStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            OriginStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            OriginStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            OriginStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            OriginStream::Plain(s) => s.is_write_vectored(),
-            OriginStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            OriginStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            OriginStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            OriginStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            OriginStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Plain(tcp) => tcp,
+            MaybeTls::Tls(tls) => tls.get_ref().0,
         }
     }
 }

@@ -14,4 +14,5 @@ pub mod origin_conn;
 pub mod origin_h2;
 pub mod origin_tls;
 pub mod origin_wire;
+pub mod send_proxy;
 pub mod tunnel;

@@ -89,11 +89,16 @@ impl OriginTls {
             }
         };
         let needs_h2 = protocol.is_http2();
-        config.alpn_protocols = vec![if needs_h2 {
-            b"h2".to_vec()
-        } else {
-            b"http/1.1".to_vec()
-        }];
+        // Stream protocols offer no ALPN: an origin that knows none of our names would
+        // be within its rights to refuse the handshake.
+        config.alpn_protocols = match protocol {
+            OriginProtocol::H2 | OriginProtocol::H2c => vec![b"h2".to_vec()],
+            OriginProtocol::Https | OriginProtocol::Http1 => vec![b"http/1.1".to_vec()],
+            OriginProtocol::Tcp
+            | OriginProtocol::Tls
+            | OriginProtocol::Ftp
+            | OriginProtocol::Ftps => Vec::new(),
+        };
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             unverified: cfg.insecure_skip_verify,

@@ -1,0 +1,247 @@
+//! Bytes both ways between a client and an origin: a fixed buffer per direction (nothing
+//! is ever buffered whole, so a slow reader slows its writer down), half-close passed on
+//! (an end of input on one side becomes a shutdown of the other side's output, while the
+//! other direction goes on), and an idle timeout that counts both directions' progress.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Per direction: big enough that a bulk transfer makes few system calls, small enough
+/// that ten thousand open tunnels cost 1.3 GB at most, and far less while idle.
+const BUFFER: usize = 64 * 1024;
+
+/// What a pipe carried, and how it ended.
+#[derive(Debug)]
+pub struct Piped {
+    pub client_to_origin: u64,
+    pub origin_to_client: u64,
+    pub end: PipeEnd,
+}
+
+#[derive(Debug)]
+pub enum PipeEnd {
+    /// Both sides finished sending.
+    Closed,
+    /// Nothing moved either way for the idle timeout.
+    Idle,
+    /// A read or write failed (a reset, a TLS error); the side is named.
+    Error {
+        side: &'static str,
+        error: io::Error,
+    },
+}
+
+impl PipeEnd {
+    pub fn result(&self) -> &'static str {
+        match self {
+            PipeEnd::Closed => "ok",
+            PipeEnd::Idle => "idle",
+            PipeEnd::Error { .. } => "error",
+        }
+    }
+}
+
+struct Direction {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    read_done: bool,
+    shut: bool,
+    moved: u64,
+}
+
+impl Direction {
+    fn new() -> Self {
+        Self {
+            buf: Vec::new().into_boxed_slice(),
+            start: 0,
+            end: 0,
+            read_done: false,
+            shut: false,
+            moved: 0,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.shut
+    }
+
+    /// Moves what it can from `from` to `to`; Ready(Err) on a failure (with which side),
+    /// Ready(Ok) when this direction is finished, Pending otherwise. `progress` is set when
+    /// any byte moved.
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+        names: (&'static str, &'static str),
+        progress: &mut bool,
+    ) -> Poll<Result<(), (&'static str, io::Error)>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.start < self.end {
+                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf[self.start..self.end]))
+                    .map_err(|e| (names.1, e))?;
+                if n == 0 {
+                    return Poll::Ready(Err((
+                        names.1,
+                        io::Error::new(io::ErrorKind::WriteZero, "peer took no bytes"),
+                    )));
+                }
+                self.start += n;
+                self.moved += n as u64;
+                *progress = true;
+                continue;
+            }
+            if self.read_done {
+                if !self.shut {
+                    ready!(Pin::new(&mut *to).poll_flush(cx)).map_err(|e| (names.1, e))?;
+                    // A peer that already went away cannot be told; that is not an error
+                    // of this direction.
+                    let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
+                    self.shut = true;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if self.buf.is_empty() {
+                // Allocated on first use: an idle tunnel holds no buffer for a direction
+                // that has never carried anything.
+                self.buf = vec![0u8; BUFFER].into_boxed_slice();
+            }
+            let mut read = ReadBuf::new(&mut self.buf);
+            match Pin::new(&mut *from).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let n = read.filled().len();
+                    if n == 0 {
+                        self.read_done = true;
+                    } else {
+                        self.start = 0;
+                        self.end = n;
+                        *progress = true;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((names.0, e))),
+                Poll::Pending => {
+                    // Flush what was written before waiting for more (TLS buffers records).
+                    ready!(Pin::new(&mut *to).poll_flush(cx)).map_err(|e| (names.1, e))?;
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// Carries bytes between `client` and `origin` until both have finished sending, one
+/// fails, or nothing moves for `idle`.
+pub async fn pipe<C, O>(client: &mut C, origin: &mut O, idle: Duration) -> Piped
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    O: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = Direction::new();
+    let mut down = Direction::new();
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+    let end = poll_fn(|cx| {
+        let mut progress = false;
+        if !up.finished() {
+            if let Poll::Ready(Err((side, error))) =
+                up.poll(cx, client, origin, ("client", "origin"), &mut progress)
+            {
+                return Poll::Ready(PipeEnd::Error { side, error });
+            }
+        }
+        if !down.finished() {
+            if let Poll::Ready(Err((side, error))) =
+                down.poll(cx, origin, client, ("origin", "client"), &mut progress)
+            {
+                return Poll::Ready(PipeEnd::Error { side, error });
+            }
+        }
+        if up.finished() && down.finished() {
+            return Poll::Ready(PipeEnd::Closed);
+        }
+        if progress {
+            sleep.as_mut().reset(Instant::now() + idle);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(PipeEnd::Idle),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    Piped {
+        client_to_origin: up.moved,
+        origin_to_client: down.moved,
+        end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn bytes_cross_both_ways_and_a_half_close_is_passed_on() {
+        rt().block_on(async {
+            let (mut client_far, mut client) = tokio::io::duplex(1024);
+            let (mut origin, mut origin_far) = tokio::io::duplex(1024);
+            let piping = tokio::spawn(async move {
+                pipe(&mut client, &mut origin, Duration::from_secs(5)).await
+            });
+            // More than one buffer's worth, through 1 KiB duplex pipes: backpressure works.
+            let big = vec![7u8; 200_000];
+            let sent = big.clone();
+            let writer = tokio::spawn(async move {
+                client_far.write_all(&sent).await.unwrap();
+                client_far.shutdown().await.unwrap();
+                // The other direction still works after our half-close.
+                let mut back = Vec::new();
+                client_far.read_to_end(&mut back).await.unwrap();
+                back
+            });
+            let mut got = Vec::new();
+            origin_far.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got.len(), big.len(), "the client's bytes and then its EOF");
+            origin_far
+                .write_all(b"reply after the half-close")
+                .await
+                .unwrap();
+            origin_far.shutdown().await.unwrap();
+            assert_eq!(writer.await.unwrap(), b"reply after the half-close");
+            let piped = piping.await.unwrap();
+            assert!(matches!(piped.end, PipeEnd::Closed), "{:?}", piped.end);
+            assert_eq!(piped.client_to_origin, 200_000);
+            assert_eq!(piped.origin_to_client, 26);
+        });
+    }
+
+    #[test]
+    fn nothing_moving_for_the_idle_timeout_ends_the_pipe() {
+        rt().block_on(async {
+            let (_client_far, mut client) = tokio::io::duplex(64);
+            let (mut origin, _origin_far) = tokio::io::duplex(64);
+            let started = Instant::now();
+            let piped = pipe(&mut client, &mut origin, Duration::from_millis(100)).await;
+            assert!(matches!(piped.end, PipeEnd::Idle), "{:?}", piped.end);
+            assert!(started.elapsed() >= Duration::from_millis(100));
+        });
+    }
+}
