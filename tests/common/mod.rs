@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod file_servers;
 pub mod http;
 pub mod pki;
 pub mod proxy_world;

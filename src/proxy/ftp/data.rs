@@ -17,7 +17,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::metrics::StreamRefusal;
 use crate::proxy::maybe_tls::ClientStream;
-use crate::proxy::stream::pipe::{pipe, Piped};
+use crate::proxy::stream::pipe::{pipe_until_origin_done, Piped};
 use crate::proxy::upstream::connect::{self, OriginStream};
 use crate::proxy::Shared;
 
@@ -132,7 +132,7 @@ pub async fn run(plan: DataPlan, shared: Arc<Shared>) -> Result<Piped, DataError
         .data_channels
         .with_label_values(&[&plan.service])
         .inc();
-    Ok(pipe(&mut client, &mut origin, plan.idle_timeout).await)
+    Ok(pipe_until_origin_done(&mut client, &mut origin, plan.idle_timeout).await)
 }
 
 /// The origin is waiting for a data connection that will not come: connect and reset it,

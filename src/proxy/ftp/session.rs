@@ -546,27 +546,31 @@ impl Session<'_> {
         self.user = Some(command::arg_text(cmd));
         self.logged_in = false;
         let r = self.relay(line).await?;
-        if r.code == 230 {
-            self.logged_in_now();
-        }
-        Ok(())
+        self.login_result(r.code).await
     }
 
     async fn pass(&mut self, line: &[u8]) -> Step {
         let r = self.relay(line).await?;
-        if r.code == 230 {
+        self.login_result(r.code).await
+    }
+
+    /// 230 logs in; 530 (to USER, where a server refuses the name, or to PASS) is a failed
+    /// attempt, counted for the client's address across its sessions.
+    async fn login_result(&mut self, code: u16) -> Step {
+        if code == 230 {
             self.logged_in_now();
             return Ok(());
         }
-        if r.code >= 500 {
-            let logins = &self.shared.stream_metrics.logins;
-            logins.with_label_values(&["failed", self.service]).inc();
-            let failures = self.gateway.logins.fail(self.client.ip(), now_ms());
-            if failures >= self.cfg.login_attempts {
-                self.refuse(StreamRefusal::LoginAttempts);
-                let _ = self.say(421, "Too many failed logins; closing.").await;
-                return Err(End::Refused(StreamRefusal::LoginAttempts));
-            }
+        if code != 530 {
+            return Ok(());
+        }
+        let logins = &self.shared.stream_metrics.logins;
+        logins.with_label_values(&["failed", self.service]).inc();
+        let failures = self.gateway.logins.fail(self.client.ip(), now_ms());
+        if failures >= self.cfg.login_attempts {
+            self.refuse(StreamRefusal::LoginAttempts);
+            let _ = self.say(421, "Too many failed logins; closing.").await;
+            return Err(End::Refused(StreamRefusal::LoginAttempts));
         }
         Ok(())
     }

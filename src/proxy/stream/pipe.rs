@@ -147,6 +147,31 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     O: AsyncRead + AsyncWrite + Unpin,
 {
+    pipe_until(client, origin, idle, false).await
+}
+
+/// Like `pipe`, but done as soon as the origin has finished sending and all it sent has
+/// reached the client: an FTP data connection, which the server's end closes (after a
+/// download it has sent everything, after an upload it has read everything), while a
+/// client may keep its end open until it has read the transfer's reply.
+pub async fn pipe_until_origin_done<C, O>(client: &mut C, origin: &mut O, idle: Duration) -> Piped
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    O: AsyncRead + AsyncWrite + Unpin,
+{
+    pipe_until(client, origin, idle, true).await
+}
+
+async fn pipe_until<C, O>(
+    client: &mut C,
+    origin: &mut O,
+    idle: Duration,
+    origin_ends: bool,
+) -> Piped
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    O: AsyncRead + AsyncWrite + Unpin,
+{
     let mut up = Direction::new();
     let mut down = Direction::new();
     let sleep = tokio::time::sleep(idle);
@@ -167,7 +192,7 @@ where
                 return Poll::Ready(PipeEnd::Error { side, error });
             }
         }
-        if up.finished() && down.finished() {
+        if (up.finished() || origin_ends) && down.finished() {
             return Poll::Ready(PipeEnd::Closed);
         }
         if progress {
