@@ -608,4 +608,12 @@ fn a_killed_origin_sends_the_next_login_to_the_other_and_checks_see_it() {
         common::metric(admin, "geoedge_proxy_stream_up{service=\"ftp\"}"),
         Some(1.0)
     );
+    let (_, status) = common::http_get(admin, "/status");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["services"][0]["name"], "ftp");
+    assert_eq!(status["services"][0]["up"], true);
+    assert!(
+        status["services"][0]["connections"].as_u64().unwrap() >= 10,
+        "{status}"
+    );
 }

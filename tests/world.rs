@@ -241,6 +241,7 @@ fn report(node: &str, region: &str, can_serve: bool, seq: u64, ts: u64) -> Vec<u
         load: 0.0,
         seq,
         timestamp_ms: ts,
+        services: Default::default(),
     })
     .unwrap()
 }
@@ -601,4 +602,105 @@ fn a_restarted_dns_server_rebuilds_health_from_reports_within_a_second() {
         "DNS restart: health rebuilt from reports after {:?}",
         restarted.elapsed()
     );
+}
+
+/// A TCP origin that accepts (and drops) connections until `stop` is set, then closes
+/// its port.
+fn tcp_origin(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((s, _)) => drop(s),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_steered_name_that_needs_a_service_goes_only_where_that_service_is_up() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = dns_config("").replacen(
+        "name = \"www\"\n",
+        "name = \"www\"\n[[zones.steered]]\nname = \"files\"\nservices = [\"sftp\"]\n",
+        1,
+    );
+    write_dns_files(d, &config);
+    let dns = Proc::start(&["dns", "--config", "dns.toml"], d, 3);
+    let control = dns.addr("HTTP (control)");
+    let mut keep = Vec::new();
+    let mut stops = Vec::new();
+    for (region, ip, _, _) in REGIONS.iter().take(2) {
+        let web = Proc::start(
+            &[
+                "origin",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                &format!("{region}-web-1"),
+            ],
+            d,
+            1,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let ssh = tcp_origin(stop.clone());
+        let mut config = proxy_config(
+            region,
+            ip,
+            web.addr(&format!("HTTP (origin {region}-web-1)")),
+            control,
+        );
+        config = config.replace(
+            "key_file = \"report.key\"",
+            "key_file = \"report.key\"\ninterval = \"50ms\"",
+        );
+        config.push_str(&format!(
+            "\n[[streams]]\nname = \"sftp\"\nmode = \"tcp\"\nlisten = [\"{ip}:0\"]\nupstream = \"ssh\"\n\
+             [upstreams.ssh]\nprotocol = \"tcp\"\norigins = [{{ name = \"{region}-ssh\", addr = \"{ssh}\" }}]\n\
+             [upstreams.ssh.health_check]\ninterval = \"50ms\"\ntimeout = \"50ms\"\nrise = 1\nfall = 1\n"
+        ));
+        let file = format!("proxy-{region}.toml");
+        std::fs::write(d.join(&file), config).unwrap();
+        keep.push(web);
+        keep.push(Proc::start(&["proxy", "--config", &file], d, 3));
+        stops.push(stop);
+    }
+    let ask = |name: &str| -> Vec<String> {
+        let m = udp(
+            dns.addr("UDP"),
+            &Ask::new(name, RecordType::A).ecs("192.0.2.0", 24),
+        );
+        addresses(&m).iter().map(|a| a.to_string()).collect()
+    };
+    let wait = |name: &str, ip: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ask(name) != vec![ip.to_string()] {
+            assert!(
+                Instant::now() < deadline,
+                "{name} not answered with {ip}: {:?}",
+                ask(name)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // Frankfurt's clients get eu for both names while its sftp origin is up.
+    wait("files.example.test.", "127.0.0.11");
+    wait(WWW, "127.0.0.11");
+    // eu's sftp origin goes away: eu reports the service down; only the name that needs
+    // it moves.
+    stops[0].store(true, Ordering::Relaxed);
+    wait("files.example.test.", "127.0.0.12");
+    assert_eq!(
+        ask(WWW),
+        vec!["127.0.0.11".to_string()],
+        "www needs no service"
+    );
+    drop(keep);
 }

@@ -152,6 +152,9 @@ struct RawSteered {
     ttl: u32,
     #[serde(default = "default_answers")]
     answers: usize,
+    /// Stream services (`[[streams]]` names) a node must report up to be answered.
+    #[serde(default)]
+    services: Vec<String>,
 }
 
 fn default_steered_ttl() -> u32 {
@@ -218,6 +221,8 @@ pub struct SteeredConfig {
     pub ttl: u32,
     /// How many node addresses one answer carries at most.
     pub answers: usize,
+    /// Stream services every answered node must report up (`services` in reports).
+    pub services: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -520,10 +525,18 @@ fn validate_zones(src: &Source, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, Co
                     "answers must be between 1 and 16",
                 ));
             }
+            if let Some(bad) = s.services.iter().find(|v| v.trim().is_empty()) {
+                return Err(src.error(
+                    format!("{skey}.services"),
+                    Some(s.name.span()),
+                    format!("`{bad}` is not a service name: name [[streams]] of the proxies"),
+                ));
+            }
             steered.push(SteeredConfig {
                 name,
                 ttl: s.ttl,
                 answers: s.answers,
+                services: s.services,
             });
         }
         zones.push(ZoneConfig {

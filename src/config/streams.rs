@@ -364,6 +364,65 @@ fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ProxyConfig;
+
+    const BASE: &str = r#"
+[node]
+name = "f-1"
+region = "eu"
+[listen]
+admin = "127.0.0.1:9190"
+[upstreams.files]
+protocol = "ftp"
+origins = [{ name = "a", addr = "127.0.0.1:2100" }]
+[upstreams.ssh]
+protocol = "tcp"
+origins = [{ name = "s", addr = "127.0.0.1:2200" }]
+[upstreams.web]
+origins = [{ name = "w", addr = "127.0.0.1:8080" }]
+"#;
+
+    fn load(streams: &str) -> Result<ProxyConfig, String> {
+        let text = format!("{BASE}\n{streams}");
+        ProxyConfig::from_source(&Source::from_text("gw.toml", text)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_file_gateway_needs_no_http_listener_or_route() {
+        let c = load(
+            "[[streams]]\nname = \"sftp\"\nmode = \"tcp\"\nlisten = [\"127.0.0.1:2222\"]\nupstream = \"ssh\"\nsend_proxy = \"v2\"\n\
+             [[streams]]\nname = \"ftp\"\nmode = \"ftp\"\nlisten = [\"127.0.0.1:2121\"]\nupstream = \"files\"\n\
+             [streams.ftp]\ntls = \"none\"\npassive_ports = \"30000-30099\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.streams.len(), 2);
+        assert_eq!(c.streams[0].send_proxy, Some(ProxyVersion::V2));
+        let ftp = c.streams[1].ftp.as_ref().unwrap();
+        assert_eq!(ftp.passive_ports, 30000..=30099);
+        assert_eq!(ftp.login_attempts, 3);
+        assert!(!c.streams[1].terminates_tls());
+    }
+
+    #[test]
+    fn mistakes_name_the_key_and_say_what_would_do() {
+        let cases = [
+            ("[[streams]]\nname = \"x\"\nmode = \"tcp\"\nlisten = [\"127.0.0.1:1\"]\nupstream = \"web\"\n", "streams[0].upstream", "speaks http1"),
+            ("[[streams]]\nname = \"x\"\nmode = \"ftp\"\nlisten = [\"127.0.0.1:1\"]\nupstream = \"ssh\"\n[streams.ftp]\npassive_ports = \"3-4\"\n", "streams[0].upstream", "\"ftp\" or \"ftps\""),
+            ("[[streams]]\nname = \"x\"\nmode = \"ftp\"\nlisten = [\"127.0.0.1:1\"]\nupstream = \"files\"\n", "streams[0].ftp", "passive_ports"),
+            ("[[streams]]\nname = \"x\"\nmode = \"ftp\"\nlisten = [\"127.0.0.1:1\"]\nupstream = \"files\"\n[streams.ftp]\ntls = \"none\"\npassive_ports = \"30000-3\"\n", "streams[0].ftp.passive_ports", "low-high"),
+            ("[[streams]]\nname = \"x\"\nmode = \"ftp\"\nlisten = [\"127.0.0.1:1\"]\nupstream = \"files\"\n[streams.ftp]\npassive_ports = \"30000-30001\"\n", "tls.certificates", "certificate"),
+            ("[[streams]]\nname = \"x\"\nmode = \"tcp\"\nlisten = [\"127.0.0.1:9190\"]\nupstream = \"ssh\"\n", "streams[0].listen", "already a listener"),
+            ("[[streams]]\nname = \"x y\"\nmode = \"tcp\"\nlisten = [\"127.0.0.1:1\"]\nupstream = \"ssh\"\n", "streams[0].name", "letters"),
+            ("[[streams]]\nname = \"x\"\nmode = \"tcp\"\nlisten = [\"127.0.0.1:1\"]\nupstream = \"ssh\"\n[streams.sni]\n\"a.test\" = \"ssh\"\n", "streams[0].sni", "tls_passthrough"),
+            ("[[streams]]\nname = \"x\"\nmode = \"tls_passthrough\"\nlisten = [\"127.0.0.1:1\"]\n[streams.sni]\n\"a.*.test\" = \"ssh\"\n", "streams[0].sni", "`*.suffix`"),
+            ("[[routes]]\nhosts = [\"a.test\"]\nupstream = \"ssh\"\n[[streams]]\nname = \"x\"\nmode = \"tcp\"\nlisten = [\"127.0.0.1:1\"]\nupstream = \"ssh\"\n", "routes[0].upstream", "a route needs an HTTP upstream"),
+        ];
+        for (streams, key, says) in cases {
+            let err = load(streams).expect_err(streams);
+            assert!(err.contains(&format!("key `{key}")), "{err}");
+            assert!(err.contains(says), "{err}");
+        }
+    }
 
     #[test]
     fn port_ranges_are_low_dash_high_above_the_privileged_ports() {

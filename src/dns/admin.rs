@@ -163,6 +163,15 @@ impl DnsAdmin {
         {
             Err(ReportError::Replayed) => reject(Rejection::Replayed),
             Ok(transition) => {
+                let down = state
+                    .services
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, name)| report.services.get(*name) != Some(&true))
+                    .fold(0u64, |mask, (i, _)| mask | 1 << i);
+                // A service the report does not name is down: a node without that stream
+                // (or older than streams) cannot serve a name that needs it.
+                state.health.record_services(node, down);
                 server.metrics.reports_accepted.inc();
                 server.apply(transition.into_iter().collect());
                 Response::builder()

@@ -20,6 +20,8 @@ pub enum StateError {
     Zone(#[from] ZoneError),
     #[error(transparent)]
     Geo(#[from] GeoError),
+    #[error("steered names need more than 64 distinct services between them")]
+    TooManyServices,
 }
 
 pub struct DnsState {
@@ -37,6 +39,9 @@ pub struct DnsState {
     pub health_settings: HealthSettings,
     /// Precomputed answers for the common queries (see `fast.rs`).
     pub fast: crate::dns::query::fast::Table,
+    /// Every stream service a steered name needs; a name's `service_mask` has bit i for
+    /// `services[i]`.
+    pub services: Vec<String>,
 }
 
 impl DnsState {
@@ -50,11 +55,26 @@ impl DnsState {
         let table = RegionTable::from_config(cfg);
         let mut zones = Vec::new();
         let mut steered = Vec::new();
+        let mut services: Vec<String> = Vec::new();
         for z in &cfg.zones {
             let mut names = Vec::new();
             for s in &z.steered {
                 names.push((s.name.clone(), steered.len()));
-                steered.push(SteeredName::build(&table, &s.name, s.ttl, s.answers));
+                let mut name = SteeredName::build(&table, &s.name, s.ttl, s.answers);
+                for service in &s.services {
+                    let bit = match services.iter().position(|v| v == service) {
+                        Some(i) => i,
+                        None => {
+                            services.push(service.clone());
+                            services.len() - 1
+                        }
+                    };
+                    if bit >= 64 {
+                        return Err(StateError::TooManyServices);
+                    }
+                    name.service_mask |= 1 << bit;
+                }
+                steered.push(name);
             }
             zones.push(Zone::load(&z.origin, &z.file, &names)?);
         }
@@ -95,6 +115,7 @@ impl DnsState {
             health,
             health_settings,
             fast: Default::default(),
+            services,
         };
         state.fast = crate::dns::query::fast::Table::build(
             &state.zones,

@@ -16,6 +16,9 @@ pub struct SteeredName {
     pub v4: Vec<Vec<(NodeId, Record)>>,
     /// Per region: (node, AAAA record) for each node with an IPv6 address.
     pub v6: Vec<Vec<(NodeId, Record)>>,
+    /// The stream services a node must report up to be answered (bits over
+    /// `DnsState::services`); 0 for names that need none.
+    pub service_mask: u64,
 }
 
 impl SteeredName {
@@ -47,6 +50,7 @@ impl SteeredName {
             answers,
             v4,
             v6,
+            service_mask: 0,
         }
     }
 }

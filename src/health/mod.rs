@@ -28,6 +28,9 @@ pub struct HealthSettings {
 struct NodeSlot {
     /// What the query path reads.
     effective: AtomicBool,
+    /// Bit i set: the node's last report did not say service i (of the DNS state's
+    /// service list) is up. Unknown services read as up until a report says otherwise.
+    services_down: AtomicU64,
     state: Mutex<SlotState>,
 }
 
@@ -83,6 +86,7 @@ impl HealthTable {
                 let (up, reason) = health.evaluate(now, settings.stale_after_ms);
                 NodeSlot {
                     effective: AtomicBool::new(up),
+                    services_down: AtomicU64::new(0),
                     state: Mutex::new(SlotState { health, reason }),
                 }
             })
@@ -118,6 +122,10 @@ impl HealthTable {
             *state = copied;
             new.effective
                 .store(prev.effective.load(Ordering::Relaxed), Ordering::Relaxed);
+            new.services_down.store(
+                prev.services_down.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -140,6 +148,29 @@ impl HealthTable {
         self.nodes
             .get(node)
             .is_some_and(|n| n.effective.load(Ordering::Relaxed))
+    }
+
+    /// Whether the node is up and every service in `services` (a mask over the DNS
+    /// state's service list) was up in its last report.
+    #[inline]
+    pub fn is_up_for(&self, node: NodeId, services: u64) -> bool {
+        self.nodes.get(node).is_some_and(|n| {
+            n.effective.load(Ordering::Relaxed)
+                && (services == 0 || n.services_down.load(Ordering::Relaxed) & services == 0)
+        })
+    }
+
+    /// Records which services a node's report says are down; true when that changed
+    /// (and remembered decisions were dropped).
+    pub fn record_services(&self, node: NodeId, down: u64) -> bool {
+        let Some(slot) = self.nodes.get(node) else {
+            return false;
+        };
+        let changed = slot.services_down.swap(down, Ordering::Relaxed) != down;
+        if changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        changed
     }
 
     pub fn record_report(

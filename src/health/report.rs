@@ -32,6 +32,11 @@ pub struct Report {
     pub seq: u64,
     /// Sender's wall clock, ms since the Unix epoch.
     pub timestamp_ms: u64,
+    /// Each stream service (`[[streams]]` name) and whether it can take connections.
+    /// Absent from nodes without streams, and from nodes older than streams: a report
+    /// without it is still accepted.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub services: std::collections::BTreeMap<String, bool>,
 }
 
 /// Why a report was refused; also the metric label.
@@ -177,7 +182,22 @@ mod tests {
             load: 1.5,
             seq: 7,
             timestamp_ms: ts,
+            services: Default::default(),
         }
+    }
+
+    #[test]
+    fn services_are_sent_only_by_nodes_with_streams_and_old_reports_still_open() {
+        let plain = serde_json::to_string(&report(1)).unwrap();
+        assert!(!plain.contains("services"), "{plain}");
+        // What a node from before stream services sends.
+        let old = r#"{"node":"eu-1","region":"eu","addresses":[],"can_serve":true,"healthy_origins":1,"total_origins":1,"in_flight":0,"load":0.0,"seq":1,"timestamp_ms":1}"#;
+        let parsed: Report = serde_json::from_str(old).unwrap();
+        assert!(parsed.services.is_empty());
+        let mut with = report(1);
+        with.services.insert("ftps".into(), true);
+        let text = serde_json::to_string(&with).unwrap();
+        assert!(text.contains(r#""services":{"ftps":true}"#), "{text}");
     }
 
     #[test]

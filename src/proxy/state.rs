@@ -173,10 +173,11 @@ impl ProxyState {
                 }
             }
         }
-        for (service, up) in self.services() {
-            if !up {
-                problems.push(format!("stream {service}: no healthy origin"));
-            }
+        // Stream services travel on their own in reports (steered names that need one
+        // say so); they decide a node's verdict only where it has no routes at all.
+        let services = self.services();
+        if self.routes.is_empty() && !services.is_empty() && !services.iter().any(|(_, up)| *up) {
+            problems.push("no stream service has a healthy origin".to_string());
         }
         (problems.is_empty(), problems)
     }

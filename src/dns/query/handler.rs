@@ -217,7 +217,7 @@ impl GeoDnsHandler {
             // the client is, so scope 0.
             _ => return Plan::authoritative(Vec::new(), negative_soa, ResponseCode::NoError),
         };
-        let Some(decision) = decide(state, ecs, source, None) else {
+        let Some(decision) = decide(state, ecs, source, None, steered.service_mask) else {
             return Plan::rcode(ResponseCode::ServFail);
         };
         let candidates = &by_region[decision.region];
@@ -227,6 +227,7 @@ impl GeoDnsHandler {
                 &state.health,
                 decision.fail_open,
                 steered.answers,
+                steered.service_mask,
             )
             .collect();
         let authority: &[Record] = if up.is_empty() { negative_soa } else { &[] };
@@ -250,8 +251,9 @@ impl GeoDnsHandler {
         health: &'s crate::health::HealthTable,
         fail_open: bool,
         answers: usize,
+        services: u64,
     ) -> impl Iterator<Item = &'s T> + 's {
-        let usable = move |node: NodeId| fail_open || health.is_up(node);
+        let usable = move |node: NodeId| fail_open || health.is_up_for(node, services);
         let mut count = candidates.iter().filter(|(n, _)| usable(*n)).count();
         let every = count == 0;
         if every {
@@ -307,14 +309,17 @@ impl GeoDnsHandler {
         let network = ecs.and_then(|e| e.network);
         let source_prefix = ecs.map(|e| e.source_prefix).unwrap_or(0);
         let address = deciding_address(network, source);
+        let mask = steered.service_mask;
         let decision = match cache {
-            Some(cache) => {
+            // Remembered decisions hold for names that need no service; the few that do
+            // decide afresh.
+            Some(cache) if mask == 0 => {
                 cache.prepare(state, state.health.generation());
                 cache.get_or(address, source_prefix, |locations| {
-                    decide(state, network, source, Some(locations))
+                    decide(state, network, source, Some(locations), 0)
                 })
             }
-            None => decide(state, network, source, None),
+            _ => decide(state, network, source, None, mask),
         }?;
         let by_region = match query.qtype {
             RecordType::A => &wire.v4,
@@ -330,6 +335,7 @@ impl GeoDnsHandler {
                 &state.health,
                 decision.fail_open,
                 steered.answers,
+                mask,
             )
             .map(|r| &**r);
         if !fast::write_answer(query, answers, payload, decision.scope, max_len, out) {
@@ -351,6 +357,7 @@ fn decide(
     ecs: Option<IpNet>,
     source: IpAddr,
     locations: Option<&mut LocationCache>,
+    services: u64,
 ) -> Option<Decision> {
     let address = deciding_address(ecs, source);
     let found = match locations {
@@ -366,7 +373,12 @@ fn decide(
     };
     let health = &*state.health;
     let table = &state.table;
-    let region_up = |r: usize| table.regions[r].nodes.clone().any(|n| health.is_up(n));
+    let region_up = |r: usize| {
+        table.regions[r]
+            .nodes
+            .clone()
+            .any(|n| health.is_up_for(n, services))
+    };
     let choice = table.choose(address, location.as_ref(), region_up)?;
     let source_prefix = ecs.map(|n| n.prefix_len()).unwrap_or(0);
     let scope = match network {

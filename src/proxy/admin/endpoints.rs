@@ -141,12 +141,30 @@ impl ProxyAdmin {
         }
         let state = self.shared.state.load();
         let (can_serve, problems) = state.can_serve();
+        let up: std::collections::HashMap<String, bool> = state.services().into_iter().collect();
+        let m = &self.shared.stream_metrics;
+        let services: Vec<_> = state
+            .config
+            .streams
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "mode": s.mode.name(),
+                    "listen": s.listen,
+                    "up": up.get(&s.name).copied().unwrap_or(false),
+                    "connections_open": m.open.with_label_values(&[&s.name]).get(),
+                    "connections": m.connections.with_label_values(&[&s.name]).get(),
+                })
+            })
+            .collect();
         serde_json::to_vec_pretty(&serde_json::json!({
             "node": state.config.node,
             "region": state.config.region,
             "can_serve": can_serve,
             "problems": problems,
             "certificates": certificates,
+            "services": services,
         }))
         .unwrap_or_default()
     }

@@ -37,6 +37,7 @@ pub fn current(shared: &Shared, addresses: &[std::net::IpAddr], seq: u64) -> Rep
         load: in_flight as f64 / f64::from(healthy.max(1)),
         seq,
         timestamp_ms: unix_ms(),
+        services: state.services().into_iter().collect(),
     }
 }
 
