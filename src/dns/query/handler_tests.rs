@@ -195,7 +195,7 @@ fn pick_rotates_over_up_nodes_and_never_answers_empty() {
         (0..3)
             .map(|_| {
                 handler
-                    .pick(&candidates, &health, fail_open, 2)
+                    .pick(&candidates, &health, fail_open, 2, 0)
                     .copied()
                     .collect()
             })
