@@ -8,7 +8,7 @@ fn root() -> &'static Path {
 }
 
 /// Tables whose keys are names the operator chooses (`[upstreams.web]`), not keys.
-const NAMED_BY_OPERATOR: [&str; 1] = ["upstreams"];
+const NAMED_BY_OPERATOR: [&str; 2] = ["upstreams", "sni"];
 
 /// Every key of a TOML document, tables and arrays of tables included.
 fn keys(value: &toml::Value, parent: &str, out: &mut Vec<String>) {

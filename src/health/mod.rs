@@ -332,4 +332,21 @@ mod tests {
         assert!(!t.is_up(7));
         assert_eq!(t.record_probe(7, true, 0), None);
     }
+
+    #[test]
+    fn a_node_serves_a_name_only_with_the_services_it_needs_up() {
+        let t = HealthTable::new(&[(true, false), (true, false)], settings(false), 0);
+        // Nothing reported yet: unknown services read as up.
+        assert!(t.is_up_for(0, 0b11));
+        let before = t.generation();
+        assert!(t.record_services(0, 0b10));
+        assert!(t.generation() > before, "remembered decisions are dropped");
+        assert!(!t.record_services(0, 0b10), "no change, no new generation");
+        assert!(t.is_up_for(0, 0b01));
+        assert!(!t.is_up_for(0, 0b10));
+        assert!(!t.is_up_for(0, 0b11));
+        assert!(t.is_up_for(0, 0), "names that need nothing");
+        assert!(t.is_up_for(1, 0b10));
+        assert!(!t.is_up_for(7, 0), "unknown nodes are down");
+    }
 }
