@@ -31,6 +31,8 @@ pub(super) struct RawUpstream {
     #[serde(default)]
     protocol: OriginProtocol,
     tls: Option<RawOriginTls>,
+    /// A PROXY header on each new origin connection (HTTP/1.1 upstreams).
+    send_proxy: Option<super::streams::ProxyVersion>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +226,9 @@ pub struct UpstreamConfig {
     pub protocol: OriginProtocol,
     /// Present exactly when the protocol runs over TLS.
     pub tls: Option<OriginTlsConfig>,
+    /// PROXY header version written first on each origin connection, whose idle
+    /// connections then serve only the client they name.
+    pub send_proxy: Option<super::streams::ProxyVersion>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -367,6 +372,21 @@ pub(super) fn validate(
             passive_cooldown: u.passive.cooldown.0,
             protocol: u.protocol,
             tls,
+            send_proxy: match (u.send_proxy, u.protocol) {
+                (None, _) => None,
+                (Some(v), OriginProtocol::Http1 | OriginProtocol::Https) => Some(v),
+                (Some(_), p) => {
+                    return Err(src.error(
+                        format!("{key}.send_proxy"),
+                        None,
+                        format!(
+                            "a PROXY header names one client, so it needs a connection per client: HTTP/1.1 upstreams (\"http1\", \"https\") only, not {}{}",
+                            p.name(),
+                            if p.is_stream() { " (streams set send_proxy on the [[streams]] entry)" } else { "" }
+                        ),
+                    ))
+                }
+            },
         });
     }
     Ok(upstreams)

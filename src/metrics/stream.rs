@@ -59,6 +59,13 @@ impl StreamRefusal {
     }
 }
 
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    pub open: prometheus::IntGauge,
+    pub bytes_in: prometheus::IntCounter,
+    pub bytes_out: prometheus::IntCounter,
+}
+
 pub struct StreamMetrics {
     pub connections: IntCounterVec,
     pub open: IntGaugeVec,
@@ -122,6 +129,16 @@ impl StreamMetrics {
                 &["service"],
             ),
             logins: counter(FTP_LOGINS, "FTP logins, by result", &["result", "service"]),
+        }
+    }
+
+    /// One service's per-connection handles, resolved once per listener rather than
+    /// looked up by label on every connection.
+    pub fn service(&self, service: &str) -> ServiceMetrics {
+        ServiceMetrics {
+            open: self.open.with_label_values(&[service]),
+            bytes_in: self.bytes.with_label_values(&["in", service]),
+            bytes_out: self.bytes.with_label_values(&["out", service]),
         }
     }
 

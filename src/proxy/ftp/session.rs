@@ -111,7 +111,10 @@ pub async fn serve(
         return;
     }
     let upstream_name = stream.upstream.clone().unwrap_or_default();
-    let opened = match open_origin(state, &upstream_name).await {
+    let header = stream
+        .send_proxy
+        .map(|v| crate::proxy::upstream::send_proxy::header(v, client, local));
+    let opened = match open_origin(state, &upstream_name, header.as_deref()).await {
         Ok(o) => o,
         Err(why) => {
             tracing::warn!(%client, service, why, "FTP session without an origin");
@@ -195,8 +198,12 @@ struct OpenedOrigin {
 
 /// Connects to an origin, reads its banner and, for `ftps` upstreams, secures the control
 /// connection (`AUTH TLS`, `PBSZ 0`, `PROT P`) before the client says anything.
-async fn open_origin(state: &ProxyState, upstream: &str) -> Result<OpenedOrigin, String> {
-    let connected = origin::connect(state, upstream).await?;
+async fn open_origin(
+    state: &ProxyState,
+    upstream: &str,
+    preface: Option<&[u8]>,
+) -> Result<OpenedOrigin, String> {
+    let connected = origin::connect(state, upstream, preface).await?;
     let addr = connected.upstream.origins[connected.index].addr;
     let name = connected.origin_name().to_string();
     let wait = connected.upstream.response_timeout;

@@ -28,6 +28,8 @@ use crate::proxy::{ProxyState, Shared};
 #[derive(Debug, Clone)]
 pub struct ClientConn {
     pub peer: SocketAddr,
+    /// The listener's address (what the client connected to).
+    pub local: SocketAddr,
     pub tls: bool,
     /// The client certificate that verified in the TLS handshake, if one was asked for
     /// and given.
@@ -107,7 +109,10 @@ pub fn handle<'a, B: ClientBody>(
 type Outcome = (Answer, Option<usize>);
 type Failed = (ProxyError, Option<usize>);
 
-/// What a request needs after its preparation.
+/// What a request needs after its preparation. Not boxed although `Forward` is the
+/// larger: it lives on the stack for one call, and a box would be an allocation per
+/// request.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     /// Answered without an origin: `OPTIONS *`, a redirect to HTTPS.
     Answered(Outcome),
@@ -225,6 +230,8 @@ fn prepare<B: ClientBody>(
         sticky,
         client_version: version,
         client: conn.peer.ip(),
+        peer: conn.peer,
+        local: conn.local,
         tls: conn.tls,
         host,
     };

@@ -202,6 +202,10 @@ async fn accept_loop(
 ) {
     let kind = if tls.is_some() { "https" } else { "http" };
     let accepted = shared.metrics.connections.with_label_values(&[kind]);
+    // The bound address, read once: what `send_proxy` headers name as the destination.
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
         // At the cap we stop accepting and let the kernel queue hold new connections,
         // as HAProxy's maxconn does, instead of accepting and dropping them.
@@ -238,7 +242,7 @@ async fn accept_loop(
                 shared.metrics.connections_open.inc();
                 // Boxed: the connection's state is 2.2 KB, which tokio would copy when it
                 // spawns the task and again when the task finishes; the task stays 144 bytes.
-                Box::pin(serve_connection(stream, peer, tls, &shared, &limits, stop)).await;
+                Box::pin(serve_connection(stream, peer, local, tls, &shared, &limits, stop)).await;
                 shared.metrics.connections_open.dec();
                 if cap.is_some() {
                     shared.connection_counts.close(peer.ip());
@@ -268,7 +272,7 @@ async fn accept_loop(
             if admit(&shared, client.ip(), cap) {
                 stream.nodelay_from_first_write();
                 Box::pin(serve_connection(
-                    stream, client, tls, &shared, &limits, stop,
+                    stream, client, local, tls, &shared, &limits, stop,
                 ))
                 .await;
                 if cap.is_some() {
@@ -301,6 +305,7 @@ fn admit(shared: &Shared, client: IpAddr, cap: Option<u32>) -> bool {
 async fn serve_connection(
     stream: LazySocket,
     peer: SocketAddr,
+    local: SocketAddr,
     tls: Option<TlsAcceptor>,
     shared: &Arc<Shared>,
     limits: &Limits,
@@ -336,6 +341,7 @@ async fn serve_connection(
             let io = Tracked::new(stream, activity.clone());
             let conn = ClientConn {
                 peer,
+                local,
                 tls: false,
                 identity: None,
             };
@@ -384,6 +390,7 @@ async fn serve_connection(
                 let h2 = session.alpn_protocol() == Some(b"h2");
                 let conn = ClientConn {
                     peer,
+                    local,
                     tls: true,
                     identity: ClientIdentity::of(session.peer_certificates()).map(Arc::new),
                 };

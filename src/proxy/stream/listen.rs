@@ -11,13 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::proxy::{StreamConfig, StreamMode};
-use crate::metrics::StreamRefusal;
+use crate::metrics::{ServiceMetrics, StreamRefusal};
 use crate::process::clock::now_ms;
 use crate::proxy::ftp::session as ftp_session;
 use crate::proxy::listen::proxy_protocol::{self, Peek as _};
@@ -88,6 +87,10 @@ async fn accept_loop(
         .stream_metrics
         .connections
         .with_label_values(&[&name]);
+    let counters = shared.stream_metrics.service(&name);
+    // What the client connected to: the bound address, unless that is a wildcard and only
+    // the connection itself knows (a system call each, so only then).
+    let bound = listener_addr(&listener);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -106,19 +109,22 @@ async fn accept_loop(
                 .refused(&name, StreamRefusal::Capacity);
             continue;
         };
-        let local = tcp
-            .local_addr()
-            .unwrap_or_else(|_| listener_addr(&listener));
+        let local = if bound.ip().is_unspecified() {
+            tcp.local_addr().unwrap_or(bound)
+        } else {
+            bound
+        };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
         let name = name.clone();
         let gateway = gateway.clone();
+        let counters = counters.clone();
         tokio::spawn(async move {
-            let open = shared.stream_metrics.open.with_label_values(&[&name]);
-            open.inc();
-            serve(tcp, peer, local, &name, &shared, tls.as_deref(), &gateway).await;
-            open.dec();
+            counters.open.inc();
+            let tls = tls.as_deref();
+            serve(tcp, peer, local, &name, &shared, tls, &gateway, &counters).await;
+            counters.open.dec();
             drop(permit);
         });
     }
@@ -130,6 +136,7 @@ fn listener_addr(listener: &TcpListener) -> SocketAddr {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     mut tcp: TcpStream,
     peer: SocketAddr,
@@ -138,6 +145,7 @@ async fn serve(
     shared: &Arc<Shared>,
     tls: Option<&TlsListener>,
     gateway: &ftp_session::Gateway,
+    counters: &ServiceMetrics,
 ) {
     let state = shared.state.load_full();
     // A stream removed by a reload takes no new connections.
@@ -165,13 +173,18 @@ async fn serve(
         peer
     };
     if stream.mode == StreamMode::Ftp {
-        ftp_session::serve(tcp, client, local, stream, &state, shared, tls, gateway).await;
+        // Boxed: a session's state is large, and a plain stream's task should not carry it.
+        Box::pin(ftp_session::serve(
+            tcp, client, local, stream, &state, shared, tls, gateway,
+        ))
+        .await;
         return;
     }
-    relay(tcp, client, local, stream, &state, shared, tls).await;
+    relay(tcp, client, local, stream, &state, shared, tls, counters).await;
 }
 
 /// The modes that carry bytes: `tcp`, `tls` and `tls_passthrough`.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     mut tcp: TcpStream,
     client: SocketAddr,
@@ -180,6 +193,7 @@ async fn relay(
     state: &ProxyState,
     shared: &Shared,
     tls: Option<&TlsListener>,
+    counters: &ServiceMetrics,
 ) {
     let started = Instant::now();
     let metrics = &shared.stream_metrics;
@@ -233,7 +247,11 @@ async fn relay(
         }
         _ => ClientStream::Plain(tcp),
     };
-    let mut origin = match origin::connect(state, &upstream).await {
+    // Before any TLS to the origin: the header is for the origin's TCP layer.
+    let header = stream
+        .send_proxy
+        .map(|version| send_proxy::header(version, client, local));
+    let mut origin = match origin::connect(state, &upstream, header.as_deref()).await {
         Ok(o) => o,
         Err(why) => {
             tracing::warn!(%client, stream = %name, why, "no origin for a stream connection");
@@ -252,15 +270,9 @@ async fn relay(
             return;
         }
     };
-    if let Some(version) = stream.send_proxy {
-        let header = send_proxy::header(version, client, local);
-        if let Err(e) = origin.stream.write_all(&header).await {
-            tracing::warn!(stream = %name, origin = %origin.origin_name(), error = %e, "writing the PROXY header failed");
-            return;
-        }
-    }
     let piped = pipe(&mut client_io, &mut origin.stream, stream.idle_timeout).await;
-    metrics.moved(name, piped.client_to_origin, piped.origin_to_client);
+    counters.bytes_in.inc_by(piped.client_to_origin);
+    counters.bytes_out.inc_by(piped.origin_to_client);
     if let PipeEnd::Idle = piped.end {
         metrics.refused(name, StreamRefusal::Idle);
     }

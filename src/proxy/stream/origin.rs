@@ -27,8 +27,13 @@ impl Connected {
     }
 }
 
-/// Opens a connection to an origin of upstream `name`; `Err` says why none could be had.
-pub async fn connect(state: &ProxyState, name: &str) -> Result<Connected, String> {
+/// Opens a connection to an origin of upstream `name`, `preface` (a PROXY header) its
+/// first bytes; `Err` says why none could be had.
+pub async fn connect(
+    state: &ProxyState,
+    name: &str,
+    preface: Option<&[u8]>,
+) -> Result<Connected, String> {
     let Some((u_index, upstream)) = state.upstream(name) else {
         return Err(format!("no upstream {name}"));
     };
@@ -46,7 +51,7 @@ pub async fn connect(state: &ProxyState, name: &str) -> Result<Connected, String
             OriginProtocol::Tls => upstream.tls_to(index),
             _ => None,
         };
-        match connect::open(origin.addr, upstream.connect_timeout, tls).await {
+        match connect::open(origin.addr, upstream.connect_timeout, tls, preface).await {
             Ok(stream) => {
                 origin.state.record_success();
                 let gauge = state

@@ -9,12 +9,18 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 
-/// Per direction: big enough that a bulk transfer makes few system calls, small enough
-/// that ten thousand open tunnels cost 1.3 GB at most, and far less while idle.
-const BUFFER: usize = 64 * 1024;
+use crate::process::clock::coarse_ms;
+
+/// Per direction: a connection starts with a small buffer (most carry little: a login, a
+/// command) and one whose reads fill it moves to a large one (bulk transfers make few
+/// system calls). Buffers are never zeroed; nothing is ever buffered whole.
+const SMALL_BUFFER: usize = 16 * 1024;
+const LARGE_BUFFER: usize = 128 * 1024;
 
 /// What a pipe carried, and how it ended.
 #[derive(Debug)]
@@ -31,10 +37,7 @@ pub enum PipeEnd {
     /// Nothing moved either way for the idle timeout.
     Idle,
     /// A read or write failed (a reset, a TLS error); the side is named.
-    Error {
-        side: &'static str,
-        error: io::Error,
-    },
+    Error { side: &'static str, error: io::Error },
 }
 
 impl PipeEnd {
@@ -47,10 +50,34 @@ impl PipeEnd {
     }
 }
 
+/// How a stream's end is said: a plain TCP socket says it by being closed (its FIN), so
+/// the last direction of a pipe to finish skips the shutdown call; TLS must send its
+/// close_notify first.
+pub trait Ends {
+    fn needs_shutdown(&self) -> bool;
+}
+
+impl Ends for tokio::net::TcpStream {
+    fn needs_shutdown(&self) -> bool {
+        false
+    }
+}
+
+impl<T> Ends for crate::proxy::maybe_tls::MaybeTls<T> {
+    fn needs_shutdown(&self) -> bool {
+        self.is_tls()
+    }
+}
+
+impl Ends for tokio::io::DuplexStream {
+    fn needs_shutdown(&self) -> bool {
+        true
+    }
+}
+
 struct Direction {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
+    buf: BytesMut,
+    size: usize,
     read_done: bool,
     shut: bool,
     moved: u64,
@@ -59,9 +86,9 @@ struct Direction {
 impl Direction {
     fn new() -> Self {
         Self {
-            buf: Vec::new().into_boxed_slice(),
-            start: 0,
-            end: 0,
+            // Allocated on first read: a direction that never carries anything holds none.
+            buf: BytesMut::new(),
+            size: SMALL_BUFFER,
             read_done: false,
             shut: false,
             moved: 0,
@@ -82,14 +109,15 @@ impl Direction {
         to: &mut W,
         names: (&'static str, &'static str),
         progress: &mut bool,
+        last: bool,
     ) -> Poll<Result<(), (&'static str, io::Error)>>
     where
         R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        W: AsyncWrite + Ends + Unpin,
     {
         loop {
-            if self.start < self.end {
-                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf[self.start..self.end]))
+            if !self.buf.is_empty() {
+                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf))
                     .map_err(|e| (names.1, e))?;
                 if n == 0 {
                     return Poll::Ready(Err((
@@ -97,12 +125,16 @@ impl Direction {
                         io::Error::new(io::ErrorKind::WriteZero, "peer took no bytes"),
                     )));
                 }
-                self.start += n;
+                self.buf.advance(n);
                 self.moved += n as u64;
                 *progress = true;
                 continue;
             }
             if self.read_done {
+                if !self.shut && last && !to.needs_shutdown() {
+                    // The other way is done too: closing the socket sends the FIN.
+                    self.shut = true;
+                }
                 if !self.shut {
                     ready!(Pin::new(&mut *to).poll_flush(cx)).map_err(|e| (names.1, e))?;
                     // A peer that already went away cannot be told; that is not an error
@@ -112,21 +144,15 @@ impl Direction {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if self.buf.is_empty() {
-                // Allocated on first use: an idle tunnel holds no buffer for a direction
-                // that has never carried anything.
-                self.buf = vec![0u8; BUFFER].into_boxed_slice();
-            }
-            let mut read = ReadBuf::new(&mut self.buf);
-            match Pin::new(&mut *from).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) => {
-                    let n = read.filled().len();
-                    if n == 0 {
-                        self.read_done = true;
-                    } else {
-                        self.start = 0;
-                        self.end = n;
-                        *progress = true;
+            // Empty here, so this takes back the whole allocation rather than making one.
+            self.buf.reserve(self.size);
+            let room = self.buf.capacity();
+            match poll_read_buf(Pin::new(&mut *from), cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) => self.read_done = true,
+                Poll::Ready(Ok(n)) => {
+                    *progress = true;
+                    if n == room {
+                        self.size = LARGE_BUFFER;
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err((names.0, e))),
@@ -144,8 +170,8 @@ impl Direction {
 /// fails, or nothing moves for `idle`.
 pub async fn pipe<C, O>(client: &mut C, origin: &mut O, idle: Duration) -> Piped
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    O: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Ends + Unpin,
+    O: AsyncRead + AsyncWrite + Ends + Unpin,
 {
     pipe_until(client, origin, idle, false).await
 }
@@ -156,8 +182,8 @@ where
 /// client may keep its end open until it has read the transfer's reply.
 pub async fn pipe_until_origin_done<C, O>(client: &mut C, origin: &mut O, idle: Duration) -> Piped
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    O: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Ends + Unpin,
+    O: AsyncRead + AsyncWrite + Ends + Unpin,
 {
     pipe_until(client, origin, idle, true).await
 }
@@ -169,25 +195,29 @@ async fn pipe_until<C, O>(
     origin_ends: bool,
 ) -> Piped
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    O: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Ends + Unpin,
+    O: AsyncRead + AsyncWrite + Ends + Unpin,
 {
     let mut up = Direction::new();
     let mut down = Direction::new();
+    // The timer is moved only when it fires early (progress came since it was set), not
+    // on every read: moving a registered timer costs more than the read it follows.
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
+    let idle_ms = idle.as_millis() as u64;
+    let mut last_progress = coarse_ms();
     let end = poll_fn(|cx| {
         let mut progress = false;
         if !up.finished() {
             if let Poll::Ready(Err((side, error))) =
-                up.poll(cx, client, origin, ("client", "origin"), &mut progress)
+                up.poll(cx, client, origin, ("client", "origin"), &mut progress, down.finished())
             {
                 return Poll::Ready(PipeEnd::Error { side, error });
             }
         }
         if !down.finished() {
             if let Poll::Ready(Err((side, error))) =
-                down.poll(cx, origin, client, ("origin", "client"), &mut progress)
+                down.poll(cx, origin, client, ("origin", "client"), &mut progress, up.finished())
             {
                 return Poll::Ready(PipeEnd::Error { side, error });
             }
@@ -196,12 +226,18 @@ where
             return Poll::Ready(PipeEnd::Closed);
         }
         if progress {
-            sleep.as_mut().reset(Instant::now() + idle);
+            last_progress = coarse_ms();
         }
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(PipeEnd::Idle),
-            Poll::Pending => Poll::Pending,
+        while sleep.as_mut().poll(cx).is_ready() {
+            let quiet = coarse_ms().saturating_sub(last_progress);
+            if quiet >= idle_ms {
+                return Poll::Ready(PipeEnd::Idle);
+            }
+            sleep
+                .as_mut()
+                .reset(Instant::now() + Duration::from_millis(idle_ms - quiet));
         }
+        Poll::Pending
     })
     .await;
     Piped {

@@ -34,7 +34,7 @@ async fn check_loop(upstream: Arc<Upstream>, index: usize, hc: HealthCheckConfig
         ticker.tick().await;
         let result = match upstream.protocol {
             OriginProtocol::Tcp | OriginProtocol::Tls => {
-                connect::open(origin.addr, hc.timeout, upstream.tls_to(index))
+                connect::open(origin.addr, hc.timeout, upstream.tls_to(index), None)
                     .await
                     .map(drop)
                     .map_err(|e| e.to_string())
@@ -67,7 +67,7 @@ async fn http_check(
     // Over the same TLS as requests: a check that passed in the clear would say nothing
     // of an origin whose certificate has expired.
     let connect = async {
-        connect::open(origin.addr, hc.timeout, upstream.tls_to(index))
+        connect::open(origin.addr, hc.timeout, upstream.tls_to(index), None)
             .await
             .map_err(|e| e.to_string())
     };

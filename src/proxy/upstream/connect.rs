@@ -80,21 +80,30 @@ pub struct TlsTo<'a> {
     pub name: &'a ServerName<'static>,
 }
 
-/// A connection to `addr` within `timeout`: TCP, then the TLS handshake when `tls` is
-/// given. A handshake that fails (a certificate that does not verify, an origin that will
-/// not speak HTTP/2 when `h2` was asked for) is `ConnectError::Tls`, logged with why.
+/// A connection to `addr` within `timeout`: TCP, then `preface` (a PROXY header) when
+/// given, then the TLS handshake when `tls` is given. A handshake that fails (a
+/// certificate that does not verify, an origin that will not speak HTTP/2 when `h2` was
+/// asked for) is `ConnectError::Tls`, logged with why.
 pub async fn open(
     addr: SocketAddr,
     timeout: Duration,
     tls: Option<TlsTo<'_>>,
+    preface: Option<&[u8]>,
 ) -> Result<OriginStream, ConnectError> {
+    let opened = async {
+        let mut stream = tcp(addr).await?;
+        if let Some(bytes) = preface {
+            tokio::io::AsyncWriteExt::write_all(&mut stream, bytes).await?;
+        }
+        Ok(stream)
+    };
     let Some(TlsTo { tls, name }) = tls else {
-        return within(addr, timeout, tcp(addr))
+        return within(addr, timeout, opened)
             .await
             .map(OriginStream::Plain);
     };
     let handshake = async {
-        let stream = tcp(addr).await.map_err(Handshake::Tcp)?;
+        let stream = opened.await.map_err(Handshake::Tcp)?;
         let tls_stream = tls
             .connector
             .connect(name.clone(), stream)

@@ -65,6 +65,10 @@ pub struct Origin {
     pub sticky: Option<String>,
     pub client_version: Version,
     pub client: std::net::IpAddr,
+    /// The client's connection (address and port) and the listener address it reached:
+    /// what a `send_proxy` upstream's PROXY header says.
+    pub peer: std::net::SocketAddr,
+    pub local: std::net::SocketAddr,
     pub tls: bool,
     pub host: Option<String>,
 }
@@ -226,12 +230,12 @@ impl Origin {
                 }
                 continue;
             }
-            let connected = match upstream.pooled(index, fresh) {
+            let connected = match upstream.pooled(index, fresh, self.peer) {
                 Some(conn) => Ok((conn, true)),
                 None => {
                     // Boxed: a new connection is the rare case, and its future (a connect
                     // and a timer) would otherwise enlarge every request's.
-                    let connect = Box::pin(upstream.connect(index));
+                    let connect = Box::pin(upstream.connect(index, self.peer, self.local));
                     let connected = connect.await;
                     if connected.is_ok() {
                         count_connection(shared, upstream);

@@ -112,20 +112,34 @@ impl OriginState {
         false
     }
 
-    /// The most recently used idle connection that is still open and young enough, if any.
-    pub fn take_idle(&self) -> Option<OriginConn> {
-        self.take_idle_at(crate::process::clock::coarse_ms())
+    /// The most recently used idle connection that is still open and young enough, if any;
+    /// `owner`: one whose PROXY header named this client (`send_proxy` upstreams).
+    pub fn take_idle(&self, owner: Option<SocketAddr>) -> Option<OriginConn> {
+        self.take_idle_at(crate::process::clock::coarse_ms(), owner)
     }
 
-    fn take_idle_at(&self, now: u64) -> Option<OriginConn> {
+    fn take_idle_at(&self, now: u64, owner: Option<SocketAddr>) -> Option<OriginConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if owner.is_some() {
+            // Connections of many clients share the pool: look for this one's.
+            while idle
+                .front()
+                .is_some_and(|&(_, since)| now.saturating_sub(since) > MAX_IDLE_MS)
+            {
+                idle.pop_front();
+            }
+            let at = idle.iter().rposition(|(c, _)| c.owner == owner && c.is_open())?;
+            return idle.remove(at).map(|(conn, _)| conn);
+        }
         while let Some((conn, since)) = idle.pop_back() {
             if now.saturating_sub(since) > MAX_IDLE_MS {
                 // Everything older is further to the front.
                 idle.clear();
                 return None;
             }
-            if conn.is_open() {
+            // One a PROXY header tied to a client (a reload turned send_proxy off) is
+            // nobody else's.
+            if conn.owner.is_none() && conn.is_open() {
                 return Some(conn);
             }
         }
@@ -210,6 +224,7 @@ pub struct Upstream {
     pub protocol: OriginProtocol,
     /// Present for `https` and `h2` upstreams.
     pub tls: Option<OriginTls>,
+    pub send_proxy: Option<crate::config::proxy::ProxyVersion>,
     pub origins: Vec<Origin>,
     schedule: Vec<usize>,
     turn: AtomicUsize,
@@ -250,6 +265,7 @@ impl Upstream {
             health_check: cfg.health_check.clone(),
             protocol: cfg.protocol,
             tls,
+            send_proxy: cfg.send_proxy,
             origins,
             schedule: balance::weighted_schedule(&weights),
             turn: AtomicUsize::new(0),
@@ -323,22 +339,33 @@ impl Upstream {
         z ^ (z >> 31)
     }
 
-    /// An HTTP/1.1 connection to the origin: an idle one unless `fresh`, or a new one
-    /// within the connect timeout. The flag says whether it was an idle one.
-    /// A pooled connection to the origin, unless `fresh` is asked for or none is idle.
-    pub fn pooled(&self, index: usize, fresh: bool) -> Option<OriginConn> {
+    /// A pooled connection to the origin, unless `fresh` is asked for or none is idle;
+    /// for `send_proxy` upstreams, one opened for `client` (the client's connection
+    /// address).
+    pub fn pooled(&self, index: usize, fresh: bool, client: SocketAddr) -> Option<OriginConn> {
         if fresh {
             return None;
         }
-        self.origins[index].state.take_idle()
+        let owner = self.send_proxy.map(|_| client);
+        self.origins[index].state.take_idle(owner)
     }
 
-    /// A new connection to the origin, within the connect timeout.
-    pub async fn connect(&self, index: usize) -> Result<OriginConn, ConnectError> {
+    /// A new connection to the origin, within the connect timeout; for `send_proxy`
+    /// upstreams it starts with a PROXY header saying `client` connected to `local`.
+    pub async fn connect(
+        &self,
+        index: usize,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<OriginConn, ConnectError> {
         let addr = self.origins[index].addr;
-        connect::open(addr, self.connect_timeout, self.tls_to(index))
-            .await
-            .map(OriginConn::new)
+        let header = self
+            .send_proxy
+            .map(|v| crate::proxy::upstream::send_proxy::header(v, client, local));
+        let stream = connect::open(addr, self.connect_timeout, self.tls_to(index), header.as_deref()).await?;
+        let mut conn = OriginConn::new(stream);
+        conn.owner = self.send_proxy.map(|_| client);
+        Ok(conn)
     }
 }
 
@@ -447,6 +474,7 @@ mod tests {
             passive_cooldown: Duration::from_secs(60),
             protocol: OriginProtocol::Http1,
             tls: None,
+            send_proxy: None,
         };
         Upstream::new(&cfg, &OriginRegistry::default()).unwrap()
     }
@@ -483,18 +511,37 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "close never seen");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let got = state.take_idle_at(t0 + 20).expect("the open one");
+        let got = state.take_idle_at(t0 + 20, None).expect("the open one");
         assert!(got.is_open());
         assert_eq!(state.idle_count(), 0);
 
         // Idle past MAX_IDLE_MS: not handed out, and swept when another comes back.
         state.put_idle_at(got, t0);
-        assert!(state.take_idle_at(t0 + MAX_IDLE_MS + 1).is_none());
+        assert!(state.take_idle_at(t0 + MAX_IDLE_MS + 1, None).is_none());
         let (c, _c_peer) = conn_pair(&listener).await;
         let (d, _d_peer) = conn_pair(&listener).await;
         state.put_idle_at(c, t0);
         state.put_idle_at(d, t0 + MAX_IDLE_MS + 1);
         assert_eq!(state.idle_count(), 1, "the stale one is closed on the way");
+    }
+
+    #[tokio::test]
+    async fn a_connection_a_proxy_header_tied_to_a_client_serves_only_that_client() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let state = OriginState::new(1, 1);
+        let alice: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        let bob: SocketAddr = "192.0.2.2:40000".parse().unwrap();
+        let (mut a, _a_peer) = conn_pair(&listener).await;
+        a.owner = Some(alice);
+        let t0 = 1_000_000;
+        state.put_idle_at(a, t0);
+        assert!(state.take_idle_at(t0 + 1, Some(bob)).is_none(), "not bob's");
+        assert!(state.take_idle_at(t0 + 1, None).is_none(), "nor anyone's");
+        let (mut again, _again_peer) = conn_pair(&listener).await;
+        again.owner = Some(alice);
+        state.put_idle_at(again, t0 + 2);
+        let got = state.take_idle_at(t0 + 3, Some(alice)).expect("alice's own");
+        assert_eq!(got.owner, Some(alice));
     }
 
     #[test]
@@ -574,6 +621,7 @@ mod tests {
             passive_cooldown: Duration::from_secs(1),
             protocol: OriginProtocol::Http1,
             tls: None,
+            send_proxy: None,
         };
         let before = Upstream::new(&cfg("127.0.0.1:1"), &registry).unwrap();
         let guard = InFlight::new(before.origins[0].state.clone(), None);

@@ -46,6 +46,9 @@ pub struct OriginConn {
     /// tokio timer's deadline later is an atomic store, where a fresh timer per request is
     /// an insertion into the timer wheel and a removal.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The client a PROXY header on this connection named (`send_proxy`): the connection
+    /// carries no one else's requests.
+    pub owner: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +268,7 @@ impl OriginConn {
             out: Vec::new(),
             reusable: true,
             timer: None,
+            owner: None,
         }
     }
 

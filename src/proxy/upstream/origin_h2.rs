@@ -75,7 +75,7 @@ async fn connect(
     timeout: Duration,
     tls: Option<TlsTo<'_>>,
 ) -> Result<SendRequest<ProxyBody>, ConnectError> {
-    let stream = connect::open(addr, timeout, tls).await?;
+    let stream = connect::open(addr, timeout, tls, None).await?;
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
