@@ -9,6 +9,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::file_servers::{need_daemons, sshd, test_file};
@@ -245,6 +247,122 @@ fn tls_is_terminated_in_front_of_a_plain_origin() {
     assert_eq!(
         https_origin(gw.addr("stream tls"), "tls.example.test", None).unwrap(),
         "plain"
+    );
+}
+
+#[test]
+fn tls_is_terminated_and_made_again_to_a_tls_origin_that_is_verified() {
+    if !need(&["curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("origins CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let (_o, o) = tls_origin(dir.path(), &ca, "secure", &["origin.internal.test"]);
+    let gw = gateway(
+        dir.path(),
+        &format!(
+            "[[streams]]\nname = \"tls\"\nmode = \"tls\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"inside\"\n\
+             [upstreams.inside]\nprotocol = \"tls\"\norigins = [{{ name = \"secure\", addr = \"{o}\" }}]\n\
+             [upstreams.inside.tls]\nca_file = \"{}\"\nserver_name = \"origin.internal.test\"\n",
+            ca_file.display()
+        ),
+        1,
+    );
+    // The client sees our certificate (-k); the origin's is checked by us against its CA.
+    let answered = https_origin(gw.addr("stream tls"), "tls.example.test", None);
+    assert_eq!(answered.unwrap(), "secure");
+}
+
+/// An HTTP/1.1 origin that wants a PROXY header first on each connection: answers every
+/// request with the client its connection's header named, keep-alive; counts connections.
+fn http_origin_behind_proxy_protocol() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { break };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().unwrap());
+                let mut header = String::new();
+                if reader.read_line(&mut header).is_err() || !header.starts_with("PROXY TCP4 ") {
+                    return;
+                }
+                let fields: Vec<&str> = header.split_whitespace().collect();
+                let body = format!("{}:{}\n", fields[2], fields[4]);
+                loop {
+                    // The request head, to its blank line.
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[test]
+fn an_http_upstream_with_send_proxy_keeps_each_clients_origin_connection_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, connections) = http_origin_behind_proxy_protocol();
+    let config = format!(
+        "[node]\nname = \"pp-1\"\nregion = \"t\"\nworkers = 1\n\
+         [listen]\nhttp = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\n\
+         [[routes]]\nhosts = [\"*\"]\nupstream = \"web\"\n\
+         [upstreams.web]\nsend_proxy = \"v1\"\norigins = [{{ name = \"o\", addr = \"{origin}\" }}]\n"
+    );
+    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+    let proxy = Proc::start(&["proxy", "--config", "proxy.toml"], dir.path(), 2);
+    let http = proxy.addr("HTTP");
+    // Two clients, two requests each on their own keep-alive connection.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(http).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let me = c.local_addr().unwrap();
+        let mut reader = BufReader::new(c.try_clone().unwrap());
+        for _ in 0..2 {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+                .unwrap();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length: ") {
+                    length = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body).unwrap();
+            let named = String::from_utf8(body).unwrap();
+            assert_eq!(named.trim(), me.to_string(), "the origin saw this client");
+        }
+        seen.push(me);
+    }
+    assert_ne!(seen[0], seen[1]);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "one origin connection per client, reused for its second request"
     );
 }
 
