@@ -58,14 +58,39 @@ fn shipped_file_gateway_config_is_what_its_comments_say() {
     let cfg = geoedge::config::ProxyConfig::load(&root().join("config/file-gateway.toml")).unwrap();
     let listen = |name: &str| {
         let s = cfg.streams.iter().find(|s| s.name == name).unwrap();
-        (s.mode, s.listen[0].to_string(), s.ftp.as_ref().map(|f| f.tls))
+        (
+            s.mode,
+            s.listen[0].to_string(),
+            s.ftp.as_ref().map(|f| f.tls),
+        )
     };
-    assert_eq!(listen("ftp"), (StreamMode::Ftp, "127.0.0.1:2121".into(), Some(FtpTls::Explicit)));
-    assert_eq!(listen("ftps"), (StreamMode::Ftp, "127.0.0.1:2990".into(), Some(FtpTls::Implicit)));
-    assert_eq!(listen("sftp"), (StreamMode::Tcp, "127.0.0.1:2222".into(), None));
+    assert_eq!(
+        listen("ftp"),
+        (
+            StreamMode::Ftp,
+            "127.0.0.1:2121".into(),
+            Some(FtpTls::Explicit)
+        )
+    );
+    assert_eq!(
+        listen("ftps"),
+        (
+            StreamMode::Ftp,
+            "127.0.0.1:2990".into(),
+            Some(FtpTls::Implicit)
+        )
+    );
+    assert_eq!(
+        listen("sftp"),
+        (StreamMode::Tcp, "127.0.0.1:2222".into(), None)
+    );
     let ftp = cfg.streams[0].ftp.as_ref().unwrap();
     assert_eq!(ftp.passive_ports, 30000..=30099);
-    let origin = |u: &str| cfg.upstreams.iter().find(|x| x.name == u).unwrap().origins[0].addr.to_string();
+    let origin = |u: &str| {
+        cfg.upstreams.iter().find(|x| x.name == u).unwrap().origins[0]
+            .addr
+            .to_string()
+    };
     assert_eq!(origin("ftp-servers"), "127.0.0.1:2100");
     assert_eq!(origin("ssh-servers"), "127.0.0.1:2200");
     assert_eq!(cfg.admin.unwrap().to_string(), "127.0.0.1:9190");

@@ -22,10 +22,11 @@ pub use super::listener_tls::{
 use super::protect::{self, RawAuth, RawRateLimit, RawRule};
 pub use super::protect::{AuthConfig, RateConfig, RateLimitConfig, RuleAction, RuleConfig};
 use super::streams::RawStream;
-pub use super::streams::{FtpConfig, FtpTls, ProxyVersion, StreamConfig, StreamMode};
+pub use super::streams::{FtpConfig, FtpTls, StreamConfig, StreamMode};
 use super::upstreams::RawUpstream;
 pub use super::upstreams::{
-    Balance, HealthCheckConfig, OriginConfig, OriginProtocol, OriginTlsConfig, UpstreamConfig,
+    Balance, HealthCheckConfig, OriginConfig, OriginProtocol, OriginTlsConfig, ProxyVersion,
+    UpstreamConfig,
 };
 use super::{ConfigDuration, ConfigError, Source};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::upstreams::{OriginProtocol, UpstreamConfig};
+use super::upstreams::{OriginProtocol, ProxyVersion, UpstreamConfig};
 use super::{ConfigDuration, ConfigError, Source};
 
 #[derive(Debug, Deserialize)]
@@ -96,14 +96,6 @@ impl StreamMode {
             StreamMode::Ftp => "ftp",
         }
     }
-}
-
-/// PROXY protocol header sent to origins ahead of the client's bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProxyVersion {
-    V1,
-    V2,
 }
 
 /// TLS on the client side of an FTP listener.

@@ -32,7 +32,7 @@ pub(super) struct RawUpstream {
     protocol: OriginProtocol,
     tls: Option<RawOriginTls>,
     /// A PROXY header on each new origin connection (HTTP/1.1 upstreams).
-    send_proxy: Option<super::streams::ProxyVersion>,
+    send_proxy: Option<ProxyVersion>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +60,14 @@ pub enum Balance {
     LeastConn,
     RoundRobin,
     WeightedRoundRobin,
+}
+
+/// PROXY protocol header sent to origins ahead of the client's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 /// How the proxy speaks to an upstream's origins.
@@ -228,7 +236,7 @@ pub struct UpstreamConfig {
     pub tls: Option<OriginTlsConfig>,
     /// PROXY header version written first on each origin connection, whose idle
     /// connections then serve only the client they name.
-    pub send_proxy: Option<super::streams::ProxyVersion>,
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -242,7 +242,10 @@ async fn accept_loop(
                 shared.metrics.connections_open.inc();
                 // Boxed: the connection's state is 2.2 KB, which tokio would copy when it
                 // spawns the task and again when the task finishes; the task stays 144 bytes.
-                Box::pin(serve_connection(stream, peer, local, tls, &shared, &limits, stop)).await;
+                Box::pin(serve_connection(
+                    stream, peer, local, tls, &shared, &limits, stop,
+                ))
+                .await;
                 shared.metrics.connections_open.dec();
                 if cap.is_some() {
                     shared.connection_counts.close(peer.ip());

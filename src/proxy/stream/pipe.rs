@@ -37,7 +37,10 @@ pub enum PipeEnd {
     /// Nothing moved either way for the idle timeout.
     Idle,
     /// A read or write failed (a reset, a TLS error); the side is named.
-    Error { side: &'static str, error: io::Error },
+    Error {
+        side: &'static str,
+        error: io::Error,
+    },
 }
 
 impl PipeEnd {
@@ -209,16 +212,26 @@ where
     let end = poll_fn(|cx| {
         let mut progress = false;
         if !up.finished() {
-            if let Poll::Ready(Err((side, error))) =
-                up.poll(cx, client, origin, ("client", "origin"), &mut progress, down.finished())
-            {
+            if let Poll::Ready(Err((side, error))) = up.poll(
+                cx,
+                client,
+                origin,
+                ("client", "origin"),
+                &mut progress,
+                down.finished(),
+            ) {
                 return Poll::Ready(PipeEnd::Error { side, error });
             }
         }
         if !down.finished() {
-            if let Poll::Ready(Err((side, error))) =
-                down.poll(cx, origin, client, ("origin", "client"), &mut progress, up.finished())
-            {
+            if let Poll::Ready(Err((side, error))) = down.poll(
+                cx,
+                origin,
+                client,
+                ("origin", "client"),
+                &mut progress,
+                up.finished(),
+            ) {
                 return Poll::Ready(PipeEnd::Error { side, error });
             }
         }

@@ -98,9 +98,7 @@ pub async fn open(
         Ok(stream)
     };
     let Some(TlsTo { tls, name }) = tls else {
-        return within(addr, timeout, opened)
-            .await
-            .map(OriginStream::Plain);
+        return within(addr, timeout, opened).await.map(OriginStream::Plain);
     };
     let handshake = async {
         let stream = opened.await.map_err(Handshake::Tcp)?;

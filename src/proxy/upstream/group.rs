@@ -128,7 +128,9 @@ impl OriginState {
             {
                 idle.pop_front();
             }
-            let at = idle.iter().rposition(|(c, _)| c.owner == owner && c.is_open())?;
+            let at = idle
+                .iter()
+                .rposition(|(c, _)| c.owner == owner && c.is_open())?;
             return idle.remove(at).map(|(conn, _)| conn);
         }
         while let Some((conn, since)) = idle.pop_back() {
@@ -362,7 +364,13 @@ impl Upstream {
         let header = self
             .send_proxy
             .map(|v| crate::proxy::upstream::send_proxy::header(v, client, local));
-        let stream = connect::open(addr, self.connect_timeout, self.tls_to(index), header.as_deref()).await?;
+        let stream = connect::open(
+            addr,
+            self.connect_timeout,
+            self.tls_to(index),
+            header.as_deref(),
+        )
+        .await?;
         let mut conn = OriginConn::new(stream);
         conn.owner = self.send_proxy.map(|_| client);
         Ok(conn)
@@ -540,7 +548,9 @@ mod tests {
         let (mut again, _again_peer) = conn_pair(&listener).await;
         again.owner = Some(alice);
         state.put_idle_at(again, t0 + 2);
-        let got = state.take_idle_at(t0 + 3, Some(alice)).expect("alice's own");
+        let got = state
+            .take_idle_at(t0 + 3, Some(alice))
+            .expect("alice's own");
         assert_eq!(got.owner, Some(alice));
     }
 
