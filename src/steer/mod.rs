@@ -2,6 +2,8 @@
 //! up, which region answers. No I/O, no clocks; the DNS handler and `geoedge geo lookup`
 //! both call it, so what an operator sees is what clients get.
 
+pub mod shed;
+
 use std::net::IpAddr;
 use std::ops::Range;
 
