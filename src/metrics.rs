@@ -13,6 +13,10 @@ pub const DNS_FAIL_OPEN: &str = "geoedge_dns_fail_open_total";
 pub const DNS_QUERY_DURATION: &str = "geoedge_dns_query_duration_seconds";
 pub const DNS_NODE_UP: &str = "geoedge_dns_node_up";
 pub const DNS_REGION_UP: &str = "geoedge_dns_region_up";
+pub const DNS_REGION_UTILISATION: &str = "geoedge_dns_region_utilisation";
+pub const DNS_REGION_SHED_SHARE: &str = "geoedge_dns_region_shed_share";
+pub const DNS_SHED_MOVED: &str = "geoedge_dns_shed_moved_total";
+pub const DNS_SHED_ALL_FULL: &str = "geoedge_dns_shed_all_full_total";
 pub const DNS_REPORTS: &str = "geoedge_dns_reports_total";
 pub const DNS_REPORTS_REJECTED: &str = "geoedge_dns_reports_rejected_total";
 pub const DNS_PROBES: &str = "geoedge_dns_probes_total";
@@ -92,6 +96,13 @@ pub struct DnsMetrics {
     pub probe_duration: Histogram,
     pub state_changes: IntCounterVec,
     pub report_age: prometheus::GaugeVec,
+    /// Mean utilisation of the region's up nodes that report a capacity.
+    pub region_utilisation: prometheus::GaugeVec,
+    pub region_shed_share: prometheus::GaugeVec,
+    /// Steering decisions that sent a client away from its (busy) region, and those that
+    /// found no other region with room; counters copied from the shed table at scrape.
+    pub shed_moved: IntCounterVec,
+    pub shed_all_full: IntCounter,
     pub reloads: IntCounterVec,
     pub rrl_dropped: IntCounter,
     pub rrl_slipped: IntCounter,
@@ -220,6 +231,39 @@ impl DnsMetrics {
             )
             .expect("valid"),
         );
+        let gauge_vec = |name: &str, help: &str| {
+            register(
+                registry,
+                prometheus::GaugeVec::new(Opts::new(name, help), &["region"]).expect("valid"),
+            )
+        };
+        let region_utilisation = gauge_vec(
+            DNS_REGION_UTILISATION,
+            "Mean load over capacity of the region's up nodes that report one",
+        );
+        let region_shed_share = gauge_vec(
+            DNS_REGION_SHED_SHARE,
+            "Share of the region's clients answered with another region",
+        );
+        let shed_moved = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    DNS_SHED_MOVED,
+                    "Steering decisions that sent a client away from this busy region",
+                ),
+                &["region"],
+            )
+            .expect("valid"),
+        );
+        let shed_all_full = register(
+            registry,
+            IntCounter::with_opts(Opts::new(
+                DNS_SHED_ALL_FULL,
+                "Steering decisions that found no other region with room",
+            ))
+            .expect("valid"),
+        );
         let report_age = register(
             registry,
             prometheus::GaugeVec::new(
@@ -273,6 +317,10 @@ impl DnsMetrics {
             rrl_dropped: rrl.with_label_values(&["dropped"]),
             rrl_slipped: rrl.with_label_values(&["slipped"]),
             region_up,
+            region_utilisation,
+            region_shed_share,
+            shed_moved,
+            shed_all_full,
             reports_accepted,
             reports_rejected,
             probes,

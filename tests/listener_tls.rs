@@ -364,6 +364,11 @@ fn a_reload_that_breaks_tls_settings_keeps_the_old_policy() {
     std::fs::write(&config_path, broken).unwrap();
     hup();
     wait_for(Duration::from_secs(5), "the bad reload counted", || {
+        assert!(
+            common::http_get(w.admin(), "/healthz").0 != 0 || w.proxy.stderr().is_empty(),
+            "the admin listener is gone; the proxy said:\n{}",
+            w.proxy.stderr()
+        );
         common::metric(
             w.admin(),
             "geoedge_proxy_config_reloads_total{result=\"error\"}",

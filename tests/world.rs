@@ -242,6 +242,7 @@ fn report(node: &str, region: &str, can_serve: bool, seq: u64, ts: u64) -> Vec<u
         seq,
         timestamp_ms: ts,
         services: Default::default(),
+        capacity: None,
     })
     .unwrap()
 }

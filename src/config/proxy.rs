@@ -77,6 +77,22 @@ struct RawNode {
     log_level: Option<String>,
     /// Token for POST /admin/reload on the admin listener; unset = disabled.
     admin_token_file: Option<PathBuf>,
+    /// What this node can take; reported to DNS, which sheds by it.
+    capacity: Option<RawCapacity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapacity {
+    max_rps: Option<f64>,
+    max_in_flight: Option<u64>,
+}
+
+/// A node's capacity: requests per second and/or requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    pub max_rps: Option<f64>,
+    pub max_in_flight: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +224,7 @@ pub struct ProxyConfig {
     pub path: PathBuf,
     pub node: String,
     pub region: String,
+    pub capacity: Option<Capacity>,
     pub workers: usize,
     pub http: Vec<SocketAddr>,
     pub https: Vec<SocketAddr>,
@@ -329,6 +346,24 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         ));
     }
 
+    let capacity = match raw.node.capacity {
+        None => None,
+        Some(c) => {
+            let rps_ok = c.max_rps.is_none_or(|r| r.is_finite() && r > 0.0);
+            let in_flight_ok = c.max_in_flight.is_none_or(|n| n > 0);
+            if (c.max_rps.is_none() && c.max_in_flight.is_none()) || !rps_ok || !in_flight_ok {
+                return Err(src.error(
+                    "node.capacity",
+                    None,
+                    "give max_rps and/or max_in_flight, each above 0",
+                ));
+            }
+            Some(Capacity {
+                max_rps: c.max_rps,
+                max_in_flight: c.max_in_flight,
+            })
+        }
+    };
     let limits = super::limits::validate(src, raw.limits)?;
     let upstreams = super::upstreams::validate(src, raw.upstreams)?;
     let web_listeners: Vec<SocketAddr> = raw
@@ -544,6 +579,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         cache,
         reports,
         path: src.path.clone(),
+        capacity,
         node: raw.node.name,
         region: raw.node.region,
         workers: raw.node.workers,

@@ -23,6 +23,10 @@ pub(super) struct RawRegion {
     /// Accept signed reports from nodes not listed here, and answer with them.
     #[serde(default)]
     dynamic_nodes: bool,
+    /// Utilisation where shedding starts, and where all of the region's clients go
+    /// elsewhere.
+    low_watermark: Option<f64>,
+    high_watermark: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +87,8 @@ pub struct RegionConfig {
     pub nodes: Vec<NodeConfig>,
     pub probe: Option<ProbeConfig>,
     pub dynamic_nodes: bool,
+    /// (low, high) utilisation watermarks: shedding is on for this region.
+    pub watermarks: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +202,19 @@ pub(super) fn validate_regions(
                 })
             }
         };
+        let watermarks = match (r.low_watermark, r.high_watermark) {
+            (None, None) => None,
+            (Some(low), Some(high)) if 0.0 <= low && low < high && high <= 10.0 => {
+                Some((low, high))
+            }
+            _ => {
+                return Err(src.error(
+                    format!("{key}.high_watermark"),
+                    Some(r.name.span()),
+                    "give low_watermark and high_watermark together, 0 <= low < high (utilisation fractions: 0.7 and 0.9)",
+                ))
+            }
+        };
         regions.push(RegionConfig {
             name,
             latitude: r.latitude,
@@ -203,6 +222,7 @@ pub(super) fn validate_regions(
             nodes,
             probe,
             dynamic_nodes: r.dynamic_nodes,
+            watermarks,
         });
     }
     Ok(regions)

@@ -156,6 +156,7 @@ impl DnsAdmin {
             total_origins: report.total_origins,
             in_flight: report.in_flight,
             load: report.load,
+            utilisation: report.capacity.as_ref().and_then(|c| c.utilisation()),
         };
         match state
             .health

@@ -23,6 +23,7 @@ pub mod listen;
 pub mod query;
 pub mod run;
 pub mod server;
+pub mod shed;
 pub mod state;
 pub mod steered;
 pub mod zone;

@@ -37,6 +37,12 @@ impl DnsServer {
             handler = handler.with_query_log(log, *sample);
         }
         let handler = Arc::new(handler);
+        let hangup = {
+            let server = self.clone();
+            crate::process::signals::on_hangup(move || {
+                let _ = server.reload_and_report();
+            })
+        };
         let mut tasks = Vec::new();
         let udp_stop = Arc::new(AtomicBool::new(false));
         let loops = if cfg.workers == 0 {
@@ -76,7 +82,7 @@ impl DnsServer {
             (cfg.report_interval / 2).clamp(Duration::from_millis(10), Duration::from_millis(100));
         tasks.push(tokio::spawn(tick_loop(self.clone(), tick)));
         self.restart_probes(cfg);
-        tasks.push(tokio::spawn(reload_on_hangup(self.clone())));
+        tasks.push(tokio::spawn(hangup));
 
         shutdown.await;
         tracing::info!("shutting down");
@@ -93,23 +99,23 @@ async fn tick_loop(server: Arc<DnsServer>, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_geo_check = std::time::Instant::now();
+    let mut last_shed_step = std::time::Instant::now();
     loop {
         ticker.tick().await;
         let changes = server.health().tick(now_ms());
         server.apply(changes);
+        if last_shed_step.elapsed() >= crate::dns::shed::SHED_INTERVAL {
+            last_shed_step = std::time::Instant::now();
+            let state = server.state.load();
+            if state.shed.enabled() && state.shed.step(&state.table, &state.health) {
+                state.health.invalidate_decisions();
+            }
+        }
         if last_geo_check.elapsed() >= Duration::from_secs(1) {
             last_geo_check = std::time::Instant::now();
             server.reload_geo_if_changed();
         }
     }
-}
-
-/// SIGHUP reloads the configuration, as nginx and HAProxy do.
-async fn reload_on_hangup(server: Arc<DnsServer>) {
-    crate::process::signals::on_hangup(|| {
-        let _ = server.reload_and_report();
-    })
-    .await;
 }
 
 /// Binds UDP and TCP on the same address. With port 0, the kernel picks the UDP port and

@@ -403,6 +403,24 @@ impl DnsServer {
                 .with_label_values(&[&r.name])
                 .set(i64::from(up));
         }
+        let shed = &state.shed;
+        for (i, name) in shed.names().iter().enumerate() {
+            let m = &self.metrics;
+            m.region_utilisation
+                .with_label_values(&[name])
+                .set(shed.utilisation(i).unwrap_or(0.0));
+            m.region_shed_share
+                .with_label_values(&[name])
+                .set(shed.share(i));
+            // The table counts; the registry's counters catch up at each scrape (a
+            // reload's new table starts again at 0, which the counters never go below).
+            let moved = shed.moved[i].load(std::sync::atomic::Ordering::Relaxed);
+            let counter = m.shed_moved.with_label_values(&[name]);
+            counter.inc_by(moved.saturating_sub(counter.get()));
+        }
+        let full = shed.all_full.load(std::sync::atomic::Ordering::Relaxed);
+        let counter = &self.metrics.shed_all_full;
+        counter.inc_by(full.saturating_sub(counter.get()));
     }
 
     pub(crate) fn stop_probes(&self) {

@@ -42,6 +42,8 @@ pub struct DnsState {
     /// Every stream service a steered name needs; a name's `service_mask` has bit i for
     /// `services[i]`.
     pub services: Vec<String>,
+    /// Shedding shares per region; kept across reloads for regions that stay.
+    pub shed: Arc<crate::dns::shed::ShedTable>,
 }
 
 impl DnsState {
@@ -116,6 +118,7 @@ impl DnsState {
             health_settings,
             fast: Default::default(),
             services,
+            shed: Arc::new(crate::dns::shed::ShedTable::new(cfg)),
         };
         state.fast = crate::dns::query::fast::Table::build(
             &state.zones,
@@ -128,6 +131,7 @@ impl DnsState {
     /// Keeps the previous state's health when this config has the same nodes (names,
     /// regions, order) and health settings: a reload must not forget what reports said.
     pub fn adopt_health(&mut self, previous: &DnsState) -> bool {
+        self.shed.carry_over(&previous.shed);
         let same_nodes = previous.table.nodes.len() == self.table.nodes.len()
             && previous
                 .table

@@ -160,6 +160,18 @@ impl HealthTable {
         })
     }
 
+    /// The utilisation the node's latest report gave, if it reports a capacity.
+    pub fn utilisation(&self, node: NodeId) -> Option<f64> {
+        let slot = self.nodes.get(node)?;
+        let state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.health.figures.utilisation
+    }
+
+    /// Makes readers that remember decisions forget them (shedding moved).
+    pub fn invalidate_decisions(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Records which services a node's report says are down; true when that changed
     /// (and remembered decisions were dropped).
     pub fn record_services(&self, node: NodeId, down: u64) -> bool {

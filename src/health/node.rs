@@ -48,6 +48,8 @@ pub struct ReportFigures {
     pub total_origins: u32,
     pub in_flight: u64,
     pub load: f64,
+    /// Load over configured capacity, from nodes that report a capacity.
+    pub utilisation: Option<f64>,
 }
 
 #[derive(Debug, Clone)]

@@ -37,6 +37,41 @@ pub struct Report {
     /// without it is still accepted.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub services: std::collections::BTreeMap<String, bool>,
+    /// The node's load and configured capacity (`[node] capacity`), which DNS sheds by.
+    /// Sent only by nodes with a capacity, so reports of nodes without one stay readable
+    /// by DNS servers older than shedding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<NodeLoad>,
+}
+
+/// A node's load against its capacity.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLoad {
+    /// Requests per second over the last report interval.
+    pub rps: f64,
+    pub in_flight: u64,
+    pub connections: u64,
+    /// CPU time over wall time in the last interval (1.0: one core busy).
+    pub cpu: f64,
+    pub max_rps: Option<f64>,
+    pub max_in_flight: Option<u64>,
+}
+
+impl NodeLoad {
+    /// The larger of the configured ratios; None when no capacity is set.
+    pub fn utilisation(&self) -> Option<f64> {
+        let rps = self.max_rps.filter(|m| *m > 0.0).map(|m| self.rps / m);
+        let in_flight = self
+            .max_in_flight
+            .filter(|m| *m > 0)
+            .map(|m| self.in_flight as f64 / m as f64);
+        match (rps, in_flight) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+        .filter(|u| u.is_finite())
+    }
 }
 
 /// Why a report was refused; also the metric label.
@@ -183,7 +218,31 @@ mod tests {
             seq: 7,
             timestamp_ms: ts,
             services: Default::default(),
+            capacity: None,
         }
+    }
+
+    #[test]
+    fn utilisation_is_the_larger_configured_ratio() {
+        let l = NodeLoad {
+            rps: 500.0,
+            in_flight: 30,
+            max_rps: Some(1000.0),
+            max_in_flight: Some(40),
+            ..Default::default()
+        };
+        assert_eq!(l.utilisation(), Some(0.75));
+        let only_rps = NodeLoad {
+            max_in_flight: None,
+            ..l.clone()
+        };
+        assert_eq!(only_rps.utilisation(), Some(0.5));
+        let none = NodeLoad {
+            max_rps: None,
+            max_in_flight: None,
+            ..l
+        };
+        assert_eq!(none.utilisation(), None);
     }
 
     #[test]

@@ -135,6 +135,17 @@ pub struct ProxyMetrics {
 }
 
 impl ProxyMetrics {
+    /// Requests answered so far, over every route, method and status.
+    pub fn requests_total(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.requests
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
     pub fn new(registry: &Registry) -> Self {
         let v = |name: &str, help: &str, labels: &[&str]| {
             register(

@@ -32,21 +32,29 @@ pub fn shutdown() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Calls `reload` on every SIGHUP, forever.
-pub async fn on_hangup(mut reload: impl FnMut()) {
+/// Calls `reload` on every SIGHUP, forever. The handler is installed when this is
+/// called, not when the future is first polled: a server calls it before it says it is
+/// listening, so a SIGHUP sent the moment it is ready is not missed.
+/// Must be called inside the runtime.
+pub fn on_hangup(
+    mut reload: impl FnMut() + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            reload();
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hup) = hup else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                reload();
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = &mut reload;
-        std::future::pending::<()>().await;
+        #[cfg(not(unix))]
+        {
+            let _ = &mut reload;
+            std::future::pending::<()>().await;
+        }
     }
 }

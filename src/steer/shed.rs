@@ -85,7 +85,10 @@ pub fn moves(client: IpAddr, share: f64) -> bool {
 mod tests {
     use super::*;
 
-    const MARKS: Watermarks = Watermarks { low: 0.7, high: 0.9 };
+    const MARKS: Watermarks = Watermarks {
+        low: 0.7,
+        high: 0.9,
+    };
 
     #[test]
     fn the_target_is_none_below_low_all_at_high_and_linear_between() {

@@ -185,8 +185,10 @@ pub fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
 /// A plain HTTP/1.1 GET over a fresh connection; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => return (0, format!("connecting to {addr} failed: {e}")),
+    };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
@@ -194,7 +196,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     )
     .unwrap();
     let mut buf = String::new();
-    s.read_to_string(&mut buf).expect("read response");
+    // A failed read (a reset while the server reloads) is status 0: pollers try again,
+    // and any assertion on the status says what happened.
+    if let Err(e) = s.read_to_string(&mut buf) {
+        return (0, format!("reading the response failed: {e}"));
+    }
     let status = buf
         .split_whitespace()
         .nth(1)

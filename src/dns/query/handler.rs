@@ -379,7 +379,29 @@ fn decide(
             .clone()
             .any(|n| health.is_up_for(n, services))
     };
-    let choice = table.choose(address, location.as_ref(), region_up)?;
+    let mut choice = table.choose(address, location.as_ref(), region_up)?;
+    let shed = &state.shed;
+    if !choice.fail_open && crate::steer::shed::moves(address, shed.share(choice.region)) {
+        // One of the share of this region's clients sent elsewhere: the nearest other
+        // region that is up and below its own high watermark.
+        let from = choice.region;
+        let spill = table.choose(address, location.as_ref(), |r| {
+            r != from && region_up(r) && shed.has_room(r)
+        });
+        match spill {
+            Some(other) if !other.fail_open => {
+                if let Some(n) = shed.moved.get(from) {
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                choice = other;
+            }
+            _ => {
+                // Every other region is full or down: the nearest order stands.
+                shed.all_full
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
     let source_prefix = ecs.map(|n| n.prefix_len()).unwrap_or(0);
     let scope = match network {
         Some(net) => answer_scope(net, source_prefix, state.override_cidrs.iter().copied()),

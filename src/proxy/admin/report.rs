@@ -6,12 +6,74 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::proxy::ReportsConfig;
-use crate::health::report::{Report, ReportKey, REPORT_PATH, SIGNATURE_HEADER};
+use crate::health::report::{NodeLoad, Report, ReportKey, REPORT_PATH, SIGNATURE_HEADER};
 use crate::process::clock::unix_ms;
 use crate::proxy::Shared;
 
+/// Requests and CPU time between two reports, for the load a report carries.
+pub struct LoadMeter {
+    last: Option<(u64, f64, std::time::Instant)>,
+}
+
+impl LoadMeter {
+    pub fn new() -> Self {
+        Self { last: None }
+    }
+
+    /// (requests per second, CPU share) since the previous call; zeros the first time.
+    pub fn sample(
+        &mut self,
+        requests: u64,
+        cpu_seconds: f64,
+        now: std::time::Instant,
+    ) -> (f64, f64) {
+        let rates = match self.last {
+            Some((r0, c0, t0)) => {
+                let wall = now.duration_since(t0).as_secs_f64();
+                if wall > 0.0 {
+                    (
+                        requests.saturating_sub(r0) as f64 / wall,
+                        (cpu_seconds - c0).max(0.0) / wall,
+                    )
+                } else {
+                    (0.0, 0.0)
+                }
+            }
+            None => (0.0, 0.0),
+        };
+        self.last = Some((requests, cpu_seconds, now));
+        rates
+    }
+}
+
+impl Default for LoadMeter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// User plus system CPU seconds of this process.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes only into the zeroed struct we pass, which lives for the
+    // call; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut u) != 0 {
+            return 0.0;
+        }
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 /// The report this node would send now.
-pub fn current(shared: &Shared, addresses: &[std::net::IpAddr], seq: u64) -> Report {
+pub fn current(
+    shared: &Shared,
+    addresses: &[std::net::IpAddr],
+    seq: u64,
+    meter: &mut LoadMeter,
+) -> Report {
     let state = shared.state.load();
     let (can_serve, _) = state.can_serve();
     let mut healthy = 0u32;
@@ -38,6 +100,21 @@ pub fn current(shared: &Shared, addresses: &[std::net::IpAddr], seq: u64) -> Rep
         seq,
         timestamp_ms: unix_ms(),
         services: state.services().into_iter().collect(),
+        capacity: state.config.capacity.map(|c| {
+            let (rps, cpu) = meter.sample(
+                shared.metrics.requests_total(),
+                cpu_seconds(),
+                std::time::Instant::now(),
+            );
+            NodeLoad {
+                rps,
+                in_flight,
+                connections: shared.metrics.connections_open.get().max(0) as u64,
+                cpu,
+                max_rps: c.max_rps,
+                max_in_flight: c.max_in_flight,
+            }
+        }),
     }
 }
 
@@ -65,10 +142,11 @@ async fn report_loop(
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = vec![false; cfg.dns.len()];
+    let mut meter = LoadMeter::new();
     loop {
         ticker.tick().await;
         seq += 1;
-        let body = match serde_json::to_vec(&current(&shared, &cfg.addresses, seq)) {
+        let body = match serde_json::to_vec(&current(&shared, &cfg.addresses, seq, &mut meter)) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a health report");
@@ -113,5 +191,23 @@ async fn report_loop(
                 .with_label_values(&[dns.as_str(), if outcome.is_ok() { "ok" } else { "failed" }])
                 .inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_meter_gives_rates_over_the_interval() {
+        let mut m = LoadMeter::new();
+        let t0 = Instant::now();
+        assert_eq!(m.sample(100, 1.0, t0), (0.0, 0.0));
+        let (rps, cpu) = m.sample(600, 1.25, t0 + Duration::from_millis(500));
+        assert!((rps - 1000.0).abs() < 1e-6, "{rps}");
+        assert!((cpu - 0.5).abs() < 1e-6, "{cpu}");
+        // A counter that went backwards (a reset) reads as no requests.
+        assert_eq!(m.sample(10, 1.25, t0 + Duration::from_secs(1)).0, 0.0);
     }
 }

@@ -71,6 +71,14 @@ impl ProxyServer {
             self.tls.clone(),
             cfg.path.clone(),
         ));
+        // SIGHUP reloads, as with nginx and HAProxy; handled from before the first
+        // "listening" line.
+        let hangup = {
+            let reloader = reloader.clone();
+            crate::process::signals::on_hangup(move || {
+                let _ = reloader.reload_and_report();
+            })
+        };
 
         for addr in &cfg.http {
             let listener = bind_clients(*addr, &limits).await?;
@@ -121,7 +129,7 @@ impl ProxyServer {
             crate::health::report::ReportKey::from_file(&reports.key_file)?;
         }
         reloader.restart_background(&state);
-        tasks.push(tokio::spawn(reload_on_hangup(reloader.clone())));
+        tasks.push(tokio::spawn(hangup));
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining open ones");
@@ -164,7 +172,7 @@ async fn bind_clients(addr: SocketAddr, limits: &Limits) -> anyhow::Result<Accep
 }
 
 /// Polls certificate files once a second; a broken file keeps the old set. (SIGHUP
-/// reloads everything, certificates included: see `reload_on_hangup`.)
+/// reloads everything, certificates included: see `run`.)
 async fn watch_certificates(store: Arc<CertStore>, shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -181,14 +189,6 @@ async fn watch_certificates(store: Arc<CertStore>, shared: Arc<Shared>) {
             None => {}
         }
     }
-}
-
-/// SIGHUP reloads the configuration, as nginx and HAProxy do.
-async fn reload_on_hangup(reloader: Arc<Reloader>) {
-    crate::process::signals::on_hangup(|| {
-        let _ = reloader.reload_and_report();
-    })
-    .await;
 }
 
 async fn accept_loop(
