@@ -124,6 +124,23 @@ struct RawSteering {
     default_order: Vec<Spanned<String>>,
     #[serde(default)]
     overrides: Vec<RawOverride>,
+    #[serde(default)]
+    all_down: AllDown,
+    fallback_region: Option<Spanned<String>>,
+}
+
+/// What steered names answer when every region is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllDown {
+    /// Answer as if every region were up (nearest first): a health-check failure of our
+    /// own must not take the service off the internet.
+    #[default]
+    FailOpen,
+    /// The nodes of `fallback_region`, unchecked (Cloudflare's fallback pool).
+    Fallback,
+    /// SERVFAIL: resolvers try other servers and keep their cached answers.
+    Servfail,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +150,9 @@ struct RawOverride {
     continent: Option<Spanned<String>>,
     cidr: Option<IpNet>,
     regions: Vec<Spanned<String>>,
+    /// Keep these clients in the override's first region even when it is down.
+    #[serde(default)]
+    geofence: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,6 +214,8 @@ pub struct DnsConfig {
     pub regions: Vec<RegionConfig>,
     pub default_order: Vec<String>,
     pub overrides: Vec<OverrideConfig>,
+    pub all_down: AllDown,
+    pub fallback_region: Option<String>,
     pub rise: u32,
     pub fall: u32,
     /// Set when nodes must send signed reports to be answered.
@@ -236,6 +258,8 @@ pub enum OverrideMatch {
 pub struct OverrideConfig {
     pub matcher: OverrideMatch,
     pub regions: Vec<String>,
+    /// Clients matched stay in the first region, up or down (data residency).
+    pub geofence: bool,
 }
 
 const CONTINENT_CODES: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
@@ -431,8 +455,32 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
         for (j, r) in o.regions.iter().enumerate() {
             regions.push(known_region(format!("{key}.regions[{j}]"), r)?);
         }
-        overrides.push(OverrideConfig { matcher, regions });
+        overrides.push(OverrideConfig {
+            matcher,
+            regions,
+            geofence: o.geofence,
+        });
     }
+
+    let all_down = raw.steering.all_down;
+    let fallback_region = match (&raw.steering.fallback_region, all_down) {
+        (Some(r), AllDown::Fallback) => Some(known_region("steering.fallback_region".into(), r)?),
+        (None, AllDown::Fallback) => {
+            return Err(src.error(
+                "steering.fallback_region",
+                None,
+                "all_down = \"fallback\" needs the region to answer with",
+            ))
+        }
+        (Some(r), _) => {
+            return Err(src.error(
+                "steering.fallback_region",
+                Some(r.span()),
+                "a fallback region is used only with all_down = \"fallback\"",
+            ))
+        }
+        (None, _) => None,
+    };
 
     let zones = validate_zones(src, raw.zones)?;
     if zones.iter().any(|z| !z.steered.is_empty()) && regions.is_empty() {
@@ -456,6 +504,8 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
         regions,
         default_order,
         overrides,
+        all_down,
+        fallback_region,
         rise: raw.health.rise,
         fall: raw.health.fall,
         report_key_file,

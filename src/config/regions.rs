@@ -27,6 +27,9 @@ pub(super) struct RawRegion {
     /// elsewhere.
     low_watermark: Option<f64>,
     high_watermark: Option<f64>,
+    /// Nodes (1, 2, ...) or a fraction of them (0.5) that must be up for the region to
+    /// count as up.
+    min_healthy: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +92,8 @@ pub struct RegionConfig {
     pub dynamic_nodes: bool,
     /// (low, high) utilisation watermarks: shedding is on for this region.
     pub watermarks: Option<(f64, f64)>,
+    /// `min_healthy` as given: a node count (>= 1) or a fraction (< 1).
+    pub min_healthy: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -215,7 +220,18 @@ pub(super) fn validate_regions(
                 ))
             }
         };
+        if let Some(m) = r.min_healthy {
+            let whole = m >= 1.0 && m.fract() == 0.0;
+            if !(m.is_finite() && (whole || (m > 0.0 && m < 1.0))) {
+                return Err(src.error(
+                    format!("{key}.min_healthy"),
+                    Some(r.name.span()),
+                    "a node count (1, 2, ...) or a fraction of the nodes between 0 and 1 (0.5)",
+                ));
+            }
+        }
         regions.push(RegionConfig {
+            min_healthy: r.min_healthy,
             name,
             latitude: r.latitude,
             longitude: r.longitude,

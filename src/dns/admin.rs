@@ -25,6 +25,12 @@ pub struct Status {
 pub struct RegionStatus {
     pub name: String,
     pub up: bool,
+    /// Mean utilisation of its up nodes that report a capacity.
+    #[serde(default)]
+    pub utilisation: Option<f64>,
+    /// Share of its clients answered with another region (shedding).
+    #[serde(default)]
+    pub shed_share: f64,
     pub nodes: Vec<NodeStatusView>,
 }
 
@@ -191,7 +197,8 @@ impl DnsAdmin {
             .table
             .regions
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(rid, r)| {
                 let nodes: Vec<NodeStatusView> = r
                     .nodes
                     .clone()
@@ -221,7 +228,9 @@ impl DnsAdmin {
                     .collect();
                 RegionStatus {
                     name: r.name.clone(),
-                    up: nodes.iter().any(|n| n.up),
+                    up: state.table.region_is_up(rid, |n| state.health.is_up(n)),
+                    utilisation: state.shed.utilisation(rid),
+                    shed_share: state.shed.share(rid),
                     nodes,
                 }
             })

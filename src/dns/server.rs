@@ -344,7 +344,7 @@ impl DnsServer {
         }
         let mut logged = self.region_up.lock().unwrap_or_else(|p| p.into_inner());
         for (rid, r) in table.regions.iter().enumerate() {
-            let up = r.nodes.clone().any(|n| state.health.is_up(n));
+            let up = table.region_is_up(rid, |n| state.health.is_up(n));
             if logged.get(rid).copied() != Some(up) {
                 if up {
                     tracing::info!(region = %r.name, "region is up");
@@ -396,8 +396,8 @@ impl DnsServer {
                     .set(age as f64 / 1000.0);
             }
         }
-        for r in &state.table.regions {
-            let up = r.nodes.clone().any(|n| state.health.is_up(n));
+        for (rid, r) in state.table.regions.iter().enumerate() {
+            let up = state.table.region_is_up(rid, |n| state.health.is_up(n));
             self.metrics
                 .region_up
                 .with_label_values(&[&r.name])

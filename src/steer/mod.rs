@@ -22,6 +22,9 @@ pub struct Region {
     pub longitude: f64,
     /// Ids of this region's nodes (contiguous in the node list).
     pub nodes: Range<NodeId>,
+    /// Up nodes needed for the region to count as up (Envoy's panic threshold, applied
+    /// to regions): at least 1.
+    pub min_healthy: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +47,20 @@ pub enum Rule {
 pub struct Override {
     pub rule: Rule,
     pub regions: Vec<RegionId>,
+    /// Matched clients stay in the first region, up or down.
+    pub geofence: bool,
+}
+
+/// What to answer when no region is up.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum AllDown {
+    /// The best region regardless of health.
+    #[default]
+    FailOpen,
+    /// This region's nodes, unchecked.
+    Fallback(RegionId),
+    /// No answer (SERVFAIL).
+    Servfail,
 }
 
 /// Regions, their nodes and the steering rules, indexed for the query path.
@@ -55,6 +72,7 @@ pub struct RegionTable {
     /// remaining regions in config order.
     pub default_order: Vec<RegionId>,
     pub overrides: Vec<Override>,
+    pub all_down: AllDown,
 }
 
 /// Why a region was chosen (or ranked where it is).
@@ -91,11 +109,18 @@ impl RegionTable {
                     initially_up: n.initial == InitialState::Up,
                 });
             }
+            let count = nodes.len() - start;
+            let min_healthy = match r.min_healthy {
+                None => 1,
+                Some(m) if m < 1.0 => (m * count as f64).ceil() as usize,
+                Some(m) => m as usize,
+            };
             regions.push(Region {
                 name: r.name.clone(),
                 latitude: r.latitude,
                 longitude: r.longitude,
                 nodes: start..nodes.len(),
+                min_healthy: min_healthy.max(1),
             });
         }
         let id_of = |name: &str| regions.iter().position(|r| r.name == name);
@@ -118,15 +143,39 @@ impl RegionTable {
                 Some(Override {
                     rule,
                     regions: o.regions.iter().filter_map(|n| id_of(n)).collect(),
+                    geofence: o.geofence,
                 })
             })
             .collect();
+        let all_down = match (cfg.all_down, cfg.fallback_region.as_deref().and_then(id_of)) {
+            (crate::config::dns::AllDown::Servfail, _) => AllDown::Servfail,
+            (crate::config::dns::AllDown::Fallback, Some(r)) => AllDown::Fallback(r),
+            _ => AllDown::FailOpen,
+        };
         Self {
             regions,
             nodes,
             default_order,
             overrides,
+            all_down,
         }
+    }
+
+    /// Whether region `r` counts as up: at least `min_healthy` of its nodes are.
+    pub fn region_is_up(&self, r: RegionId, node_up: impl Fn(NodeId) -> bool) -> bool {
+        let Some(region) = self.regions.get(r) else {
+            return false;
+        };
+        let mut up = 0;
+        for n in region.nodes.clone() {
+            if node_up(n) {
+                up += 1;
+                if up >= region.min_healthy {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     pub fn region_by_name(&self, name: &str) -> Option<RegionId> {
@@ -243,6 +292,16 @@ impl RegionTable {
             }
             best
         };
+        if let Some(rule) = rule.filter(|&i| self.overrides[i].geofence) {
+            // Data residency: these clients get their region's nodes, up or not.
+            if let Some(&region) = self.overrides[rule].regions.first() {
+                return Some(Choice {
+                    region,
+                    basis: Basis::Override(rule),
+                    fail_open: !region_up(region),
+                });
+            }
+        }
         if let Some((region, (_, _, basis))) = best(true) {
             return Some(Choice {
                 region,
@@ -250,11 +309,19 @@ impl RegionTable {
                 fail_open: false,
             });
         }
-        best(false).map(|(region, (_, _, basis))| Choice {
-            region,
-            basis,
-            fail_open: true,
-        })
+        match self.all_down {
+            AllDown::Servfail => None,
+            AllDown::Fallback(region) => Some(Choice {
+                region,
+                basis: Basis::DefaultOrder,
+                fail_open: true,
+            }),
+            AllDown::FailOpen => best(false).map(|(region, (_, _, basis))| Choice {
+                region,
+                basis,
+                fail_open: true,
+            }),
+        }
     }
 }
 
@@ -277,6 +344,7 @@ mod tests {
             latitude: lat,
             longitude: lon,
             nodes: id..id + 1,
+            min_healthy: 1,
         };
         let node = |name: &str, region| Node {
             name: name.into(),
@@ -297,17 +365,78 @@ mod tests {
                 Override {
                     rule: Rule::Country(Code::parse("RU").unwrap()),
                     regions: vec![2],
+                    geofence: false,
                 },
                 Override {
                     rule: Rule::Continent(Code::parse("EU").unwrap()),
                     regions: vec![0],
+                    geofence: false,
                 },
                 Override {
                     rule: Rule::Cidr("10.9.0.0/16".parse().unwrap()),
                     regions: vec![1, 2],
+                    geofence: false,
                 },
             ],
+            all_down: AllDown::FailOpen,
         }
+    }
+
+    #[test]
+    fn a_region_below_min_healthy_counts_as_down() {
+        let mut t = table();
+        t.nodes.push(Node {
+            name: "eu-2".into(),
+            region: 0,
+            ipv4: None,
+            ipv6: None,
+            initially_up: true,
+        });
+        // eu's range now covers nodes 0 and 1: two nodes, both needed.
+        t.regions[0].nodes = 0..2;
+        t.regions[0].min_healthy = 2;
+        assert!(t.region_is_up(0, |_| true));
+        assert!(!t.region_is_up(0, |n| n == 0), "one of two up, two needed");
+        let frankfurt = loc(50.11, 8.68, "DE", "EU");
+        let c = t
+            .choose(ip(ANY_IP), Some(&frankfurt), |r| {
+                t.region_is_up(r, |n| n != 1)
+            })
+            .unwrap();
+        assert_ne!(t.regions[c.region].name, "eu");
+    }
+
+    #[test]
+    fn every_region_down_answers_by_the_configured_policy() {
+        let mut t = table();
+        let sydney = loc(-33.87, 151.21, "AU", "OC");
+        let open = t.choose(ip(ANY_IP), Some(&sydney), |_| false).unwrap();
+        assert!(open.fail_open);
+        assert_eq!(t.regions[open.region].name, "ap", "fail open: the nearest");
+        t.all_down = AllDown::Fallback(1);
+        let fallback = t.choose(ip(ANY_IP), Some(&sydney), |_| false).unwrap();
+        assert!(fallback.fail_open);
+        assert_eq!(t.regions[fallback.region].name, "us");
+        t.all_down = AllDown::Servfail;
+        assert!(t.choose(ip(ANY_IP), Some(&sydney), |_| false).is_none());
+        // With a region up, the policy does not matter.
+        assert!(t.choose(ip(ANY_IP), Some(&sydney), |r| r == 0).is_some());
+    }
+
+    #[test]
+    fn a_geofenced_override_keeps_its_clients_home_even_when_home_is_down() {
+        let mut t = table();
+        t.overrides[1].geofence = true; // continent EU -> eu
+        let paris = loc(48.85, 2.35, "FR", "EU");
+        let c = t.choose(ip(ANY_IP), Some(&paris), |r| r != 0).unwrap();
+        assert_eq!(t.regions[c.region].name, "eu");
+        assert!(c.fail_open, "answered unchecked: eu is down");
+        let up = t.choose(ip(ANY_IP), Some(&paris), |_| true).unwrap();
+        assert!(!up.fail_open);
+        // Without the fence the same client leaves.
+        t.overrides[1].geofence = false;
+        let c = t.choose(ip(ANY_IP), Some(&paris), |r| r != 0).unwrap();
+        assert_ne!(t.regions[c.region].name, "eu");
     }
 
     const ANY_IP: &str = "192.0.2.1";

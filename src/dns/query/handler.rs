@@ -373,12 +373,7 @@ fn decide(
     };
     let health = &*state.health;
     let table = &state.table;
-    let region_up = |r: usize| {
-        table.regions[r]
-            .nodes
-            .clone()
-            .any(|n| health.is_up_for(n, services))
-    };
+    let region_up = |r: usize| table.region_is_up(r, |n| health.is_up_for(n, services));
     let mut choice = table.choose(address, location.as_ref(), region_up)?;
     let shed = &state.shed;
     if !choice.fail_open && crate::steer::shed::moves(address, shed.share(choice.region)) {
