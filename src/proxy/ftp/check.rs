@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::config::proxy::OriginProtocol;
 use crate::proxy::ftp::control::LineConn;
+use crate::proxy::ftp::origin::{read_reply, secure_origin};
 use crate::proxy::ftp::reply::Assembler;
-use crate::proxy::ftp::session::{read_reply, secure_origin};
 use crate::proxy::upstream::connect::{self, OriginStream};
 use crate::proxy::upstream::group::Upstream;
 

@@ -17,7 +17,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::metrics::StreamRefusal;
 use crate::proxy::maybe_tls::ClientStream;
-use crate::proxy::stream::pipe::{pipe_until_origin_done, Piped};
+use crate::proxy::stream::pipe::{pipe_until_origin_done, PipeEnd, Piped};
 use crate::proxy::upstream::connect::{self, OriginStream};
 use crate::proxy::Shared;
 
@@ -143,6 +143,20 @@ async fn abort_origin_transfer(plan: &DataPlan) {
     if let Ok(tcp) = opening.await {
         // A reset, not a FIN: an upload must not end as an empty file stored as complete.
         let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// What a finished data channel task came to: the pipe, or why it failed.
+pub fn joined(
+    joined: Result<Result<Piped, DataError>, tokio::task::JoinError>,
+) -> Result<Piped, String> {
+    match joined {
+        Ok(Ok(piped)) => match &piped.end {
+            PipeEnd::Error { side, error } => Err(format!("{side} data connection: {error}")),
+            _ => Ok(piped),
+        },
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("data channel task: {e}")),
     }
 }
 

@@ -8,5 +8,6 @@ pub mod command;
 pub mod control;
 pub mod data;
 pub mod limits;
+pub mod origin;
 pub mod reply;
 pub mod session;

@@ -19,20 +19,17 @@ use crate::proxy::ftp::command::{self, Kind};
 use crate::proxy::ftp::control::{Line, LineConn};
 use crate::proxy::ftp::data::{self, DataError, DataPlan, PortPool};
 use crate::proxy::ftp::limits::{CommandRate, LoginLedger};
+use crate::proxy::ftp::origin::{open_origin, read_reply};
 use crate::proxy::ftp::reply::{self, Assembler, Reply};
 use crate::proxy::listen::tls::TlsListener;
 use crate::proxy::maybe_tls::ClientStream;
 use crate::proxy::state::ProxyState;
-use crate::proxy::stream::origin;
 use crate::proxy::stream::pipe::Piped;
 use crate::proxy::stream::session_log::{self, Value};
 use crate::proxy::upstream::connect::OriginStream;
 use crate::proxy::upstream::group::Upstream;
 use crate::proxy::Shared;
 
-/// Reply lines from origins longer than this end the session (multi-line replies are
-/// read a line at a time; no real reply line comes close).
-const MAX_REPLY_LINE: usize = 8192;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What outlives one session: the passive port pool and the failed-login ledger of an
@@ -185,136 +182,6 @@ pub async fn serve(
         started,
         &end.result(),
     );
-}
-
-struct OpenedOrigin {
-    conn: LineConn<OriginStream>,
-    addr: SocketAddr,
-    name: String,
-    upstream: Arc<Upstream>,
-    index: usize,
-    in_flight: crate::proxy::upstream::group::InFlight,
-}
-
-/// Connects to an origin, reads its banner and, for `ftps` upstreams, secures the control
-/// connection (`AUTH TLS`, `PBSZ 0`, `PROT P`) before the client says anything.
-async fn open_origin(
-    state: &ProxyState,
-    upstream: &str,
-    preface: Option<&[u8]>,
-) -> Result<OpenedOrigin, String> {
-    let connected = origin::connect(state, upstream, preface).await?;
-    let addr = connected.upstream.origins[connected.index].addr;
-    let name = connected.origin_name().to_string();
-    let wait = connected.upstream.response_timeout;
-    let mut conn = LineConn::new(connected.stream, MAX_REPLY_LINE);
-    let mut replies = Assembler::default();
-    let banner = read_reply(&mut conn, &mut replies, wait).await?;
-    if banner.code != 220 {
-        return Err(format!("origin {name} greeted with {}", banner.code));
-    }
-    if connected.upstream.protocol == OriginProtocol::Ftps {
-        conn = secure_origin(
-            conn,
-            &mut replies,
-            &connected.upstream,
-            connected.index,
-            wait,
-        )
-        .await?;
-    }
-    Ok(OpenedOrigin {
-        conn,
-        addr,
-        name,
-        upstream: connected.upstream,
-        index: connected.index,
-        in_flight: connected.in_flight,
-    })
-}
-
-/// Explicit FTPS on the origin's control connection: `AUTH TLS`, the handshake, `PBSZ 0`
-/// and `PROT P` (the gateway's data connections to an `ftps` origin are always private).
-pub async fn secure_origin(
-    mut conn: LineConn<OriginStream>,
-    replies: &mut Assembler,
-    upstream: &Upstream,
-    index: usize,
-    wait: Duration,
-) -> Result<LineConn<OriginStream>, String> {
-    let auth = exchange(&mut conn, replies, b"AUTH TLS\r\n", wait).await?;
-    if auth.code != 234 {
-        return Err(format!(
-            "origin refused AUTH TLS: {} {}",
-            auth.code,
-            auth.text()
-        ));
-    }
-    let max = conn.max_line();
-    let Ok(OriginStream::Plain(tcp)) = conn.into_stream() else {
-        return Err("origin sent more after its AUTH TLS reply".into());
-    };
-    let Some(to) = upstream.tls_to(index) else {
-        return Err("ftps upstream without TLS settings".into());
-    };
-    let handshake = to.tls.connector.connect(to.name.clone(), tcp);
-    let secured = match tokio::time::timeout(wait, handshake).await {
-        Ok(Ok(t)) => OriginStream::Tls(Box::new(t)),
-        Ok(Err(e)) => return Err(format!("TLS with the origin: {e}")),
-        Err(_) => return Err("TLS handshake with the origin timed out".into()),
-    };
-    let mut conn = LineConn::new(secured, max);
-    for (line, want) in [(&b"PBSZ 0\r\n"[..], 200), (&b"PROT P\r\n"[..], 200)] {
-        let r = exchange(&mut conn, replies, line, wait).await?;
-        if r.code != want {
-            return Err(format!(
-                "origin answered {} to {}",
-                r.code,
-                String::from_utf8_lossy(line).trim()
-            ));
-        }
-    }
-    Ok(conn)
-}
-
-async fn exchange(
-    conn: &mut LineConn<OriginStream>,
-    replies: &mut Assembler,
-    line: &[u8],
-    wait: Duration,
-) -> Result<Reply, String> {
-    conn.send(line)
-        .await
-        .map_err(|e| format!("writing to the origin: {e}"))?;
-    read_reply(conn, replies, wait).await
-}
-
-/// The next whole reply from the origin, within `wait`.
-pub async fn read_reply<S>(
-    conn: &mut LineConn<S>,
-    replies: &mut Assembler,
-    wait: Duration,
-) -> Result<Reply, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let reading = async {
-        loop {
-            match conn.read_line().await {
-                Ok(Line::Text(line)) => match replies.feed(&line) {
-                    Ok(Some(reply)) => return Ok(reply),
-                    Ok(None) => {}
-                    Err(bad) => return Err(format!("not an FTP reply: {:?}", bad.0)),
-                },
-                Ok(Line::TooLong) => return Err("reply line too long".into()),
-                Ok(Line::Closed) => return Err("the origin closed the control connection".into()),
-                Err(e) => return Err(format!("reading from the origin: {e}")),
-            }
-        }
-    };
-    tokio::time::timeout(wait, reading)
-        .await
-        .map_err(|_| format!("no reply from the origin within {wait:?}"))?
 }
 
 struct Session<'a> {
@@ -692,7 +559,7 @@ impl Session<'_> {
                 tokio::select! {
                     r = read_reply(&mut self.origin_conn, &mut self.replies, transfer_wait(self.cfg)) => r,
                     joined = &mut task => {
-                        data_result = Some(joined_result(joined));
+                        data_result = Some(data::joined(joined));
                         continue;
                     }
                 }
@@ -713,7 +580,7 @@ impl Session<'_> {
         };
         let data = match data_result {
             Some(d) => d,
-            None if final_reply.code < 300 => joined_result(task.await),
+            None if final_reply.code < 300 => data::joined(task.await),
             None => {
                 task.abort();
                 Err("the origin refused the transfer".into())
@@ -796,21 +663,6 @@ impl Session<'_> {
 /// may come up to `data_timeout` late, and the origin answers only once it has.
 fn transfer_wait(cfg: &FtpConfig) -> Duration {
     cfg.data_timeout + Duration::from_secs(30)
-}
-
-fn joined_result(
-    joined: Result<Result<Piped, DataError>, tokio::task::JoinError>,
-) -> Result<Piped, String> {
-    match joined {
-        Ok(Ok(piped)) => match &piped.end {
-            crate::proxy::stream::pipe::PipeEnd::Error { side, error } => {
-                Err(format!("{side} data connection: {error}"))
-            }
-            _ => Ok(piped),
-        },
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("data channel task: {e}")),
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
