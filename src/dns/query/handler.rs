@@ -18,8 +18,9 @@ use ipnet::IpNet;
 
 use crate::acme::table::ChallengeTable;
 use crate::dns::query::challenge;
-use crate::dns::query::decisions::{Decision, DecisionCache, LocationCache};
-use crate::dns::query::ecs::{answer_scope, client_network, deciding_address};
+use crate::dns::query::decide::decide;
+use crate::dns::query::decisions::DecisionCache;
+use crate::dns::query::ecs::{client_network, deciding_address};
 use crate::dns::query::fast;
 use crate::dns::state::DnsState;
 use crate::dns::zone::Lookup;
@@ -348,65 +349,6 @@ impl GeoDnsHandler {
         }
         Some(Some((decision.region, decision.fail_open)))
     }
-}
-
-/// Where a steered query goes: pure, given the state (zones, regions, GeoIP, health).
-/// `locations` remembers decoded GeoIP records between calls.
-fn decide(
-    state: &DnsState,
-    ecs: Option<IpNet>,
-    source: IpAddr,
-    locations: Option<&mut LocationCache>,
-    services: u64,
-) -> Option<Decision> {
-    let address = deciding_address(ecs, source);
-    let found = match locations {
-        Some(cache) => cache.lookup(&state.geo, address),
-        None => state.geo.lookup(address).map(|m| (m.location, m.network)),
-    };
-    let (location, network) = match found {
-        Ok((location, network)) => (location, Some(network)),
-        Err(e) => {
-            tracing::debug!(error = %e, "GeoIP lookup failed; using the default order");
-            (None, None)
-        }
-    };
-    let health = &*state.health;
-    let table = &state.table;
-    let region_up = |r: usize| table.region_is_up(r, |n| health.is_up_for(n, services));
-    let mut choice = table.choose(address, location.as_ref(), region_up)?;
-    let shed = &state.shed;
-    if !choice.fail_open && crate::steer::shed::moves(address, shed.share(choice.region)) {
-        // One of the share of this region's clients sent elsewhere: the nearest other
-        // region that is up and below its own high watermark.
-        let from = choice.region;
-        let spill = table.choose(address, location.as_ref(), |r| {
-            r != from && region_up(r) && shed.has_room(r)
-        });
-        match spill {
-            Some(other) if !other.fail_open => {
-                if let Some(n) = shed.moved.get(from) {
-                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                choice = other;
-            }
-            _ => {
-                // Every other region is full or down: the nearest order stands.
-                shed.all_full
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-    let source_prefix = ecs.map(|n| n.prefix_len()).unwrap_or(0);
-    let scope = match network {
-        Some(net) => answer_scope(net, source_prefix, state.override_cidrs.iter().copied()),
-        None => 0,
-    };
-    Some(Decision {
-        region: choice.region,
-        fail_open: choice.fail_open,
-        scope,
-    })
 }
 
 impl GeoDnsHandler {

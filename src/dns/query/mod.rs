@@ -1,10 +1,11 @@
 //! One query to its answer: the precomputed fast table (`fast`) answers the common
 //! questions without parsing into hickory types; everything else goes through hickory's
 //! message types (`handler`), with the client located by ECS or source address (`ecs`),
-//! steering decisions cached per network (`decisions`), and response rate limiting
+//! steering decided in `decide`, decisions cached per network (`decisions`), and response rate limiting
 //! (`rrl`) before anything is sent.
 
 pub mod challenge;
+pub mod decide;
 pub mod decisions;
 pub mod ecs;
 pub mod fast;
