@@ -9,6 +9,7 @@ mod names;
 mod protect;
 pub mod proxy;
 mod regions;
+mod reports;
 mod steering;
 mod streams;
 mod upstreams;

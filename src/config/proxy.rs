@@ -21,6 +21,8 @@ pub use super::listener_tls::{
 };
 use super::protect::{self, RawAuth, RawRateLimit, RawRule};
 pub use super::protect::{AuthConfig, RateConfig, RateLimitConfig, RuleAction, RuleConfig};
+pub use super::reports::{Capacity, ReportsConfig};
+use super::reports::{RawCapacity, RawReports};
 use super::streams::RawStream;
 pub use super::streams::{FtpConfig, FtpTls, StreamConfig, StreamMode};
 use super::upstreams::RawUpstream;
@@ -59,16 +61,6 @@ struct RawProxyConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawReports {
-    dns: Vec<String>,
-    key_file: Spanned<PathBuf>,
-    interval: Option<ConfigDuration>,
-    #[serde(default)]
-    addresses: Vec<std::net::IpAddr>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawNode {
     name: String,
     region: String,
@@ -79,20 +71,6 @@ struct RawNode {
     admin_token_file: Option<PathBuf>,
     /// What this node can take; reported to DNS, which sheds by it.
     capacity: Option<RawCapacity>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCapacity {
-    max_rps: Option<f64>,
-    max_in_flight: Option<u64>,
-}
-
-/// A node's capacity: requests per second and/or requests in flight.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Capacity {
-    pub max_rps: Option<f64>,
-    pub max_in_flight: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,16 +240,6 @@ pub struct CacheConfig {
     pub compress_min_bytes: usize,
 }
 
-/// Where and how often this node reports its health.
-#[derive(Debug, Clone)]
-pub struct ReportsConfig {
-    /// Base URLs of every DNS server's control listener, e.g. `http://10.0.0.53:9153`.
-    pub dns: Vec<String>,
-    pub key_file: PathBuf,
-    pub interval: Duration,
-    pub addresses: Vec<std::net::IpAddr>,
-}
-
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     /// Lower-case host names; `*.example.test` matches any single-or-more label prefix.
@@ -346,24 +314,11 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         ));
     }
 
-    let capacity = match raw.node.capacity {
-        None => None,
-        Some(c) => {
-            let rps_ok = c.max_rps.is_none_or(|r| r.is_finite() && r > 0.0);
-            let in_flight_ok = c.max_in_flight.is_none_or(|n| n > 0);
-            if (c.max_rps.is_none() && c.max_in_flight.is_none()) || !rps_ok || !in_flight_ok {
-                return Err(src.error(
-                    "node.capacity",
-                    None,
-                    "give max_rps and/or max_in_flight, each above 0",
-                ));
-            }
-            Some(Capacity {
-                max_rps: c.max_rps,
-                max_in_flight: c.max_in_flight,
-            })
-        }
-    };
+    let capacity = raw
+        .node
+        .capacity
+        .map(|c| super::reports::capacity(src, c))
+        .transpose()?;
     let limits = super::limits::validate(src, raw.limits)?;
     let upstreams = super::upstreams::validate(src, raw.upstreams)?;
     let web_listeners: Vec<SocketAddr> = raw
@@ -464,54 +419,10 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         return Err(src.error("routes", None, "HTTP listeners need at least one route"));
     }
 
-    let reports = match raw.reports {
-        None => None,
-        Some(r) => {
-            if r.dns.is_empty() {
-                return Err(src.error(
-                    "reports.dns",
-                    None,
-                    "list at least one DNS server control URL",
-                ));
-            }
-            for (i, url) in r.dns.iter().enumerate() {
-                if !(url.starts_with("http://") || url.starts_with("https://"))
-                    || url.parse::<http::Uri>().is_err()
-                {
-                    return Err(src.error(
-                        format!("reports.dns[{i}]"),
-                        None,
-                        format!("`{url}` is not an http:// or https:// URL"),
-                    ));
-                }
-            }
-            let key_file = src.resolve(r.key_file.get_ref());
-            if !key_file.is_file() {
-                return Err(src.error(
-                    "reports.key_file",
-                    Some(r.key_file.span()),
-                    format!("{} does not exist", key_file.display()),
-                ));
-            }
-            let interval = r
-                .interval
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_millis(250));
-            if interval < Duration::from_millis(10) {
-                return Err(src.error("reports.interval", None, "must be at least 10ms"));
-            }
-            Some(ReportsConfig {
-                dns: r
-                    .dns
-                    .iter()
-                    .map(|u| u.trim_end_matches('/').to_string())
-                    .collect(),
-                key_file,
-                interval,
-                addresses: r.addresses,
-            })
-        }
-    };
+    let reports = raw
+        .reports
+        .map(|r| super::reports::validate(src, r))
+        .transpose()?;
 
     let c = raw.cache;
     if c.max_object_bytes > c.max_bytes {

@@ -71,10 +71,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
         }
     }
 
-    pub fn get_ref(&self) -> &S {
-        &self.io
-    }
-
     pub fn max_line(&self) -> usize {
         self.max_line
     }
