@@ -60,6 +60,23 @@ pub enum Balance {
     LeastConn,
     RoundRobin,
     WeightedRoundRobin,
+    /// Fewest bytes moved recently (a decaying sum, see `proxy::upstream::meter`), relative
+    /// to weight.
+    LeastTraffic,
+    /// Two random choices, the cheaper wins: peak-sensitive latency EWMA × (in-flight + 1).
+    PeakEwma,
+}
+
+impl Balance {
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::LeastConn => "least_conn",
+            Balance::RoundRobin => "round_robin",
+            Balance::WeightedRoundRobin => "weighted_round_robin",
+            Balance::LeastTraffic => "least_traffic",
+            Balance::PeakEwma => "peak_ewma",
+        }
+    }
 }
 
 /// PROXY protocol header sent to origins ahead of the client's bytes.

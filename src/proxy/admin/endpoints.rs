@@ -158,6 +158,28 @@ impl ProxyAdmin {
                 })
             })
             .collect();
+        let now_ms = crate::process::clock::now_ms();
+        let upstreams: Vec<_> = state
+            .upstreams
+            .iter()
+            .map(|u| {
+                let origins: Vec<_> = u
+                    .origins
+                    .iter()
+                    .map(|o| {
+                        serde_json::json!({
+                            "name": o.name,
+                            "healthy": o.state.is_healthy(),
+                            "in_flight": o.state.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                            "bytes": o.state.traffic.total(),
+                            "recent_bytes": o.state.traffic.recent(now_ms).round(),
+                            "latency_ms": o.state.latency.current_us(now_ms) / 1000.0,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({ "name": u.name, "balance": u.balance.name(), "origins": origins })
+            })
+            .collect();
         serde_json::to_vec_pretty(&serde_json::json!({
             "node": state.config.node,
             "region": state.config.region,
@@ -165,6 +187,7 @@ impl ProxyAdmin {
             "problems": problems,
             "certificates": certificates,
             "services": services,
+            "upstreams": upstreams,
         }))
         .unwrap_or_default()
     }

@@ -19,6 +19,7 @@ use crate::metrics::StreamRefusal;
 use crate::proxy::maybe_tls::ClientStream;
 use crate::proxy::stream::pipe::{pipe_until_origin_done, PipeEnd, Piped};
 use crate::proxy::upstream::connect::{self, OriginStream};
+use crate::proxy::upstream::group::OriginState;
 use crate::proxy::Shared;
 
 /// Hands out passive ports of a range in turn, so a port just closed is not the next
@@ -56,6 +57,8 @@ pub struct DataPlan {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub service: String,
+    /// The origin's state: its `least_traffic` meter counts the transfer.
+    pub meter: Arc<OriginState>,
 }
 
 #[derive(Debug)]
@@ -132,7 +135,13 @@ pub async fn run(plan: DataPlan, shared: Arc<Shared>) -> Result<Piped, DataError
         .data_channels
         .with_label_values(&[&plan.service])
         .inc();
-    Ok(pipe_until_origin_done(&mut client, &mut origin, plan.idle_timeout).await)
+    Ok(pipe_until_origin_done(
+        &mut client,
+        &mut origin,
+        plan.idle_timeout,
+        Some(&plan.meter.traffic),
+    )
+    .await)
 }
 
 /// The origin is waiting for a data connection that will not come: connect and reset it,

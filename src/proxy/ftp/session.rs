@@ -537,6 +537,7 @@ impl Session<'_> {
             connect_timeout: self.upstream.connect_timeout,
             idle_timeout: self.stream.idle_timeout,
             service: self.service.to_string(),
+            meter: self.upstream.origins[self.origin_index].state.clone(),
         };
         self.passive = Some(tokio::spawn(data::run(plan, self.shared.clone())));
         match (extended, public_v4) {

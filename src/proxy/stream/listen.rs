@@ -270,7 +270,13 @@ async fn relay(
             return;
         }
     };
-    let piped = pipe(&mut client_io, &mut origin.stream, stream.idle_timeout).await;
+    let piped = pipe(
+        &mut client_io,
+        &mut origin.stream,
+        stream.idle_timeout,
+        Some(&origin.in_flight),
+    )
+    .await;
     counters.bytes_in.inc_by(piped.client_to_origin);
     counters.bytes_out.inc_by(piped.origin_to_client);
     if let PipeEnd::Idle = piped.end {

@@ -51,9 +51,16 @@ pub async fn connect(
             OriginProtocol::Tls => upstream.tls_to(index),
             _ => None,
         };
+        let started = std::time::Instant::now();
         match connect::open(origin.addr, upstream.connect_timeout, tls, preface).await {
             Ok(stream) => {
                 origin.state.record_success();
+                // A stream has no response to time: `peak_ewma` goes by the connect
+                // (and TLS handshake) time.
+                origin.state.latency.observe(
+                    started.elapsed().as_secs_f64() * 1e6,
+                    crate::process::clock::now_ms(),
+                );
                 let gauge = state
                     .in_flight_gauges
                     .get(u_index)

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 use crate::process::clock::coarse_ms;
+use crate::proxy::upstream::meter::CountsTraffic;
 
 /// Per direction: a connection starts with a small buffer (most carry little: a login, a
 /// command) and one whose reads fill it moves to a large one (bulk transfers make few
@@ -170,25 +171,36 @@ impl Direction {
 }
 
 /// Carries bytes between `client` and `origin` until both have finished sending, one
-/// fails, or nothing moves for `idle`.
-pub async fn pipe<C, O>(client: &mut C, origin: &mut O, idle: Duration) -> Piped
+/// fails, or nothing moves for `idle`; `meter` hears of the bytes as they move (the
+/// origin's `least_traffic` count).
+pub async fn pipe<C, O>(
+    client: &mut C,
+    origin: &mut O,
+    idle: Duration,
+    meter: Option<&dyn CountsTraffic>,
+) -> Piped
 where
     C: AsyncRead + AsyncWrite + Ends + Unpin,
     O: AsyncRead + AsyncWrite + Ends + Unpin,
 {
-    pipe_until(client, origin, idle, false).await
+    pipe_until(client, origin, idle, false, meter).await
 }
 
 /// Like `pipe`, but done as soon as the origin has finished sending and all it sent has
 /// reached the client: an FTP data connection, which the server's end closes (after a
 /// download it has sent everything, after an upload it has read everything), while a
 /// client may keep its end open until it has read the transfer's reply.
-pub async fn pipe_until_origin_done<C, O>(client: &mut C, origin: &mut O, idle: Duration) -> Piped
+pub async fn pipe_until_origin_done<C, O>(
+    client: &mut C,
+    origin: &mut O,
+    idle: Duration,
+    meter: Option<&dyn CountsTraffic>,
+) -> Piped
 where
     C: AsyncRead + AsyncWrite + Ends + Unpin,
     O: AsyncRead + AsyncWrite + Ends + Unpin,
 {
-    pipe_until(client, origin, idle, true).await
+    pipe_until(client, origin, idle, true, meter).await
 }
 
 async fn pipe_until<C, O>(
@@ -196,6 +208,7 @@ async fn pipe_until<C, O>(
     origin: &mut O,
     idle: Duration,
     origin_ends: bool,
+    meter: Option<&dyn CountsTraffic>,
 ) -> Piped
 where
     C: AsyncRead + AsyncWrite + Ends + Unpin,
@@ -209,6 +222,7 @@ where
     tokio::pin!(sleep);
     let idle_ms = idle.as_millis() as u64;
     let mut last_progress = coarse_ms();
+    let mut metered = 0u64;
     let end = poll_fn(|cx| {
         let mut progress = false;
         if !up.finished() {
@@ -240,6 +254,11 @@ where
         }
         if progress {
             last_progress = coarse_ms();
+            if let Some(meter) = meter {
+                let moved = up.moved + down.moved;
+                meter.moved(moved - metered);
+                metered = moved;
+            }
         }
         while sleep.as_mut().poll(cx).is_ready() {
             let quiet = coarse_ms().saturating_sub(last_progress);
@@ -253,6 +272,9 @@ where
         Poll::Pending
     })
     .await;
+    if let Some(meter) = meter {
+        meter.moved(up.moved + down.moved - metered);
+    }
     Piped {
         client_to_origin: up.moved,
         origin_to_client: down.moved,
@@ -277,8 +299,16 @@ mod tests {
         rt().block_on(async {
             let (mut client_far, mut client) = tokio::io::duplex(1024);
             let (mut origin, mut origin_far) = tokio::io::duplex(1024);
+            let meter = std::sync::Arc::new(crate::proxy::upstream::meter::Traffic::new(0));
+            let counted = meter.clone();
             let piping = tokio::spawn(async move {
-                pipe(&mut client, &mut origin, Duration::from_secs(5)).await
+                pipe(
+                    &mut client,
+                    &mut origin,
+                    Duration::from_secs(5),
+                    Some(&*counted),
+                )
+                .await
             });
             // More than one buffer's worth, through 1 KiB duplex pipes: backpressure works.
             let big = vec![7u8; 200_000];
@@ -304,6 +334,11 @@ mod tests {
             assert!(matches!(piped.end, PipeEnd::Closed), "{:?}", piped.end);
             assert_eq!(piped.client_to_origin, 200_000);
             assert_eq!(piped.origin_to_client, 26);
+            assert_eq!(
+                meter.total(),
+                200_026,
+                "the origin's traffic meter heard it all"
+            );
         });
     }
 
@@ -313,7 +348,7 @@ mod tests {
             let (_client_far, mut client) = tokio::io::duplex(64);
             let (mut origin, _origin_far) = tokio::io::duplex(64);
             let started = Instant::now();
-            let piped = pipe(&mut client, &mut origin, Duration::from_millis(100)).await;
+            let piped = pipe(&mut client, &mut origin, Duration::from_millis(100), None).await;
             assert!(matches!(piped.end, PipeEnd::Idle), "{:?}", piped.end);
             assert!(started.elapsed() >= Duration::from_millis(100));
         });

@@ -18,6 +18,7 @@ use http::header::{HeaderValue, CONNECTION, SET_COOKIE, UPGRADE, VIA};
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
+use crate::config::proxy::Balance;
 use crate::proxy::admin::access_log::ServedBy;
 use crate::proxy::answer::Answer;
 use crate::proxy::body::{empty, ProxyBody};
@@ -266,9 +267,16 @@ impl Origin {
                     message: "request body already sent; not retried".into(),
                 });
             };
+            let body = metered(upstream, body, &in_flight);
+            let started = std::time::Instant::now();
             let sent = conn
                 .send_within(upstream.response_timeout, &parts, body, bodyless)
                 .await;
+            if let Ok(head) = &sent {
+                if !head.status.is_server_error() {
+                    observe_latency(upstream, &in_flight, started);
+                }
+            }
             match sent {
                 Ok(head) if reused && replayable && idle_timed_out(&head, &conn) => {
                     // The origin timed out the idle connection just as the request came:
@@ -388,6 +396,8 @@ impl Origin {
                 retry: false,
             };
         };
+        let body = metered(upstream, body, &in_flight);
+        let started = std::time::Instant::now();
         let request =
             match origin_h2::request(parts, body, &origin.authority, upstream.tls.is_some()) {
                 Ok(r) => r,
@@ -406,6 +416,7 @@ impl Origin {
                     count_failure(shared, upstream, index, "5xx");
                 } else {
                     origin.state.record_success();
+                    observe_latency(upstream, &in_flight, started);
                 }
                 H2Attempt::Done(Exchanged {
                     head: origin_h2::response_head(&head),
@@ -529,6 +540,35 @@ struct Exchanged {
     /// The origin's index in its upstream.
     index: usize,
     in_flight: InFlight,
+}
+
+/// For `least_traffic`, the request body counts as it goes to the origin (the response
+/// counts in `OriginBody` for every upstream; the request only where it is used, as the
+/// counting costs a box).
+fn metered(upstream: &Upstream, body: ProxyBody, in_flight: &InFlight) -> ProxyBody {
+    if upstream.balance != Balance::LeastTraffic {
+        return body;
+    }
+    let state = in_flight.shared_origin();
+    body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            state.traffic.add(data.len() as u64);
+        }
+        frame
+    })
+    .boxed_unsync()
+}
+
+/// Time to the response head, for `peak_ewma`. Error answers do not count: a fast 5xx is
+/// not a fast origin, and passive detection deals with those.
+fn observe_latency(upstream: &Upstream, in_flight: &InFlight, started: std::time::Instant) {
+    if upstream.balance == Balance::PeakEwma {
+        let us = started.elapsed().as_secs_f64() * 1e6;
+        in_flight
+            .origin()
+            .latency
+            .observe(us, crate::process::clock::now_ms());
+    }
 }
 
 fn count_connection(shared: &Shared, upstream: &Upstream) {

@@ -25,6 +25,7 @@ use crate::proxy::body::BoxError;
 use crate::proxy::upstream::balance::{self, Candidate};
 pub use crate::proxy::upstream::connect::ConnectError;
 use crate::proxy::upstream::connect::{self, TlsTo};
+use crate::proxy::upstream::meter::{CountsTraffic, Latency, Traffic};
 use crate::proxy::upstream::origin_conn::{OriginConn, ResponseBody};
 use crate::proxy::upstream::origin_h2::H2Session;
 use crate::proxy::upstream::origin_tls::{self, OriginTls, OriginTlsError};
@@ -51,6 +52,10 @@ pub struct OriginState {
     idle: Mutex<VecDeque<(OriginConn, u64)>>,
     /// The one connection of an `h2c` upstream's origin.
     pub h2: H2Session,
+    /// Bytes moved recently, for `least_traffic`.
+    pub traffic: Traffic,
+    /// Response latency, for `peak_ewma`.
+    pub latency: Latency,
 }
 
 impl OriginState {
@@ -63,6 +68,8 @@ impl OriginState {
             down_until: AtomicU64::new(0),
             idle: Mutex::new(VecDeque::new()),
             h2: H2Session::default(),
+            traffic: Traffic::new(now_ms()),
+            latency: Latency::new(now_ms()),
         }
     }
 
@@ -298,10 +305,27 @@ impl Upstream {
                 }
             }
         }
-        let candidate = |(i, o): (usize, &Origin)| Candidate {
-            in_flight: o.state.in_flight.load(Ordering::Relaxed),
-            weight: o.weight,
-            eligible: Some(i) != exclude && o.state.is_healthy(),
+        // Measured load is read only by the balancers that use it.
+        let now = match self.balance {
+            Balance::LeastTraffic | Balance::PeakEwma => now_ms(),
+            _ => 0,
+        };
+        let candidate = |(i, o): (usize, &Origin)| {
+            let mut c = Candidate {
+                in_flight: o.state.in_flight.load(Ordering::Relaxed),
+                weight: o.weight,
+                eligible: Some(i) != exclude && o.state.is_healthy(),
+                ..Candidate::NONE
+            };
+            match self.balance {
+                Balance::LeastTraffic => {
+                    o.state.traffic.fold(now);
+                    c.traffic = o.state.traffic.recent(now) as u64;
+                }
+                Balance::PeakEwma => c.latency_us = o.state.latency.current_us(now) as u64,
+                _ => {}
+            }
+            c
         };
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let random = self.next_random();
@@ -309,11 +333,7 @@ impl Upstream {
         // allocate; larger upstreams pay for a Vec.
         const STACK: usize = 32;
         if self.origins.len() <= STACK {
-            let mut buf = [Candidate {
-                in_flight: 0,
-                weight: 1,
-                eligible: false,
-            }; STACK];
+            let mut buf = [Candidate::NONE; STACK];
             for (i, o) in self.origins.iter().enumerate() {
                 buf[i] = candidate((i, o));
             }
@@ -392,6 +412,21 @@ impl InFlight {
         }
         Self { state, gauge }
     }
+
+    /// The origin's state, whose traffic and latency meters this request feeds.
+    pub fn origin(&self) -> &OriginState {
+        &self.state
+    }
+
+    pub fn shared_origin(&self) -> Arc<OriginState> {
+        self.state.clone()
+    }
+}
+
+impl CountsTraffic for InFlight {
+    fn moved(&self, bytes: u64) {
+        self.state.traffic.add(bytes);
+    }
 }
 
 impl Drop for InFlight {
@@ -440,6 +475,11 @@ impl Body for OriginBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this._in_flight.moved(data.len() as u64);
+            }
+        }
         if let Poll::Ready(None | Some(Ok(_))) = polled {
             // The last frame often arrives with the end: give the connection back now,
             // not a poll later.

@@ -10,6 +10,7 @@ pub mod checks;
 pub mod connect;
 pub mod exchange;
 pub mod group;
+pub mod meter;
 pub mod origin_conn;
 pub mod origin_h2;
 pub mod origin_tls;

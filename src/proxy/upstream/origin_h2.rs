@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::proxy::body::{BoxError, ProxyBody};
 use crate::proxy::header_lines::HeaderLines;
 use crate::proxy::upstream::connect::{self, ConnectError, TlsTo};
+use crate::proxy::upstream::meter::CountsTraffic;
 use crate::proxy::upstream::origin_wire::{Framing, ResponseHead};
 
 /// Pings on a quiet connection find an origin that vanished without a FIN (a host down, a
@@ -191,7 +192,7 @@ impl<Held> H2Body<Held> {
     }
 }
 
-impl<Held: Unpin> Body for H2Body<Held> {
+impl<Held: CountsTraffic + Unpin> Body for H2Body<Held> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -199,9 +200,15 @@ impl<Held: Unpin> Body for H2Body<Held> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner)
+        let polled = Pin::new(&mut self.inner)
             .poll_frame(cx)
-            .map_err(|e| Box::new(e) as BoxError)
+            .map_err(|e| Box::new(e) as BoxError);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self._held.moved(data.len() as u64);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
