@@ -2,6 +2,7 @@
 //! engines use. Every error names the file, the key and (where known) the line.
 
 pub mod dns;
+mod failover;
 mod forwarding;
 mod limits;
 mod listener_tls;

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::failover::{FailoverConfig, PeerConfig, HOP_HEADER};
 use super::forwarding::{self, RawForwarding};
 pub use super::forwarding::{ForwardHeaders, Forwarding, InvalidVia, ViaHop};
 pub use super::limits::Limits;
@@ -57,6 +58,7 @@ struct RawProxyConfig {
     #[serde(default)]
     streams: Vec<RawStream>,
     reports: Option<RawReports>,
+    failover: Option<super::failover::RawFailover>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +220,8 @@ pub struct ProxyConfig {
     pub upstreams: Vec<UpstreamConfig>,
     pub streams: Vec<StreamConfig>,
     pub reports: Option<ReportsConfig>,
+    /// Other regions' proxies for requests this region has no origin for.
+    pub failover: Option<FailoverConfig>,
     pub cache: CacheConfig,
     pub access_log: Option<(PathBuf, AccessLogFormat)>,
     pub rate_limit: RateLimitConfig,
@@ -320,7 +324,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         .map(|c| super::reports::capacity(src, c))
         .transpose()?;
     let limits = super::limits::validate(src, raw.limits)?;
-    let upstreams = super::upstreams::validate(src, raw.upstreams)?;
+    let mut upstreams = super::upstreams::validate(src, raw.upstreams)?;
     let web_listeners: Vec<SocketAddr> = raw
         .listen
         .http
@@ -423,6 +427,31 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         .reports
         .map(|r| super::reports::validate(src, r))
         .transpose()?;
+    let failover = match raw.failover {
+        None => None,
+        Some(f) => {
+            let reports_key = reports.as_ref().map(|r| &r.key_file);
+            let (failover, peers) =
+                super::failover::validate(src, f, &raw.node.region, reports_key)?;
+            for peer in peers {
+                if upstreams
+                    .iter()
+                    .any(|u| u.name == peer.name || u.origins.iter().any(|o| o.name == peer.name))
+                {
+                    return Err(src.error(
+                        "failover.peers",
+                        None,
+                        format!(
+                            "`{}` is the name of a peer's upstream; rename the upstream or origin that has it",
+                            peer.name
+                        ),
+                    ));
+                }
+                upstreams.push(peer);
+            }
+            Some(failover)
+        }
+    };
 
     let c = raw.cache;
     if c.max_object_bytes > c.max_bytes {
@@ -489,6 +518,7 @@ fn validate(src: &Source, raw: RawProxyConfig) -> Result<ProxyConfig, ConfigErro
         admin_token_file: raw.node.admin_token_file.map(|p| src.resolve(&p)),
         cache,
         reports,
+        failover,
         path: src.path.clone(),
         capacity,
         node: raw.node.name,

@@ -37,7 +37,7 @@ pub(super) struct RawUpstream {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawOriginTls {
+pub(super) struct RawOriginTls {
     ca_file: Option<Spanned<PathBuf>>,
     server_name: Option<Spanned<String>>,
     client_cert: Option<Spanned<PathBuf>>,
@@ -267,6 +267,9 @@ pub struct OriginConfig {
 #[derive(Debug, Clone)]
 pub struct HealthCheckConfig {
     pub path: String,
+    /// Checked here, in the clear, rather than at the origin's own address: a status port
+    /// (a failover peer's admin listener).
+    pub addr: Option<SocketAddr>,
     pub interval: Duration,
     pub timeout: Duration,
     pub expect_status: u16,
@@ -362,6 +365,7 @@ pub(super) fn validate(
                 }
                 Some(HealthCheckConfig {
                     path: h.path,
+                    addr: None,
                     interval: h.interval.0,
                     timeout: h.timeout.0,
                     expect_status: h.expect_status,
@@ -430,7 +434,7 @@ fn tls_name(src: &Source, key: String, name: Spanned<String>) -> Result<String, 
     }
 }
 
-fn origin_tls(
+pub(super) fn origin_tls(
     src: &Source,
     key: &str,
     raw: Option<RawOriginTls>,

@@ -12,6 +12,8 @@ pub const PROXY_REQUEST_DURATION: &str = "geoedge_proxy_request_duration_seconds
 pub const PROXY_UPSTREAM_IN_FLIGHT: &str = "geoedge_proxy_upstream_in_flight";
 pub const PROXY_UPSTREAM_UP: &str = "geoedge_proxy_upstream_up";
 pub const PROXY_RETRIES: &str = "geoedge_proxy_retries_total";
+pub const PROXY_FAILOVER: &str = "geoedge_proxy_failover_total";
+pub const PROXY_FAILOVER_RECEIVED: &str = "geoedge_proxy_failover_received_total";
 pub const PROXY_UPSTREAM_ERRORS: &str = "geoedge_proxy_upstream_errors_total";
 pub const PROXY_UPSTREAM_CONNECTIONS: &str = "geoedge_proxy_upstream_connections_opened_total";
 pub const PROXY_UPSTREAM_TLS_UNVERIFIED: &str = "geoedge_proxy_upstream_tls_unverified";
@@ -90,6 +92,10 @@ pub struct ProxyMetrics {
     pub in_flight: IntGaugeVec,
     pub upstream_up: IntGaugeVec,
     pub retries: IntCounterVec,
+    /// Requests this region could not serve, by what became of them.
+    pub failover: IntCounterVec,
+    /// Requests a peer region's proxy forwarded here.
+    pub failover_received: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub upstream_connections: IntCounterVec,
     /// 1 for an upstream whose origins' certificates are not verified.
@@ -222,6 +228,16 @@ impl ProxyMetrics {
             PROXY_RETRIES,
             "Requests retried on another origin",
             &["upstream"],
+        );
+        let failover = v(
+            PROXY_FAILOVER,
+            "Requests with no origin in this region: forwarded to a peer region (result=forwarded, by region), a peer that failed (peer_failed), none up (no_peer), or a forwarded request that could not be served here either (hop_refused)",
+            &["region", "result"],
+        );
+        let failover_received = v(
+            PROXY_FAILOVER_RECEIVED,
+            "Requests forwarded here by a peer region's proxy (a verified failover mark)",
+            &["from"],
         );
         let upstream_errors = v(
             PROXY_UPSTREAM_ERRORS,
@@ -377,6 +393,8 @@ impl ProxyMetrics {
             in_flight,
             upstream_up,
             retries,
+            failover,
+            failover_received,
             upstream_errors,
             upstream_connections,
             upstream_tls_unverified,

@@ -20,6 +20,13 @@ pub enum ProxyError {
     ClientBody(String),
     #[error("no healthy origin in upstream {0}")]
     NoHealthyOrigin(String),
+    /// No origin here, and no peer region's proxy up to forward to.
+    #[error("no healthy origin in upstream {upstream}, and no peer region up ({tried})")]
+    NoRegion { upstream: String, tried: String },
+    /// A request a peer region forwarded, which this region cannot serve either: it is
+    /// not forwarded again.
+    #[error("no healthy origin in upstream {upstream} for a request forwarded by region {from}; not forwarded again")]
+    HopRefused { upstream: String, from: String },
     #[error("cannot reach origin {origin}: {message}")]
     Connect { origin: String, message: String },
     #[error("origin {origin} failed: {message}")]
@@ -61,7 +68,9 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadFraming(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::NoHealthyOrigin(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyOrigin(_)
+            | ProxyError::NoRegion { .. }
+            | ProxyError::HopRefused { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -106,6 +115,12 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "413 Content Too Large\n",
             ProxyError::ClientBody(_) => "400 Bad Request: request body incomplete\n",
             ProxyError::NoHealthyOrigin(_) => "503 Service Unavailable: no healthy origin\n",
+            ProxyError::NoRegion { .. } => {
+                "503 Service Unavailable: no healthy origin in this region, and no other region could take the request\n"
+            }
+            ProxyError::HopRefused { .. } => {
+                "503 Service Unavailable: no healthy origin in this region either; the request was already forwarded once by failover and is not forwarded again\n"
+            }
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "502 Bad Gateway\n",
             ProxyError::Timeout { .. } => "504 Gateway Timeout\n",
             ProxyError::UriTooLong => "414 URI Too Long\n",

@@ -10,8 +10,10 @@ use prometheus::{IntGauge, Registry};
 use super::cached::serve::CacheRuntime;
 use super::route::router::Router;
 use super::route::{auth, ratelimit, rules};
+use super::upstream::failover::Peers;
 use super::upstream::group::{OriginRegistry, Upstream};
 use crate::config::proxy::ProxyConfig;
+use crate::health::report::ReportKey;
 use crate::metrics::{ProxyMetrics, RouteMetrics, StreamMetrics};
 
 pub struct RouteRuntime {
@@ -48,6 +50,8 @@ pub struct ProxyState {
     /// Match counters, one per rule.
     pub rule_counters: Vec<prometheus::IntCounter>,
     pub rate: ratelimit::RateLimits,
+    /// Present with `[failover]`.
+    pub failover: Option<Peers>,
 }
 
 impl ProxyState {
@@ -147,7 +151,33 @@ impl ProxyState {
                     .collect()
             })
             .collect();
+        let failover = match &config.failover {
+            Some(f) => Some(Peers {
+                key: ReportKey::from_file(&f.key_file)?,
+                region: config.region.clone(),
+                peers: f
+                    .peers
+                    .iter()
+                    .filter_map(|p| {
+                        let index = upstreams.iter().position(|u| u.name == p.upstream)?;
+                        Some((p.region.clone(), index))
+                    })
+                    .collect(),
+            }),
+            None => None,
+        };
+        for (region, _) in failover.iter().flat_map(|f| &f.peers) {
+            for result in ["forwarded", "peer_failed"] {
+                metrics.failover.with_label_values(&[region, result]);
+            }
+        }
+        if let Some(f) = &failover {
+            for result in ["no_peer", "hop_refused"] {
+                metrics.failover.with_label_values(&[&f.region, result]);
+            }
+        }
         Ok(Self {
+            failover,
             router: Router::new(&config.routes),
             config,
             routes,

@@ -64,6 +64,25 @@ async fn http_check(
     hc: &HealthCheckConfig,
 ) -> Result<(), String> {
     let origin = &upstream.origins[index];
+    if let Some(addr) = hc.addr {
+        // A status port of its own, in the clear (a failover peer's admin listener).
+        let connect = async {
+            connect::open(addr, hc.timeout, None, None)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let authority = addr.to_string();
+        return crate::probe::probe(
+            connect,
+            &authority,
+            &hc.path,
+            hc.timeout,
+            hc.expect_status,
+            false,
+            false,
+        )
+        .await;
+    }
     // Over the same TLS as requests: a check that passed in the clear would say nothing
     // of an origin whose certificate has expired.
     let connect = async {

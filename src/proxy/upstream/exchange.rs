@@ -125,10 +125,11 @@ impl Origin {
             wire,
             index,
             in_flight,
+            peer,
         } = exchanged;
         let Wire::H1(conn) = wire else {
             return Err(ProxyError::Upstream {
-                origin: self.upstream.origins[index].name.clone(),
+                origin: self.upstream_of(peer).origins[index].name.clone(),
                 message: "101 over HTTP/2".into(),
             });
         };
@@ -144,7 +145,7 @@ impl Origin {
             .headers
             .get("upgrade")
             .and_then(|u| HeaderValue::from_bytes(u).ok());
-        let mut response = self.answer(head, index, empty()).into_response();
+        let mut response = self.answer(head, index, peer, empty()).into_response();
         if let Some(u) = upgrade {
             response.headers_mut().insert(UPGRADE, u);
         }
@@ -154,16 +155,21 @@ impl Origin {
         Ok(response)
     }
 
-    /// One exchange with an origin: a connection, the request, the response head.
+    /// One exchange with an origin: a connection, the request, the response head; when
+    /// this region has no origin that could take it, with a peer region's proxy
+    /// (`[failover]`, `peer_failover`).
     async fn exchange(
         &self,
         mut parts: http::request::Parts,
         body: ProxyBody,
         bodyless: bool,
     ) -> Result<Exchanged, ProxyError> {
-        let (shared, state, upstream) = (&*self.shared, &*self.state, &self.upstream);
-        // Forwarding headers are set here, not on arrival: a cache hit never needs them.
-        let trusted = headers::is_trusted(self.client, &state.config.forwarding.trusted_proxies);
+        let state = &*self.state;
+        let hop = self.take_hop_mark(&mut parts.headers);
+        // Forwarding headers are set here, not on arrival: a cache hit never needs them. A
+        // peer's proxy that forwarded the request wrote them, so they are kept.
+        let trusted = hop.is_some()
+            || headers::is_trusted(self.client, &state.config.forwarding.trusted_proxies);
         headers::set_forwarding(
             &mut parts.headers,
             &ForwardContext {
@@ -176,10 +182,43 @@ impl Origin {
             },
             trusted,
         );
-        let route = &state.routes[self.route];
+        let mut body = Some(body);
+        let route_upstream = state.routes[self.route].upstream;
+        let local = self
+            .exchange_with(
+                &self.upstream,
+                route_upstream,
+                self.sticky.as_deref(),
+                &parts,
+                &mut body,
+                bodyless,
+            )
+            .await;
+        match local {
+            Err(error)
+                if state.failover.is_some() && Self::unserved(&error, &body, &parts, bodyless) =>
+            {
+                // Boxed: the rare path, kept out of every request's future.
+                Box::pin(self.fail_over(error, hop, parts, body, bodyless)).await
+            }
+            other => other,
+        }
+    }
+
+    /// The exchange with one upstream (`upstream_index` in the state's list) under the
+    /// retry rule; `body` is left in place while no origin has taken it.
+    pub(super) async fn exchange_with(
+        &self,
+        upstream: &Upstream,
+        upstream_index: usize,
+        sticky: Option<&str>,
+        parts: &http::request::Parts,
+        body: &mut Option<ProxyBody>,
+        bodyless: bool,
+    ) -> Result<Exchanged, ProxyError> {
+        let (shared, state) = (&*self.shared, &*self.state);
         let limit = state.config.limits.max_body_bytes;
         let replayable = bodyless && is_idempotent(&parts.method);
-        let mut body = Some(body);
         let mut exclude = None;
         let mut plan = Attempts::default();
         // Why the first origin failed, while the request looks for another: with none to
@@ -189,7 +228,7 @@ impl Origin {
         loop {
             let (index, fresh) = match plan.again_on.take() {
                 Some(index) => (index, true),
-                None => match upstream.choose(self.sticky.as_deref(), exclude) {
+                None => match upstream.choose(sticky, exclude) {
                     Some(index) => (index, false),
                     None => {
                         return Err(failed_over_from
@@ -208,14 +247,14 @@ impl Origin {
             let origin = &upstream.origins[index];
             let gauge = state
                 .in_flight_gauges
-                .get(route.upstream)
+                .get(upstream_index)
                 .and_then(|g| g.get(index))
                 .cloned();
             let in_flight = InFlight::new(origin.state.clone(), gauge);
             if upstream.protocol.is_http2() {
                 // Boxed: its future would otherwise enlarge every HTTP/1.1 request's.
                 let attempt = Box::pin(
-                    self.attempt_h2(index, fresh, &parts, &mut body, replayable, in_flight),
+                    self.attempt_h2(upstream, index, fresh, parts, body, replayable, in_flight),
                 );
                 match attempt.await {
                     H2Attempt::Done(exchanged) => return Ok(exchanged),
@@ -270,7 +309,7 @@ impl Origin {
             let body = metered(upstream, body, &in_flight);
             let started = std::time::Instant::now();
             let sent = conn
-                .send_within(upstream.response_timeout, &parts, body, bodyless)
+                .send_within(upstream.response_timeout, parts, body, bodyless)
                 .await;
             if let Ok(head) = &sent {
                 if !head.status.is_server_error() {
@@ -295,6 +334,7 @@ impl Origin {
                         wire: Wire::H1(conn),
                         index,
                         in_flight,
+                        peer: None,
                     });
                 }
                 Err(SendError::ClientBody(e)) => {
@@ -346,8 +386,10 @@ impl Origin {
     /// One attempt at an HTTP/2 upstream's origin, sorted by the retry rule at the top of
     /// this file. A stream the origin refused unprocessed (a GOAWAY met the request, or
     /// REFUSED_STREAM) counts as a stale keep-alive connection does.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt_h2(
         &self,
+        upstream: &Upstream,
         index: usize,
         fresh: bool,
         parts: &http::request::Parts,
@@ -355,7 +397,7 @@ impl Origin {
         replayable: bool,
         in_flight: InFlight,
     ) -> H2Attempt {
-        let (shared, upstream) = (&*self.shared, &*self.upstream);
+        let shared = &*self.shared;
         let origin = &upstream.origins[index];
         let session = &origin.state.h2;
         if fresh {
@@ -423,6 +465,7 @@ impl Origin {
                     wire: Wire::H2(body),
                     index,
                     in_flight,
+                    peer: None,
                 })
             }
             Err(_) => {
@@ -454,8 +497,9 @@ impl Origin {
             wire,
             index,
             in_flight,
+            peer,
         } = exchanged;
-        let origin = &self.upstream.origins[index];
+        let origin = &self.upstream_of(peer).origins[index];
         let body = match wire {
             Wire::H1(conn) => OriginBody::new(
                 conn.into_body(head.framing),
@@ -465,13 +509,26 @@ impl Origin {
             .boxed_unsync(),
             Wire::H2(body) => H2Body::new(body, in_flight).boxed_unsync(),
         };
-        self.answer(head, index, body)
+        self.answer(head, index, peer, body)
+    }
+
+    /// The route's upstream, or the peer's that answered instead.
+    fn upstream_of(&self, peer: Option<u16>) -> &Upstream {
+        peer.and_then(|i| self.state.upstreams.get(usize::from(i)))
+            .map(|u| &**u)
+            .unwrap_or(&self.upstream)
     }
 
     /// What every response from an origin loses and gains on its way to the client: the
     /// origin's fields less hop-by-hop and hidden ones, then ours.
-    fn answer(&self, head: ResponseHead, index: usize, body: ProxyBody) -> Answer {
-        let (state, upstream) = (&*self.state, &*self.upstream);
+    fn answer(
+        &self,
+        head: ResponseHead,
+        index: usize,
+        peer: Option<u16>,
+        body: ProxyBody,
+    ) -> Answer {
+        let (state, upstream) = (&*self.state, self.upstream_of(peer));
         let ResponseHead {
             status,
             version: received,
@@ -534,12 +591,14 @@ enum Wire {
 }
 
 /// A response head from an origin, and what it came with.
-struct Exchanged {
+pub(super) struct Exchanged {
     head: ResponseHead,
     wire: Wire,
     /// The origin's index in its upstream.
-    index: usize,
+    pub(super) index: usize,
     in_flight: InFlight,
+    /// Set when a peer region's proxy answered: the index of its upstream in the state.
+    pub(super) peer: Option<u16>,
 }
 
 /// For `least_traffic`, the request body counts as it goes to the origin (the response
@@ -594,7 +653,7 @@ fn count_failure(shared: &Shared, upstream: &Upstream, index: usize, kind: &str)
     }
 }
 
-fn is_idempotent(m: &Method) -> bool {
+pub(super) fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
