@@ -106,6 +106,11 @@ enum GeoCommand {
         /// A dns config: rank its regions for the address (its database is used unless --db).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Ask the running DNS server of --config (at its `server.control`, or the control
+        /// address given) which regions are up and what they shed, and say which region
+        /// this address is answered with and why.
+        #[arg(long, requires = "config", num_args = 0..=1, value_name = "CONTROL")]
+        live: Option<Option<std::net::SocketAddr>>,
         ip: IpAddr,
     },
     /// Build a GeoIP database from a text source (see geo/README.md).
@@ -270,7 +275,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("wrote {} networks to {}", n, out.display());
                 Ok(())
             }
-            GeoCommand::Lookup { db, config, ip } => geo_lookup(db, config, ip),
+            GeoCommand::Lookup {
+                db,
+                config,
+                live,
+                ip,
+            } => geo_lookup(db, config, live, ip),
         },
     }
 }
@@ -306,7 +316,12 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn geo_lookup(db: Option<PathBuf>, config: Option<PathBuf>, ip: IpAddr) -> anyhow::Result<()> {
+fn geo_lookup(
+    db: Option<PathBuf>,
+    config: Option<PathBuf>,
+    live: Option<Option<std::net::SocketAddr>>,
+    ip: IpAddr,
+) -> anyhow::Result<()> {
     let cfg = config.map(|c| DnsConfig::load(&c)).transpose()?;
     let db_path = match (&db, &cfg) {
         (Some(db), _) => db.clone(),
@@ -344,8 +359,43 @@ fn geo_lookup(db: Option<PathBuf>, config: Option<PathBuf>, ip: IpAddr) -> anyho
             };
             println!("  {}. {:<12} {}", rank + 1, table.regions[region].name, why);
         }
+        if let Some(given) = live {
+            let control = given.or(cfg.control).context(
+                "--live asks the server's control listener: give its address or set server.control",
+            )?;
+            let status = fetch_status(control)?;
+            let ranked: Vec<String> = table
+                .rank(ip, m.location.as_ref())
+                .into_iter()
+                .map(|(r, _)| table.regions[r].name.clone())
+                .collect();
+            let position = geoedge::steer::shed::position(ip);
+            let (_, lines) = geoedge::dns::explain::explain(&ranked, &status.regions, position);
+            println!("live (from {control}):");
+            for line in lines {
+                println!("  {line}");
+            }
+        }
     }
     Ok(())
+}
+
+fn fetch_status(control: std::net::SocketAddr) -> anyhow::Result<geoedge::dns::admin::Status> {
+    let url = format!("http://{control}/status");
+    runtime(1)?.block_on(async {
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .with_context(|| format!("asking {url}"))?;
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!("{url}: {status}");
+        }
+        serde_json::from_slice(&body).with_context(|| format!("{url}: not a status document"))
+    })
 }
 
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {

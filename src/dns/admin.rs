@@ -31,6 +31,21 @@ pub struct RegionStatus {
     /// Share of its clients answered with another region (shedding).
     #[serde(default)]
     pub shed_share: f64,
+    /// Where the utilisation stands against the watermarks: `none` (no watermarks),
+    /// `unknown` (no load reported), `below_low`, `between` or `above_high`.
+    #[serde(default)]
+    pub watermark_state: String,
+    /// (low, high), when the region sheds.
+    #[serde(default)]
+    pub watermarks: Option<(f64, f64)>,
+    /// The utilisation smoothed, the demand unshed the shedding aims from, and the share
+    /// it aims at (the law's rest point), as of the last step.
+    #[serde(default)]
+    pub smoothed_utilisation: Option<f64>,
+    #[serde(default)]
+    pub demand: Option<f64>,
+    #[serde(default)]
+    pub shed_target: Option<f64>,
     pub nodes: Vec<NodeStatusView>,
 }
 
@@ -226,11 +241,17 @@ impl DnsAdmin {
                         })
                     })
                     .collect();
+                let view = state.shed.view(rid);
                 RegionStatus {
                     name: r.name.clone(),
                     up: state.table.region_is_up(rid, |n| state.health.is_up(n)),
                     utilisation: state.shed.utilisation(rid),
                     shed_share: state.shed.share(rid),
+                    watermark_state: state.shed.watermark_state(rid).to_string(),
+                    watermarks: state.shed.watermarks(rid).map(|m| (m.low, m.high)),
+                    smoothed_utilisation: view.map(|v| v.smoothed),
+                    demand: view.and_then(|v| v.demand),
+                    shed_target: view.map(|v| v.target),
                     nodes,
                 }
             })

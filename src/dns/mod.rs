@@ -19,6 +19,7 @@
 //!   [`run`] binds and serves; [`admin`] is the control listener's DNS routes.
 
 pub mod admin;
+pub mod explain;
 pub mod listen;
 pub mod query;
 pub mod run;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::DnsConfig;
 use crate::health::HealthTable;
-use crate::steer::shed::{Shed, Watermarks};
+use crate::steer::shed::{LoopTiming, Shed, StepView, Watermarks};
 use crate::steer::{RegionId, RegionTable};
 
 /// How often shares move: the proxies' default report interval, so one step follows
@@ -27,6 +27,9 @@ pub struct ShedTable {
     /// Utilisation × `SHARE_SCALE` (`UNKNOWN` when no up node reports one), per region.
     utilisation: Vec<AtomicU32>,
     steps: Mutex<Vec<Shed>>,
+    /// What the last step of each region saw, for `/status`.
+    views: Mutex<Vec<Option<StepView>>>,
+    timing: LoopTiming,
     /// Decisions that moved a client away from its region, per region it left.
     pub moved: Vec<AtomicU64>,
     /// Decisions that would have moved a client but found every other region full.
@@ -46,6 +49,8 @@ impl ShedTable {
             shares: (0..n).map(|_| AtomicU32::new(0)).collect(),
             utilisation: (0..n).map(|_| AtomicU32::new(UNKNOWN)).collect(),
             steps: Mutex::new(vec![Shed::default(); n]),
+            views: Mutex::new(vec![None; n]),
+            timing: loop_timing(cfg),
             moved: (0..n).map(|_| AtomicU64::new(0)).collect(),
             all_full: AtomicU64::new(0),
         }
@@ -95,12 +100,15 @@ impl ShedTable {
                 .collect();
             let utilisation = (!reported.is_empty())
                 .then(|| reported.iter().sum::<f64>() / reported.len() as f64);
+            let had_room = self.has_room(r);
             if let Some(slot) = self.utilisation.get(r) {
                 let stored = utilisation
                     .map(|u| (u * SHARE_SCALE).clamp(0.0, f64::from(UNKNOWN - 1)) as u32)
                     .unwrap_or(UNKNOWN);
                 slot.store(stored, Ordering::Relaxed);
             }
+            // A region that filled up (or made room) changes where others' clients spill.
+            changed |= had_room != self.has_room(r);
             let (Some(marks), Some(step), Some(slot)) = (
                 self.marks.get(r).copied().flatten(),
                 steps.get_mut(r),
@@ -109,7 +117,15 @@ impl ShedTable {
                 continue;
             };
             // No figures (no node reports a capacity, or none is up): nothing to shed by.
-            let share = step.step(marks, utilisation.unwrap_or(0.0));
+            let (share, view) = step.advance(marks, utilisation.unwrap_or(0.0), self.timing);
+            if let Some(v) = self
+                .views
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(r)
+            {
+                *v = Some(view);
+            }
             let scaled = (share * SHARE_SCALE) as u32;
             if slot.swap(scaled, Ordering::Relaxed) != scaled {
                 changed = true;
@@ -126,7 +142,7 @@ impl ShedTable {
         let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
         for (r, name) in self.names.iter().enumerate() {
             if let Some(p) = previous.names.iter().position(|n| n == name) {
-                steps[r] = old[p];
+                steps[r] = old[p].clone();
                 self.shares[r].store(
                     previous.shares[p].load(Ordering::Relaxed),
                     Ordering::Relaxed,
@@ -142,5 +158,54 @@ impl ShedTable {
 
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// What the last step of `region` saw: smoothed utilisation, the share its load was
+    /// measured under, the demand unshed and the rest point aimed at.
+    pub fn view(&self, region: RegionId) -> Option<StepView> {
+        self.views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(region)
+            .copied()
+            .flatten()
+    }
+
+    pub fn timing(&self) -> LoopTiming {
+        self.timing
+    }
+
+    /// Where `region`'s utilisation stands against its watermarks.
+    pub fn watermark_state(&self, region: RegionId) -> &'static str {
+        let Some(marks) = self.marks.get(region).copied().flatten() else {
+            return "none";
+        };
+        match self.utilisation(region) {
+            None => "unknown",
+            Some(u) if u <= marks.low => "below_low",
+            Some(u) if u < marks.high => "between",
+            Some(_) => "above_high",
+        }
+    }
+
+    pub fn watermarks(&self, region: RegionId) -> Option<Watermarks> {
+        self.marks.get(region).copied().flatten()
+    }
+}
+
+/// How long a client keeps an answer: the steered names' longest TTL, plus two steps for
+/// the reports' lag (a report covers the interval before it, and is read a step later).
+fn loop_timing(cfg: &DnsConfig) -> LoopTiming {
+    let ttl = cfg
+        .zones
+        .iter()
+        .flat_map(|z| &z.steered)
+        .map(|s| s.ttl)
+        .max()
+        .unwrap_or(0);
+    let step_secs = SHED_INTERVAL.as_secs_f64();
+    LoopTiming {
+        step_secs,
+        delay_secs: f64::from(ttl) + 2.0 * step_secs,
     }
 }
