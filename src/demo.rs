@@ -1,9 +1,10 @@
 //! `geoedge demo`: the whole world in one process on loopback, from the shipped `config/`
 //! and `geo/` files: the DNS server, three regions (a proxy each, in front of two built-in
-//! origins), signed reports from every proxy to the DNS server, and a self-signed
-//! certificate written to a temporary folder so curl can verify it.
+//! origins), signed reports from every proxy to the DNS server, failover from each region's
+//! proxy to the others (nearest first), and a self-signed certificate written to a
+//! temporary folder so curl can verify it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,13 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::config::proxy::{CertificateSource, ReportsConfig};
+use crate::config::proxy::{
+    peer_upstream, CertificateSource, FailoverConfig, OriginProtocol, PeerConfig, PeerTiming,
+    ReportsConfig,
+};
 use crate::config::{DnsConfig, ProxyConfig};
 use crate::dns::server::DnsServer;
+use crate::geo::distance::great_circle_km;
 use crate::origin::{self, Origin};
 use crate::proxy::ProxyServer;
 
@@ -138,7 +143,74 @@ pub fn load_world(config_dir: &Path, files: &DemoFiles) -> anyhow::Result<DemoWo
             });
         }
     }
+    wire_failover(&dns, &mut regions);
     Ok(DemoWorld { dns, regions })
+}
+
+/// Gives each region's proxy, unless its file has its own `[failover]`, the other regions'
+/// proxies as failover peers, nearest first by the DNS config's coordinates, under the
+/// demo's report key.
+fn wire_failover(dns: &DnsConfig, regions: &mut [ProxyConfig]) {
+    struct Proxy {
+        region: String,
+        place: (f64, f64),
+        http: SocketAddr,
+        admin: SocketAddr,
+    }
+    let place = |name: &str| {
+        dns.regions
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| (r.latitude, r.longitude))
+    };
+    let proxies: Vec<Proxy> = regions
+        .iter()
+        .filter_map(|r| {
+            Some(Proxy {
+                region: r.region.clone(),
+                place: place(&r.region)?,
+                http: *r.http.first()?,
+                admin: r.admin?,
+            })
+        })
+        .collect();
+    for cfg in regions.iter_mut() {
+        let (Some(here), Some(reports)) = (place(&cfg.region), &cfg.reports) else {
+            continue;
+        };
+        if cfg.failover.is_some() {
+            continue;
+        }
+        let mut peers: Vec<(f64, &Proxy)> = proxies
+            .iter()
+            .filter(|p| p.region != cfg.region)
+            .map(|p| (great_circle_km(here, p.place), p))
+            .collect();
+        if peers.is_empty() {
+            continue;
+        }
+        peers.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut failover = FailoverConfig {
+            key_file: reports.key_file.clone(),
+            peers: Vec::new(),
+        };
+        for (_, p) in peers {
+            let upstream = peer_upstream(
+                &p.region,
+                p.http,
+                p.admin,
+                OriginProtocol::Http1,
+                None,
+                PeerTiming::default(),
+            );
+            failover.peers.push(PeerConfig {
+                region: p.region.clone(),
+                upstream: upstream.name.clone(),
+            });
+            cfg.upstreams.push(upstream);
+        }
+        cfg.failover = Some(failover);
+    }
 }
 
 /// Runs the world until `shutdown` resolves, then stops every part and returns.
@@ -166,7 +238,15 @@ pub async fn run(
         tasks.spawn(async move { dns.run(&cfg, stopped(rx)).await });
     }
     for region in &world.regions {
-        for upstream in &region.upstreams {
+        let peer = |name: &str| {
+            region
+                .failover
+                .iter()
+                .flat_map(|f| &f.peers)
+                .any(|p| p.upstream == name)
+        };
+        // A failover peer's "origin" is another region's proxy, started below.
+        for upstream in region.upstreams.iter().filter(|u| !peer(&u.name)) {
             for o in &upstream.origins {
                 let listener = origin::bind(o.addr)
                     .await

@@ -53,6 +53,33 @@ fn the_demo_answers_dns_and_proxies_https_end_to_end_then_stops_cleanly() {
         let r = c.get("www.example.test", "/hello").await.unwrap();
         assert_eq!(r.status, 200);
         assert!(r.text().starts_with("served by eu-web-"), "{}", r.text());
+        // Failover is wired between the regions, nearest first: eu's peers are us, then
+        // ap, each checked healthy at its admin /healthz.
+        let admin: SocketAddr = "127.0.0.11:9100".parse().unwrap();
+        let started = Instant::now();
+        loop {
+            let status = h::get(admin, "127.0.0.11", "/status").await.unwrap().text();
+            let us = status.find("\"failover-us\"");
+            let ap = status.find("\"failover-ap\"");
+            assert!(
+                matches!((us, ap), (Some(u), Some(a)) if u < a),
+                "eu's /status lacks failover-us before failover-ap: {status}"
+            );
+            let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+            let healthy = |name: &str| {
+                v["upstreams"].as_array().into_iter().flatten().any(|u| {
+                    u["name"] == name && u["origins"][0]["healthy"] == serde_json::json!(true)
+                })
+            };
+            if healthy("failover-us") && healthy("failover-ap") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "peers not healthy: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
     // Ctrl-C: everything stops, exit 0.
     let pid = demo.child.id().to_string();

@@ -210,7 +210,7 @@ fn killing_every_origin_of_a_region_costs_no_client_request() {
 
     let forwarded = metric(
         w.eu.admin,
-        r#"geoedge_proxy_failover_total{region="us",result="forwarded"}"#,
+        r#"geoedge_proxy_failover_total{peer="us",result="forwarded"}"#,
     );
     let received = metric(
         w.us.admin,
@@ -277,19 +277,19 @@ fn with_both_regions_down_a_request_gets_503_with_a_reason_and_never_loops() {
     let crossings: u64 = [
         (
             w.eu.admin,
-            r#"geoedge_proxy_failover_total{region="us",result="forwarded"}"#,
+            r#"geoedge_proxy_failover_total{peer="us",result="forwarded"}"#,
         ),
         (
             w.us.admin,
-            r#"geoedge_proxy_failover_total{region="eu",result="forwarded"}"#,
+            r#"geoedge_proxy_failover_total{peer="eu",result="forwarded"}"#,
         ),
         (
             w.eu.admin,
-            r#"geoedge_proxy_failover_total{region="us",result="peer_failed"}"#,
+            r#"geoedge_proxy_failover_total{peer="us",result="peer_failed"}"#,
         ),
         (
             w.us.admin,
-            r#"geoedge_proxy_failover_total{region="eu",result="peer_failed"}"#,
+            r#"geoedge_proxy_failover_total{peer="eu",result="peer_failed"}"#,
         ),
     ]
     .iter()
@@ -297,10 +297,10 @@ fn with_both_regions_down_a_request_gets_503_with_a_reason_and_never_loops() {
     .sum();
     let refused = metric(
         w.eu.admin,
-        r#"geoedge_proxy_failover_total{region="eu",result="hop_refused"}"#,
+        r#"geoedge_proxy_failover_total{peer="us",result="hop_refused"}"#,
     ) + metric(
         w.us.admin,
-        r#"geoedge_proxy_failover_total{region="us",result="hop_refused"}"#,
+        r#"geoedge_proxy_failover_total{peer="eu",result="hop_refused"}"#,
     );
     assert!(crossings <= 4, "crossings {crossings}");
     assert!(

@@ -115,40 +115,84 @@ pub(super) fn validate(
             Some(t) => (OriginProtocol::Https, Some(origin_tls(src, &key, Some(t))?)),
             None => (OriginProtocol::Http1, None),
         };
-        let name = format!("failover-{}", p.region);
-        upstreams.push(UpstreamConfig {
-            name: name.clone(),
-            balance: Balance::RoundRobin,
-            sticky_cookie: None,
-            connect_timeout: raw.connect_timeout.0,
-            response_timeout: raw.response_timeout.0,
-            origins: vec![OriginConfig {
-                name: name.clone(),
-                addr: p.addr,
-                weight: 1,
-                server_name: None,
-            }],
-            health_check: Some(HealthCheckConfig {
-                path: "/healthz".into(),
-                addr: Some(p.health),
-                interval: raw.check_interval.0,
-                timeout: raw.check_interval.0.min(Duration::from_millis(500)),
-                expect_status: 200,
-                rise: 1,
-                fall: 1,
-            }),
-            passive_failures: 3,
-            passive_cooldown: Duration::from_secs(2),
+        upstreams.push(peer_upstream(
+            &p.region,
+            p.addr,
+            p.health,
             protocol,
             tls,
-            send_proxy: None,
-        });
+            PeerTiming {
+                check_interval: raw.check_interval.0,
+                connect_timeout: raw.connect_timeout.0,
+                response_timeout: raw.response_timeout.0,
+            },
+        ));
         peers.push(PeerConfig {
+            upstream: format!("failover-{}", p.region),
             region: p.region,
-            upstream: name,
         });
     }
     Ok((FailoverConfig { key_file, peers }, upstreams))
+}
+
+/// How often a peer is checked and how long it may take: `[failover]`'s defaults unless
+/// the config says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerTiming {
+    pub check_interval: Duration,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+impl Default for PeerTiming {
+    fn default() -> Self {
+        Self {
+            check_interval: d_check_interval().0,
+            connect_timeout: d_timeout().0,
+            response_timeout: d_response_timeout().0,
+        }
+    }
+}
+
+/// The upstream `failover-REGION` through which requests reach a peer region's proxy: one
+/// origin, checked at the peer's admin `/healthz` (rise and fall 1, so a peer that goes
+/// down stops taking requests within one check).
+pub fn peer_upstream(
+    region: &str,
+    addr: SocketAddr,
+    health: SocketAddr,
+    protocol: OriginProtocol,
+    tls: Option<super::upstreams::OriginTlsConfig>,
+    timing: PeerTiming,
+) -> UpstreamConfig {
+    let name = format!("failover-{region}");
+    UpstreamConfig {
+        name: name.clone(),
+        balance: Balance::RoundRobin,
+        sticky_cookie: None,
+        connect_timeout: timing.connect_timeout,
+        response_timeout: timing.response_timeout,
+        origins: vec![OriginConfig {
+            name,
+            addr,
+            weight: 1,
+            server_name: None,
+        }],
+        health_check: Some(HealthCheckConfig {
+            path: "/healthz".into(),
+            addr: Some(health),
+            interval: timing.check_interval,
+            timeout: timing.check_interval.min(Duration::from_millis(500)),
+            expect_status: 200,
+            rise: 1,
+            fall: 1,
+        }),
+        passive_failures: 3,
+        passive_cooldown: Duration::from_secs(2),
+        protocol,
+        tls,
+        send_proxy: None,
+    }
 }
 
 #[cfg(test)]

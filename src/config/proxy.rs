@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use super::failover::{FailoverConfig, PeerConfig, HOP_HEADER};
+pub use super::failover::{peer_upstream, FailoverConfig, PeerConfig, PeerTiming, HOP_HEADER};
 use super::forwarding::{self, RawForwarding};
 pub use super::forwarding::{ForwardHeaders, Forwarding, InvalidVia, ViaHop};
 pub use super::limits::Limits;

@@ -231,8 +231,10 @@ impl ProxyMetrics {
         );
         let failover = v(
             PROXY_FAILOVER,
-            "Requests with no origin in this region: forwarded to a peer region (result=forwarded, by region), a peer that failed (peer_failed), none up (no_peer), or a forwarded request that could not be served here either (hop_refused)",
-            &["region", "result"],
+            "Requests with no origin in this region: forwarded to a peer region (result=forwarded, peer=its region), a peer that failed (peer_failed), none up (no_peer, peer=none), or a request a peer forwarded that could not be served here either (hop_refused, peer=the region it came from)",
+            // `peer`, not `region`: scrape targets carry `region` (the proxy's own), and a
+            // clash would have Prometheus rename ours to exported_region.
+            &["peer", "result"],
         );
         let failover_received = v(
             PROXY_FAILOVER_RECEIVED,

@@ -167,14 +167,14 @@ impl ProxyState {
             None => None,
         };
         for (region, _) in failover.iter().flat_map(|f| &f.peers) {
-            for result in ["forwarded", "peer_failed"] {
+            for result in ["forwarded", "peer_failed", "hop_refused"] {
                 metrics.failover.with_label_values(&[region, result]);
             }
+            // Peers usually fail over to each other: show their zero before the first.
+            metrics.failover_received.with_label_values(&[region]);
         }
-        if let Some(f) = &failover {
-            for result in ["no_peer", "hop_refused"] {
-                metrics.failover.with_label_values(&[&f.region, result]);
-            }
+        if failover.is_some() {
+            metrics.failover.with_label_values(&["none", "no_peer"]);
         }
         Ok(Self {
             failover,

@@ -82,10 +82,8 @@ impl Origin {
         loop {
             match failover::choose_peer(&healthy, &tried, hop.is_some()) {
                 Forward::AlreadyForwarded => {
-                    metrics
-                        .with_label_values(&[&peers.region, "hop_refused"])
-                        .inc();
                     let from = hop.map(|h| h.from).unwrap_or_default();
+                    metrics.with_label_values(&[&from, "hop_refused"]).inc();
                     tracing::warn!(upstream = %self.upstream.name, from = %from, "no healthy origin for a request another region forwarded; not forwarded again");
                     return Err(ProxyError::HopRefused {
                         upstream: self.upstream.name.clone(),
@@ -93,7 +91,7 @@ impl Origin {
                     });
                 }
                 Forward::NoPeerUp => {
-                    metrics.with_label_values(&[&peers.region, "no_peer"]).inc();
+                    metrics.with_label_values(&["none", "no_peer"]).inc();
                     let tried: Vec<&str> =
                         tried.iter().map(|&i| peers.peers[i].0.as_str()).collect();
                     return Err(ProxyError::NoRegion {
