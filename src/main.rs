@@ -95,6 +95,42 @@ enum Command {
         #[command(subcommand)]
         command: GeoCommand,
     },
+    /// DNSSEC keys of a signed zone.
+    Dnssec {
+        #[command(subcommand)]
+        command: DnssecCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnssecCommand {
+    /// Make a key for a zone: in --dir, or in the zone's `key_dir` of --config.
+    Keygen {
+        zone: String,
+        #[arg(long, required_unless_present = "dir")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// csk (signs everything), ksk (the DNSKEY set) or zsk (the rest).
+        #[arg(long, default_value = "csk")]
+        role: String,
+        /// active (signs) or publish (published only, for a rollover).
+        #[arg(long, default_value = "active")]
+        state: String,
+        /// ecdsap256sha256 or ed25519.
+        #[arg(long, default_value = "ecdsap256sha256")]
+        algorithm: String,
+    },
+    /// Print the DS lines for the parent (or a resolver's trust anchor) and the DNSKEYs;
+    /// with --config, a zone with `generate` and no key yet gets its key made first, as
+    /// the server's first start would.
+    Ds {
+        zone: String,
+        #[arg(long, required_unless_present = "dir")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -269,6 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", file.display());
             Ok(())
         }
+        Command::Dnssec { command } => dnssec(command),
         Command::Geo { command } => match command {
             GeoCommand::Build { source, out } => {
                 let n = geoedge::geo::build::build_file(&source, &out)?;
@@ -396,6 +433,87 @@ fn fetch_status(control: std::net::SocketAddr) -> anyhow::Result<geoedge::dns::a
         }
         serde_json::from_slice(&body).with_context(|| format!("{url}: not a status document"))
     })
+}
+
+/// The zone's name and key directory, from --dir or the zone's `[zones.dnssec]` in
+/// --config (with it, the zone's settings).
+fn zone_keys(
+    zone: &str,
+    config: Option<&std::path::Path>,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<(
+    hickory_proto::rr::Name,
+    PathBuf,
+    Option<geoedge::config::dns::DnssecConfig>,
+)> {
+    let mut name = hickory_proto::rr::Name::from_ascii(zone)
+        .with_context(|| format!("`{zone}` is not a zone name"))?;
+    name.set_fqdn(true);
+    let settings = match config {
+        Some(path) => {
+            let cfg = DnsConfig::load(path)?;
+            let lower = hickory_proto::rr::LowerName::new(&name);
+            let z = cfg
+                .zones
+                .iter()
+                .find(|z| hickory_proto::rr::LowerName::new(&z.origin) == lower)
+                .with_context(|| format!("{} has no zone {name}", path.display()))?;
+            Some(z.dnssec.clone().with_context(|| {
+                format!("zone {name} of {} has no [zones.dnssec]", path.display())
+            })?)
+        }
+        None => None,
+    };
+    let dir = match (dir, &settings) {
+        (Some(d), _) => d,
+        (None, Some(s)) => s.key_dir.clone(),
+        (None, None) => anyhow::bail!("give --config or --dir"),
+    };
+    Ok((name, dir, settings))
+}
+
+fn dnssec(command: DnssecCommand) -> anyhow::Result<()> {
+    use geoedge::dns::dnssec::keys::{self, KeyState, Role};
+    match command {
+        DnssecCommand::Keygen {
+            zone,
+            config,
+            dir,
+            role,
+            state,
+            algorithm,
+        } => {
+            let (name, dir, _) = zone_keys(&zone, config.as_deref(), dir)?;
+            let role = Role::parse(&role).context("--role: csk, ksk or zsk")?;
+            let state = KeyState::parse(&state).context("--state: active or publish")?;
+            let algorithm = geoedge::config::dns::KeyAlgorithm::parse(&algorithm)
+                .context("--algorithm: ecdsap256sha256 or ed25519")?;
+            let path = keys::generate(&name, &dir, role, state, algorithm)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        DnssecCommand::Ds { zone, config, dir } => {
+            let (name, dir, settings) = zone_keys(&zone, config.as_deref(), dir)?;
+            if let Some(s) = &settings {
+                // Makes the key when the zone has none yet, as the server would.
+                geoedge::dns::dnssec::load(&name, s, 3600)?;
+            }
+            let loaded = keys::load_dir(&name, &dir)?;
+            for k in &loaded {
+                println!(
+                    "; {} {} tag {} ({})",
+                    k.role.as_str(),
+                    k.state.as_str(),
+                    k.tag,
+                    k.path.display()
+                );
+            }
+            for line in keys::parent_lines(&name, &loaded)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
 }
 
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -15,6 +15,9 @@ pub const DNS_NODE_UP: &str = "geoedge_dns_node_up";
 pub const DNS_REGION_UP: &str = "geoedge_dns_region_up";
 pub const DNS_REGION_UTILISATION: &str = "geoedge_dns_region_utilisation";
 pub const DNS_REGION_SHED_SHARE: &str = "geoedge_dns_region_shed_share";
+pub const DNS_DNSSEC_SIGNED: &str = "geoedge_dns_dnssec_signed_answers_total";
+pub const DNS_DNSSEC_CACHE: &str = "geoedge_dns_dnssec_signature_cache_total";
+pub const DNS_DNSSEC_CACHE_ENTRIES: &str = "geoedge_dns_dnssec_signature_cache_entries";
 pub const DNS_SHED_MOVED: &str = "geoedge_dns_shed_moved_total";
 pub const DNS_SHED_ALL_FULL: &str = "geoedge_dns_shed_all_full_total";
 pub const DNS_REPORTS: &str = "geoedge_dns_reports_total";
@@ -107,6 +110,11 @@ pub struct DnsMetrics {
     pub rrl_dropped: IntCounter,
     pub rrl_slipped: IntCounter,
     pub tcp_refused: IntCounter,
+    pub dnssec_signed: IntCounter,
+    pub dnssec_cache_hits: IntCounter,
+    pub dnssec_cache_misses: IntCounter,
+    /// Signatures kept per signed zone, set at scrape.
+    pub dnssec_cache_entries: IntGaugeVec,
 }
 
 impl DnsMetrics {
@@ -310,8 +318,42 @@ impl DnsMetrics {
             )
             .expect("valid"),
         );
+        let dnssec_signed = register(
+            registry,
+            IntCounter::new(
+                DNS_DNSSEC_SIGNED,
+                "Answers sent with DNSSEC signatures (queries with the DO bit to a signed zone)",
+            )
+            .expect("valid"),
+        );
+        let dnssec_cache = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    DNS_DNSSEC_CACHE,
+                    "RRsets of signed answers whose signatures came from the cache (hit) or were made for the answer (miss)",
+                ),
+                &["result"],
+            )
+            .expect("valid"),
+        );
+        let dnssec_cache_entries = register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    DNS_DNSSEC_CACHE_ENTRIES,
+                    "RRset signatures held in the zone's signature cache",
+                ),
+                &["zone"],
+            )
+            .expect("valid"),
+        );
         register_build_info(registry, "dns");
         Self {
+            dnssec_signed,
+            dnssec_cache_hits: dnssec_cache.with_label_values(&["hit"]),
+            dnssec_cache_misses: dnssec_cache.with_label_values(&["miss"]),
+            dnssec_cache_entries,
             tcp_refused,
             reloads,
             rrl_dropped: rrl.with_label_values(&["dropped"]),

@@ -472,21 +472,10 @@ fn dynamic_nodes_join_by_signed_report_where_the_region_allows_it() {
     assert_eq!(signed_post(&w, &body, Some(key.sign(&body))), 401);
 }
 
-fn free_port() -> u16 {
-    // Bind both protocols on one port the kernel picks, then let it go for the server.
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 #[test]
 fn a_restarted_dns_server_rebuilds_health_from_reports_within_a_second() {
     // Fixed ports, so the proxies' reports reach the restarted server.
-    let (dns_port, control_port) = (free_port(), free_port());
+    let (dns_port, control_port) = (common::free_dual_port(), common::free_dual_port());
     let mut w = World::start();
     let config = dns_config("")
         .replace(

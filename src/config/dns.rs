@@ -10,6 +10,7 @@ use hickory_proto::rr::{LowerName, Name};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::dnssec::{DnssecConfig, KeyAlgorithm};
 use super::names::parse_fqdn;
 use super::regions::{validate_regions, RawRegion};
 pub use super::regions::{InitialState, NodeConfig, ProbeConfig, RegionConfig};
@@ -125,6 +126,7 @@ struct RawZone {
     file: Spanned<PathBuf>,
     #[serde(default)]
     steered: Vec<RawSteered>,
+    dnssec: Option<super::dnssec::RawDnssec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +200,8 @@ pub struct ZoneConfig {
     pub origin: Name,
     pub file: PathBuf,
     pub steered: Vec<SteeredConfig>,
+    /// Online signing of the zone's answers, when configured.
+    pub dnssec: Option<DnssecConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -439,10 +443,15 @@ fn validate_zones(src: &Source, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, Co
                 services: s.services,
             });
         }
+        let dnssec = z
+            .dnssec
+            .map(|d| super::dnssec::validate(src, &format!("{key}.dnssec"), d))
+            .transpose()?;
         zones.push(ZoneConfig {
             origin,
             file,
             steered,
+            dnssec,
         });
     }
     if zones.is_empty() {

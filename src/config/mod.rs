@@ -2,6 +2,7 @@
 //! engines use. Every error names the file, the key and (where known) the line.
 
 pub mod dns;
+mod dnssec;
 mod failover;
 mod forwarding;
 mod limits;
@@ -166,7 +167,7 @@ impl Source {
     }
 }
 
-/// Parses "10s", "250ms", "2m" or a bare number of seconds.
+/// Parses "10s", "250ms", "2m", "14d" or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -181,6 +182,7 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => return Err(format!("unknown duration unit `{other}` in `{text}`")),
     };
     if !seconds.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&seconds) {

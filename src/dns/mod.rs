@@ -15,10 +15,12 @@
 //!   cases, the hickory path for the rest, GeoIP/ECS steering, RRL.
 //! - [`state`] is everything a query reads, built once per config and swapped whole;
 //!   [`zone`] and [`steered`] are its static and steered data.
+//! - [`dnssec`] signs the answers of zones that have keys, online, with compact denial.
 //! - [`server`] holds the shared parts and changes them (reload, health, probes);
 //!   [`run`] binds and serves; [`admin`] is the control listener's DNS routes.
 
 pub mod admin;
+pub mod dnssec;
 pub mod explain;
 pub mod listen;
 pub mod query;

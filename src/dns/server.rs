@@ -418,6 +418,14 @@ impl DnsServer {
             let counter = m.shed_moved.with_label_values(&[name]);
             counter.inc_by(moved.saturating_sub(counter.get()));
         }
+        for zone in &state.zones {
+            if let Some(signer) = &zone.signer {
+                self.metrics
+                    .dnssec_cache_entries
+                    .with_label_values(&[&zone.origin.to_string()])
+                    .set(signer.cached() as i64);
+            }
+        }
         let full = shed.all_full.load(std::sync::atomic::Ordering::Relaxed);
         let counter = &self.metrics.shed_all_full;
         counter.inc_by(full.saturating_sub(counter.get()));

@@ -22,6 +22,8 @@ pub enum StateError {
     Geo(#[from] GeoError),
     #[error("steered names need more than 64 distinct services between them")]
     TooManyServices,
+    #[error(transparent)]
+    Dnssec(#[from] crate::dns::dnssec::keys::KeyError),
 }
 
 pub struct DnsState {
@@ -78,7 +80,12 @@ impl DnsState {
                 }
                 steered.push(name);
             }
-            zones.push(Zone::load(&z.origin, &z.file, &names)?);
+            let mut zone = Zone::load(&z.origin, &z.file, &names)?;
+            if let Some(dnssec) = &z.dnssec {
+                let ttl = zone.soa().first().map(|r| r.ttl).unwrap_or(3600);
+                zone.sign_with(crate::dns::dnssec::load(&z.origin, dnssec, ttl)?);
+            }
+            zones.push(zone);
         }
         // Longest origin first, so the most specific zone answers a name.
         zones.sort_by_key(|z| std::cmp::Reverse(z.origin.num_labels()));

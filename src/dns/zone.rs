@@ -56,6 +56,8 @@ pub struct Zone {
     /// non-terminals"): NODATA, not NXDOMAIN.
     empty_non_terminals: HashSet<LowerName>,
     steered: HashMap<LowerName, usize>,
+    /// Signs answers to queries with the DO bit when the zone has `[zones.dnssec]`.
+    pub signer: Option<std::sync::Arc<crate::dns::dnssec::signer::ZoneSigner>>,
 }
 
 impl Zone {
@@ -157,7 +159,33 @@ impl Zone {
             names,
             empty_non_terminals,
             steered: steered_map,
+            signer: None,
         })
+    }
+
+    /// Makes the zone signed: `signing`'s keys sign its answers, its records (DNSKEY,
+    /// CDS, CDNSKEY) join the apex, replacing any the zone file had.
+    pub fn sign_with(&mut self, signing: crate::dns::dnssec::Signing) {
+        let apex = self.names.entry(self.origin.clone()).or_default();
+        for t in [RecordType::DNSKEY, RecordType::CDS, RecordType::CDNSKEY] {
+            apex.remove(&t);
+        }
+        for r in signing.apex {
+            apex.entry(r.record_type()).or_default().push(r);
+        }
+        self.signer = Some(std::sync::Arc::new(signing.signer));
+    }
+
+    /// The types a name of the zone has (steered names: A and AAAA), `None` when it does
+    /// not exist; an empty non-terminal has none.
+    pub fn types_at(&self, name: &LowerName) -> Option<Vec<RecordType>> {
+        if self.steered.contains_key(name) {
+            return Some(vec![RecordType::A, RecordType::AAAA]);
+        }
+        match self.names.get(name) {
+            Some(types) => Some(types.keys().copied().collect()),
+            None => self.empty_non_terminals.contains(name).then(Vec::new),
+        }
     }
 
     /// The SOA to put in the authority section of NXDOMAIN and NODATA answers.

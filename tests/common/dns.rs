@@ -16,6 +16,10 @@ pub struct Ask {
     pub ecs: Option<(String, u8)>,
     pub edns: bool,
     pub payload: u16,
+    /// The DO bit (RFC 3225): ask for DNSSEC records.
+    pub dnssec: bool,
+    /// RD, for questions to a resolver.
+    pub recursion: bool,
 }
 
 impl Ask {
@@ -26,7 +30,24 @@ impl Ask {
             ecs: None,
             edns: true,
             payload: 1232,
+            dnssec: false,
+            recursion: false,
         }
+    }
+
+    pub fn dnssec(mut self) -> Self {
+        self.dnssec = true;
+        self
+    }
+
+    pub fn recursive(mut self) -> Self {
+        self.recursion = true;
+        self
+    }
+
+    pub fn payload(mut self, payload: u16) -> Self {
+        self.payload = payload;
+        self
     }
 
     pub fn ecs(mut self, addr: &str, prefix: u8) -> Self {
@@ -45,9 +66,11 @@ impl Ask {
             Name::from_str(&self.name).expect("name"),
             self.qtype,
         ));
-        if self.edns || self.ecs.is_some() {
+        m.metadata.recursion_desired = self.recursion;
+        if self.edns || self.ecs.is_some() || self.dnssec {
             let mut edns = Edns::new();
             edns.set_max_payload(self.payload);
+            edns.set_dnssec_ok(self.dnssec);
             if let Some((addr, prefix)) = &self.ecs {
                 let ip: IpAddr = addr.parse().expect("ecs addr");
                 edns.options_mut()

@@ -125,6 +125,19 @@ impl Drop for Proc {
     }
 }
 
+/// A loopback port the kernel just gave out that is free for both UDP and TCP (a DNS
+/// server binds both), let go for the server to take.
+#[allow(dead_code)]
+pub fn free_dual_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+        let port = udp.local_addr().expect("local address").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Whether `tool` can be run (is installed and on PATH).
 pub fn have(tool: &str) -> bool {
     std::process::Command::new(tool)

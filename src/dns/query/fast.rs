@@ -59,6 +59,8 @@ impl Query<'_> {
 pub struct Edns {
     pub payload: u16,
     pub ecs: Option<Ecs>,
+    /// The DO bit: a signed zone's answer needs its RRSIGs (the general path adds them).
+    pub dnssec_ok: bool,
 }
 
 /// An EDNS Client Subnet option, already validated (RFC 7871 §7.1.1).
@@ -155,6 +157,7 @@ fn parse_opt(packet: &[u8], pos: usize) -> Option<(Edns, usize)> {
     if rcode_high != 0 || version != 0 {
         return None;
     }
+    let dnssec_ok = fixed[7] & 0x80 != 0;
     let rdlen = usize::from(u16::from_be_bytes([fixed[9], fixed[10]]));
     let start = pos + 11;
     let end = start + rdlen;
@@ -174,7 +177,14 @@ fn parse_opt(packet: &[u8], pos: usize) -> Option<(Edns, usize)> {
         }
         options = &options[4 + len..];
     }
-    Some((Edns { payload, ecs }, end))
+    Some((
+        Edns {
+            payload,
+            ecs,
+            dnssec_ok,
+        },
+        end,
+    ))
 }
 
 fn parse_ecs(data: &[u8]) -> Option<Ecs> {
@@ -220,6 +230,8 @@ pub type WireRecord = Box<[u8]>;
 pub struct Entry {
     /// The steered name's index, if the name is steered.
     pub steered: Option<usize>,
+    /// The name's zone is signed: DO queries take the general path.
+    pub signed: bool,
     pub a: Option<Box<[WireRecord]>>,
     pub aaaa: Option<Box<[WireRecord]>>,
 }
@@ -257,7 +269,10 @@ impl Table {
                     continue;
                 }
                 let Ok(key) = name.to_bytes() else { continue };
-                let mut entry = Entry::default();
+                let mut entry = Entry {
+                    signed: zone.signer.is_some(),
+                    ..Entry::default()
+                };
                 for qtype in [RecordType::A, RecordType::AAAA] {
                     match zone.lookup(name, qtype) {
                         Lookup::Steered(index) => entry.steered = Some(index),

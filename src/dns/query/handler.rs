@@ -9,7 +9,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
-use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
@@ -17,11 +17,13 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 
 use crate::acme::table::ChallengeTable;
+use crate::dns::dnssec::denial::{self, Denial};
 use crate::dns::query::challenge;
 use crate::dns::query::decide::decide;
 use crate::dns::query::decisions::DecisionCache;
 use crate::dns::query::ecs::{client_network, deciding_address};
 use crate::dns::query::fast;
+use crate::dns::query::signed;
 use crate::dns::state::DnsState;
 use crate::dns::zone::Lookup;
 use crate::health::NodeId;
@@ -53,6 +55,8 @@ struct Plan<'a> {
     ecs_scope: Option<u8>,
     /// Steering outcome, for metrics: (region, fail_open).
     steered: Option<(usize, bool)>,
+    /// The zone that answered, for signing.
+    zone: Option<&'a crate::dns::zone::Zone>,
 }
 
 impl<'a> Plan<'a> {
@@ -64,6 +68,7 @@ impl<'a> Plan<'a> {
             authority: &[],
             ecs_scope: None,
             steered: None,
+            zone: None,
         }
     }
 
@@ -79,6 +84,7 @@ impl<'a> Plan<'a> {
             authority,
             ecs_scope: Some(0),
             steered: None,
+            zone: None,
         }
     }
 }
@@ -196,6 +202,7 @@ impl GeoDnsHandler {
         if !has_ecs {
             plan.ecs_scope = None;
         }
+        plan.zone = Some(zone);
         plan
     }
 
@@ -239,6 +246,7 @@ impl GeoDnsHandler {
             authority,
             ecs_scope: Some(decision.scope),
             steered: Some((decision.region, decision.fail_open)),
+            zone: None,
         }
     }
 
@@ -288,6 +296,9 @@ impl GeoDnsHandler {
         out: &mut Vec<u8>,
     ) -> Option<Option<(usize, bool)>> {
         let entry = state.fast.get(query.name_key())?;
+        if entry.signed && query.edns.is_some_and(|e| e.dnssec_ok) {
+            return None;
+        }
         let payload = query
             .edns
             .map(|e| e.payload.clamp(512, state.max_udp_payload.max(512)))
@@ -455,23 +466,36 @@ impl GeoDnsHandler {
             .challenges
             .as_deref()
             .and_then(|table| challenge::records(table, state, &request));
-        let plan = match &challenge {
+        let mut plan = match &challenge {
             Some(_) => Plan::authoritative(Vec::new(), &[], ResponseCode::NoError),
             None => self.plan(state, &request),
         };
-        let edns = response_edns(state, &request, &plan);
+        if challenge.is_some() {
+            plan.zone = request
+                .queries
+                .queries()
+                .first()
+                .and_then(|q| state.zone_for(q.name()));
+        }
+        let answers: Vec<&Record> = plan
+            .answers
+            .iter()
+            .copied()
+            .chain(challenge.iter().flatten())
+            .collect();
+        let signatures = self.sign(&request, &mut plan, &answers);
+        let edns = response_edns(state, &request, &plan, signatures.is_some());
         let metadata = response_metadata(&request, &plan);
         let mut builder = MessageResponseBuilder::new(&request.queries, None);
         if let Some(edns) = &edns {
             builder.edns(edns);
         }
+        let unsigned = signed::Signatures::default();
+        let sigs = signatures.as_ref().unwrap_or(&unsigned);
         let response = builder.build(
             metadata,
-            plan.answers
-                .iter()
-                .copied()
-                .chain(challenge.iter().flatten()),
-            plan.authority.iter(),
+            sigs.interleave(&answers),
+            plan.authority.iter().chain(&sigs.authority),
             [],
             [],
         );
@@ -487,6 +511,58 @@ impl GeoDnsHandler {
         }
         self.account(state, &request, &plan, started);
         !out.is_empty()
+    }
+
+    /// The RRSIGs and denial proof for a DO query answered from a signed zone; `None`
+    /// when the query or the zone is not for signing. A compact negative answer's rcode is
+    /// set here (RFC 9824 §4).
+    fn sign(
+        &self,
+        request: &Request,
+        plan: &mut Plan<'_>,
+        answers: &[&Record],
+    ) -> Option<signed::Signatures> {
+        let edns = request.edns.as_ref()?;
+        if !edns.flags().dnssec_ok {
+            return None;
+        }
+        let zone = plan.zone?;
+        let signer = zone.signer.as_deref()?;
+        let query = request.queries.queries().first()?;
+        let qname = Name::from(query.name().clone());
+        let negative = (answers.is_empty()
+            && plan.authoritative
+            && matches!(plan.rcode, ResponseCode::NoError | ResponseCode::NXDomain))
+        .then(|| match zone.types_at(query.name()) {
+            None => Denial::NoName,
+            Some(mut types) => {
+                types.retain(|t| *t != query.query_type());
+                Denial::NoData(types)
+            }
+        });
+        let now = (crate::process::clock::unix_ms() / 1000) as u32;
+        match signed::sign(
+            signer,
+            answers,
+            plan.authority,
+            negative.as_ref().map(|d| (&qname, d)),
+            now,
+        ) {
+            Ok(sigs) => {
+                if negative == Some(Denial::NoName) {
+                    plan.rcode = denial::nxdomain_rcode(edns.flags().z & denial::EDNS_FLAG_CO != 0);
+                }
+                self.metrics.dnssec_signed.inc();
+                self.metrics.dnssec_cache_hits.inc_by(sigs.cache_hits);
+                self.metrics.dnssec_cache_misses.inc_by(sigs.cache_misses);
+                Some(sigs)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not sign an answer; SERVFAIL");
+                *plan = Plan::rcode(ResponseCode::ServFail);
+                None
+            }
+        }
     }
 
     fn account(&self, state: &DnsState, request: &Request, plan: &Plan<'_>, started: Instant) {
@@ -624,9 +700,20 @@ fn response_metadata(request: &Request, plan: &Plan<'_>) -> Metadata {
 /// The OPT record of the answer: present when the query had one, advertising the
 /// smaller of the client's buffer and ours (never below 512, RFC 6891), and echoing ECS
 /// with the plan's scope.
-fn response_edns(state: &DnsState, request: &Request, plan: &Plan<'_>) -> Option<Edns> {
+/// A signed answer keeps the query's DO bit and, for compact denial, its CO flag.
+fn response_edns(
+    state: &DnsState,
+    request: &Request,
+    plan: &Plan<'_>,
+    signed: bool,
+) -> Option<Edns> {
     let req = request.edns.as_ref()?;
     let mut edns = Edns::new();
+    // RFC 3225 §3: the DO bit is copied into the answer.
+    edns.set_dnssec_ok(req.flags().dnssec_ok);
+    if signed {
+        edns.flags_mut().z = req.flags().z & denial::EDNS_FLAG_CO;
+    }
     edns.set_max_payload(req.max_payload().clamp(512, state.max_udp_payload.max(512)));
     edns.set_version(0);
     if let (Some(scope), Some(EdnsOption::Subnet(subnet))) =

@@ -2,7 +2,7 @@
 //! questions without parsing into hickory types; everything else goes through hickory's
 //! message types (`handler`), with the client located by ECS or source address (`ecs`),
 //! steering decided in `decide`, decisions cached per network (`decisions`), and response rate limiting
-//! (`rrl`) before anything is sent.
+//! (`rrl`) before anything is sent, and the DNSSEC records of signed answers (`signed`).
 
 pub mod challenge;
 pub mod decide;
@@ -11,3 +11,4 @@ pub mod ecs;
 pub mod fast;
 pub mod handler;
 pub mod rrl;
+pub mod signed;
