@@ -18,6 +18,7 @@ pub const DNS_REGION_SHED_SHARE: &str = "geoedge_dns_region_shed_share";
 pub const DNS_DNSSEC_SIGNED: &str = "geoedge_dns_dnssec_signed_answers_total";
 pub const DNS_DNSSEC_CACHE: &str = "geoedge_dns_dnssec_signature_cache_total";
 pub const DNS_DNSSEC_CACHE_ENTRIES: &str = "geoedge_dns_dnssec_signature_cache_entries";
+pub const DNS_COOKIES: &str = "geoedge_dns_cookies_total";
 pub const DNS_SHED_MOVED: &str = "geoedge_dns_shed_moved_total";
 pub const DNS_SHED_ALL_FULL: &str = "geoedge_dns_shed_all_full_total";
 pub const DNS_REPORTS: &str = "geoedge_dns_reports_total";
@@ -115,6 +116,8 @@ pub struct DnsMetrics {
     pub dnssec_cache_misses: IntCounter,
     /// Signatures kept per signed zone, set at scrape.
     pub dnssec_cache_entries: IntGaugeVec,
+    /// Queries with a COOKIE option, by what it held.
+    pub cookies: IntCounterVec,
 }
 
 impl DnsMetrics {
@@ -348,8 +351,23 @@ impl DnsMetrics {
             )
             .expect("valid"),
         );
+        let cookies = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    DNS_COOKIES,
+                    "Queries with a DNS cookie, by what it held: valid (a server cookie of ours), invalid (a server cookie we did not make, or expired: BADCOOKIE over UDP), client_only, malformed (FORMERR). Queries without one are the rest of geoedge_dns_queries_total",
+                ),
+                &["result"],
+            )
+            .expect("valid"),
+        );
+        for r in ["valid", "invalid", "client_only", "malformed"] {
+            cookies.with_label_values(&[r]);
+        }
         register_build_info(registry, "dns");
         Self {
+            cookies,
             dnssec_signed,
             dnssec_cache_hits: dnssec_cache.with_label_values(&["hit"]),
             dnssec_cache_misses: dnssec_cache.with_label_values(&["miss"]),

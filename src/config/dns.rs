@@ -11,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use super::dnssec::{DnssecConfig, KeyAlgorithm};
+pub use super::edns::EdnsConfig;
 use super::names::parse_fqdn;
 use super::regions::{validate_regions, RawRegion};
 pub use super::regions::{InitialState, NodeConfig, ProbeConfig, RegionConfig};
@@ -32,6 +33,8 @@ struct RawDnsConfig {
     #[serde(default)]
     regions: Vec<RawRegion>,
     rrl: Option<RawRrl>,
+    #[serde(default)]
+    edns: super::edns::RawEdns,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +196,8 @@ pub struct DnsConfig {
     pub log_level: Option<String>,
     pub query_log: Option<(PathBuf, f64)>,
     pub rrl: Option<RrlConfig>,
+    /// NSID and DNS cookies.
+    pub edns: EdnsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +342,7 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
     } = super::steering::validate(src, raw.steering, &regions)?;
 
     let zones = validate_zones(src, raw.zones)?;
+    let edns = super::edns::validate(src, raw.edns)?;
     if zones.iter().any(|z| !z.steered.is_empty()) && regions.is_empty() {
         return Err(src.error("regions", None, "steered names need at least one region"));
     }
@@ -372,6 +378,7 @@ fn validate(src: &Source, raw: RawDnsConfig) -> Result<DnsConfig, ConfigError> {
             .unwrap_or(Duration::from_secs(5)),
         admin_token_file,
         log_level: raw.server.log_level,
+        edns,
         query_log,
         rrl,
     })

@@ -3,6 +3,7 @@
 
 pub mod dns;
 mod dnssec;
+mod edns;
 mod failover;
 mod forwarding;
 mod limits;

@@ -8,6 +8,7 @@ use hickory_proto::rr::LowerName;
 use ipnet::IpNet;
 
 use crate::config::dns::DnsConfig;
+use crate::dns::query::cookie;
 use crate::dns::steered::SteeredName;
 use crate::dns::zone::{Zone, ZoneError};
 use crate::geo::{GeoDb, GeoError};
@@ -24,6 +25,8 @@ pub enum StateError {
     TooManyServices,
     #[error(transparent)]
     Dnssec(#[from] crate::dns::dnssec::keys::KeyError),
+    #[error("cookie secret file {file}: {message}")]
+    CookieSecret { file: String, message: String },
 }
 
 pub struct DnsState {
@@ -46,6 +49,40 @@ pub struct DnsState {
     pub services: Vec<String>,
     /// Shedding shares per region; kept across reloads for regions that stay.
     pub shed: Arc<crate::dns::shed::ShedTable>,
+    /// Secrets of server cookies (RFC 9018), from the config's file or this process's own.
+    pub cookie_secrets: cookie::Secrets,
+    /// The NSID sent to queries that ask for it.
+    pub nsid: Option<Vec<u8>>,
+    /// Largest UDP answer to a client without a valid server cookie (0: no limit).
+    pub max_nocookie_response: u16,
+}
+
+/// A process without a configured secret makes its cookies with one of its own, the same
+/// across reloads so that clients' cookies stay good.
+fn process_secret() -> cookie::Secret {
+    static SECRET: std::sync::OnceLock<cookie::Secret> = std::sync::OnceLock::new();
+    *SECRET.get_or_init(|| {
+        use ring::rand::SecureRandom;
+        let mut secret = [0u8; 16];
+        // Without system randomness the cookies are still checked; only guessable.
+        let _ = ring::rand::SystemRandom::new().fill(&mut secret);
+        secret
+    })
+}
+
+fn cookie_secrets(cfg: &DnsConfig) -> Result<cookie::Secrets, StateError> {
+    let Some(path) = &cfg.edns.cookie_secret_file else {
+        return Ok(cookie::Secrets {
+            current: process_secret(),
+            previous: None,
+        });
+    };
+    let error = |message: String| StateError::CookieSecret {
+        file: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    cookie::parse_secrets(&text).map_err(error)
 }
 
 impl DnsState {
@@ -126,6 +163,9 @@ impl DnsState {
             fast: Default::default(),
             services,
             shed: Arc::new(crate::dns::shed::ShedTable::new(cfg)),
+            cookie_secrets: cookie_secrets(cfg)?,
+            nsid: cfg.edns.nsid.clone(),
+            max_nocookie_response: cfg.edns.max_nocookie_response,
         };
         state.fast = crate::dns::query::fast::Table::build(
             &state.zones,

@@ -49,6 +49,57 @@ pub fn answer_scope(
     scope.min(source_prefix)
 }
 
+/// Whether every ECS option of the packet's OPT record carries exactly the address octets
+/// its source prefix needs (RFC 7871 §6: "ADDRESS ... MUST NOT contain more octets"; a
+/// shorter one is as wrong). hickory's parser pads or drops octets without saying, so the
+/// general path checks the wire itself, once the packet has parsed.
+pub fn ecs_octets_exact(packet: &[u8]) -> bool {
+    use hickory_proto::op::Header;
+    use hickory_proto::rr::{Record, RecordType};
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+    let mut d = BinDecoder::new(packet);
+    let Ok(header) = Header::read(&mut d) else {
+        return false;
+    };
+    let c = header.counts;
+    for _ in 0..c.queries {
+        if hickory_proto::op::Query::read(&mut d).is_err() {
+            return false;
+        }
+    }
+    let records = u32::from(c.answers) + u32::from(c.authorities) + u32::from(c.additionals);
+    for _ in 0..records {
+        let start = d.index();
+        let Ok(record) = Record::read(&mut d) else {
+            return false;
+        };
+        if record.record_type() != RecordType::OPT {
+            continue;
+        }
+        // Root owner (1), type, class, TTL (8), RDLENGTH (2), then the options.
+        let Some(mut options) = packet.get(start + 11..d.index()) else {
+            return false;
+        };
+        while options.len() >= 4 {
+            let code = u16::from_be_bytes([options[0], options[1]]);
+            let len = usize::from(u16::from_be_bytes([options[2], options[3]]));
+            let Some(data) = options.get(4..4 + len) else {
+                return false;
+            };
+            if code == 8 {
+                let Some(&source) = data.get(2) else {
+                    return false;
+                };
+                if data.len() != 4 + usize::from(source).div_ceil(8) {
+                    return false;
+                }
+            }
+            options = &options[4 + len..];
+        }
+    }
+    true
+}
+
 /// The address that decides a query's answer: the ECS network's address if present,
 /// else the packet's source.
 pub fn deciding_address(ecs: Option<IpNet>, source: IpAddr) -> IpAddr {

@@ -24,6 +24,7 @@ const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 const OPTION_NSID: u16 = 3;
 const OPTION_ECS: u16 = 8;
+const OPTION_COOKIE: u16 = crate::dns::query::cookie::OPTION_COOKIE;
 const HEADER_LEN: usize = 12;
 
 /// Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2).
@@ -170,9 +171,10 @@ fn parse_opt(packet: &[u8], pos: usize) -> Option<(Edns, usize)> {
         let data = options.get(4..4 + len)?;
         match code {
             OPTION_ECS if ecs.is_none() => ecs = Some(parse_ecs(data)?),
-            // A second ECS, or an NSID the general parser may reject: not ours to judge.
-            OPTION_ECS | OPTION_NSID => return None,
-            // Cookies, padding, keepalive and unknown options do not change the answer.
+            // A second ECS, or an NSID or cookie, which the answer must echo: the general
+            // path's.
+            OPTION_ECS | OPTION_NSID | OPTION_COOKIE => return None,
+            // Padding, keepalive and unknown options do not change the answer.
             _ => {}
         }
         options = &options[4 + len..];
@@ -438,8 +440,9 @@ mod tests {
     }
 
     #[test]
-    fn reads_ecs_and_skips_cookies() {
-        let mut options = vec![0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    fn reads_ecs_skips_padding_and_leaves_cookies_to_the_general_path() {
+        // Padding (12) and ECS: ours.
+        let mut options = vec![0, 12, 0, 4, 0, 0, 0, 0];
         options.extend_from_slice(&[0, 8, 0, 7, 0, 1, 24, 0, 192, 0, 2]);
         let p = query(WWW, 28, Some(&opt(&options)));
         let q = parse(&p).expect("fast");
@@ -447,6 +450,9 @@ mod tests {
         assert_eq!(edns.payload, 1232);
         let ecs = edns.ecs.expect("ecs");
         assert_eq!(ecs.network, Some("192.0.2.0/24".parse().unwrap()));
+        // A cookie must be answered with one: the general path's.
+        let cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert!(parse(&query(WWW, 28, Some(&opt(&cookie)))).is_none());
     }
 
     #[test]

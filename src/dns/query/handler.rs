@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::op::{Header, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -19,10 +19,16 @@ use ipnet::IpNet;
 use crate::acme::table::ChallengeTable;
 use crate::dns::dnssec::denial::{self, Denial};
 use crate::dns::query::challenge;
+use crate::dns::query::cookie;
 use crate::dns::query::decide::decide;
 use crate::dns::query::decisions::DecisionCache;
-use crate::dns::query::ecs::{client_network, deciding_address};
+use crate::dns::query::ecs::{client_network, deciding_address, ecs_octets_exact};
 use crate::dns::query::fast;
+use crate::dns::query::plan::Plan;
+use crate::dns::query::reply::{
+    add_identity, encode_error, encode_truncated, query_line, request_cookie, response_edns,
+    response_metadata,
+};
 use crate::dns::query::signed;
 use crate::dns::state::DnsState;
 use crate::dns::zone::Lookup;
@@ -43,50 +49,6 @@ pub struct GeoDnsHandler {
     fast: bool,
     /// dns-01 challenges published by the proxies, answered as TXT.
     challenges: Option<Arc<ChallengeTable>>,
-}
-
-/// What to send back, borrowed from the state snapshot.
-struct Plan<'a> {
-    rcode: ResponseCode,
-    authoritative: bool,
-    answers: Vec<&'a Record>,
-    authority: &'a [Record],
-    /// Echo the client's ECS option with this scope.
-    ecs_scope: Option<u8>,
-    /// Steering outcome, for metrics: (region, fail_open).
-    steered: Option<(usize, bool)>,
-    /// The zone that answered, for signing.
-    zone: Option<&'a crate::dns::zone::Zone>,
-}
-
-impl<'a> Plan<'a> {
-    fn rcode(rcode: ResponseCode) -> Self {
-        Self {
-            rcode,
-            authoritative: false,
-            answers: Vec::new(),
-            authority: &[],
-            ecs_scope: None,
-            steered: None,
-            zone: None,
-        }
-    }
-
-    fn authoritative(
-        answers: Vec<&'a Record>,
-        authority: &'a [Record],
-        rcode: ResponseCode,
-    ) -> Self {
-        Self {
-            rcode,
-            authoritative: true,
-            answers,
-            authority,
-            ecs_scope: Some(0),
-            steered: None,
-            zone: None,
-        }
-    }
 }
 
 impl GeoDnsHandler {
@@ -466,9 +428,32 @@ impl GeoDnsHandler {
             .challenges
             .as_deref()
             .and_then(|table| challenge::records(table, state, &request));
-        let mut plan = match &challenge {
-            Some(_) => Plan::authoritative(Vec::new(), &[], ResponseCode::NoError),
-            None => self.plan(state, &request),
+        let now = (crate::process::clock::unix_ms() / 1000) as u32;
+        let cookie = request_cookie(state, &request, now);
+        if let Some(c) = cookie {
+            let result = match c {
+                cookie::Check::Valid { .. } => "valid",
+                cookie::Check::Invalid { .. } => "invalid",
+                cookie::Check::ClientOnly { .. } => "client_only",
+                cookie::Check::Malformed => "malformed",
+            };
+            self.metrics.cookies.with_label_values(&[result]).inc();
+        }
+        let has_ecs = request
+            .edns
+            .as_ref()
+            .is_some_and(|e| e.option(EdnsCode::Subnet).is_some());
+        let mut plan = match (&challenge, cookie) {
+            (_, Some(cookie::Check::Malformed)) => Plan::rcode(ResponseCode::FormErr),
+            _ if has_ecs && !ecs_octets_exact(packet) => Plan::rcode(ResponseCode::FormErr),
+            // RFC 7873 §5.2.3: over UDP, a server cookie we did not make gets BADCOOKIE
+            // and a fresh one, so the client's retry proves its address; over TCP the
+            // handshake already did.
+            (_, Some(cookie::Check::Invalid { .. })) if !tcp => {
+                Plan::rcode(ResponseCode::BADCOOKIE)
+            }
+            (Some(_), _) => Plan::authoritative(Vec::new(), &[], ResponseCode::NoError),
+            (None, _) => self.plan(state, &request),
         };
         if challenge.is_some() {
             plan.zone = request
@@ -484,7 +469,10 @@ impl GeoDnsHandler {
             .chain(challenge.iter().flatten())
             .collect();
         let signatures = self.sign(&request, &mut plan, &answers);
-        let edns = response_edns(state, &request, &plan, signatures.is_some());
+        let mut edns = response_edns(state, &request, &plan, signatures.is_some());
+        if let Some(e) = edns.as_mut() {
+            add_identity(e, state, &request, cookie, now);
+        }
         let metadata = response_metadata(&request, &plan);
         let mut builder = MessageResponseBuilder::new(&request.queries, None);
         if let Some(edns) = &edns {
@@ -499,15 +487,43 @@ impl GeoDnsHandler {
             [],
             [],
         );
-        let max = match (&edns, tcp) {
+        let mut max = match (&edns, tcp) {
             (_, true) => u16::MAX,
             (Some(e), false) => e.max_payload(),
             (None, false) => 512,
         };
+        // A client that has not proven its address with a server cookie gets at most this
+        // much over UDP (the rest with TC, to fetch over TCP): what a spoofed source can
+        // make us send is bounded.
+        if !tcp && state.max_nocookie_response > 0 && !cookie.is_some_and(|c| c.proves_address()) {
+            max = max.min(state.max_nocookie_response);
+        }
         let mut encoder = BinEncoder::new(out);
         encoder.set_max_size(max);
-        if response.destructive_emit(&mut encoder).is_err() {
-            encode_error(&request.metadata, ResponseCode::ServFail, out);
+        match response.destructive_emit(&mut encoder) {
+            Err(_) => encode_error(&request.metadata, ResponseCode::ServFail, out),
+            // Cut short: the records that fitted would be a partial RRset (and its RRSIG
+            // may be the part cut), and the OPT record, written last, may be gone too.
+            // Send the question and OPT only, with TC, as the client will ask over TCP.
+            Ok(info) if info.truncation => {
+                out.clear();
+                let mut metadata = metadata;
+                metadata.truncation = true;
+                let mut builder = MessageResponseBuilder::new(&request.queries, None);
+                if let Some(edns) = &edns {
+                    builder.edns(edns);
+                }
+                let mut encoder = BinEncoder::new(out);
+                encoder.set_max_size(max);
+                if builder
+                    .build_no_records(metadata)
+                    .destructive_emit(&mut encoder)
+                    .is_err()
+                {
+                    encode_error(&request.metadata, ResponseCode::ServFail, out);
+                }
+            }
+            Ok(_) => {}
         }
         self.account(state, &request, &plan, started);
         !out.is_empty()
@@ -609,124 +625,6 @@ impl GeoDnsHandler {
             .duration
             .observe(started.elapsed().as_secs_f64());
     }
-}
-
-/// `time client proto qname qtype rcode ecs=ADDR/SOURCE/SCOPE region=NAME`.
-fn query_line(state: &DnsState, request: &Request, plan: &Plan<'_>) -> String {
-    let q = request.queries.queries().first();
-    let ecs = request
-        .edns
-        .as_ref()
-        .and_then(|e| match e.option(EdnsCode::Subnet) {
-            Some(EdnsOption::Subnet(s)) => Some(format!(
-                "{}/{}/{}",
-                s.addr(),
-                s.source_prefix(),
-                plan.ecs_scope.unwrap_or(0)
-            )),
-            _ => None,
-        })
-        .unwrap_or_else(|| "-".into());
-    let region = plan
-        .steered
-        .and_then(|(r, _)| state.table.regions.get(r))
-        .map(|r| r.name.as_str())
-        .unwrap_or("-");
-    format!(
-        "{} {} {} {} {} {} ecs={} region={}",
-        crate::process::logfile::rfc3339(crate::process::clock::unix_ms()),
-        request.src().ip(),
-        if request.protocol() == Protocol::Tcp {
-            "tcp"
-        } else {
-            "udp"
-        },
-        q.map(|q| q.name().to_string())
-            .unwrap_or_else(|| "-".into()),
-        q.map(|q| q.query_type().to_string())
-            .unwrap_or_else(|| "-".into()),
-        crate::metrics::RCODES[rcode_index(plan.rcode)],
-        ecs,
-        region
-    )
-}
-
-/// A header-only error answer (FORMERR for packets we cannot parse, SERVFAIL when an
-/// answer cannot be encoded), with the query's id.
-fn encode_error(query: &Metadata, rcode: ResponseCode, out: &mut Vec<u8>) {
-    out.clear();
-    let mut metadata = Metadata::response_from_request(query);
-    metadata.response_code = rcode;
-    let response = Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    };
-    let mut encoder = BinEncoder::new(out);
-    if response.emit(&mut encoder).is_err() {
-        out.clear();
-    }
-}
-
-/// The RRL "slip": the header and question only, with TC set, so a real client retries
-/// over TCP; nothing worth reflecting.
-fn encode_truncated(packet: &[u8], header: &Header, out: &mut Vec<u8>) -> bool {
-    out.clear();
-    let mut metadata = Metadata::response_from_request(&header.metadata);
-    metadata.truncation = true;
-    let mut decoder = BinDecoder::new(packet);
-    if Header::read(&mut decoder).is_err() {
-        return false;
-    }
-    let Ok(queries) = hickory_server::zone_handler::Queries::read(
-        &mut decoder,
-        usize::from(header.counts.queries.min(1)),
-    ) else {
-        return false;
-    };
-    let response = MessageResponseBuilder::new(&queries, None).build_no_records(metadata);
-    let mut encoder = BinEncoder::new(out);
-    encoder.set_max_size(512);
-    response.destructive_emit(&mut encoder).is_ok() && !out.is_empty()
-}
-
-fn response_metadata(request: &Request, plan: &Plan<'_>) -> Metadata {
-    let mut metadata = Metadata::response_from_request(&request.metadata);
-    metadata.authoritative = plan.authoritative;
-    metadata.recursion_available = false;
-    metadata.response_code = plan.rcode;
-    metadata
-}
-
-/// The OPT record of the answer: present when the query had one, advertising the
-/// smaller of the client's buffer and ours (never below 512, RFC 6891), and echoing ECS
-/// with the plan's scope.
-/// A signed answer keeps the query's DO bit and, for compact denial, its CO flag.
-fn response_edns(
-    state: &DnsState,
-    request: &Request,
-    plan: &Plan<'_>,
-    signed: bool,
-) -> Option<Edns> {
-    let req = request.edns.as_ref()?;
-    let mut edns = Edns::new();
-    // RFC 3225 §3: the DO bit is copied into the answer.
-    edns.set_dnssec_ok(req.flags().dnssec_ok);
-    if signed {
-        edns.flags_mut().z = req.flags().z & denial::EDNS_FLAG_CO;
-    }
-    edns.set_max_payload(req.max_payload().clamp(512, state.max_udp_payload.max(512)));
-    edns.set_version(0);
-    if let (Some(scope), Some(EdnsOption::Subnet(subnet))) =
-        (plan.ecs_scope, req.option(EdnsCode::Subnet))
-    {
-        edns.options_mut()
-            .insert(EdnsOption::Subnet(ClientSubnet::new(
-                subnet.addr(),
-                subnet.source_prefix(),
-                scope,
-            )));
-    }
-    Some(edns)
 }
 
 #[cfg(test)]

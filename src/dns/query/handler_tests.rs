@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::health::Forced;
-use hickory_proto::op::{Message, Query};
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::rdata::opt::ClientSubnet;
 use hickory_proto::rr::{Name, RData};
 use std::path::Path;
 
