@@ -19,6 +19,7 @@ pub const DNS_DNSSEC_SIGNED: &str = "geoedge_dns_dnssec_signed_answers_total";
 pub const DNS_DNSSEC_CACHE: &str = "geoedge_dns_dnssec_signature_cache_total";
 pub const DNS_DNSSEC_CACHE_ENTRIES: &str = "geoedge_dns_dnssec_signature_cache_entries";
 pub const DNS_COOKIES: &str = "geoedge_dns_cookies_total";
+pub const DNS_SCOPE_NETWORKS: &str = "geoedge_dns_scope_networks";
 pub const DNS_SHED_MOVED: &str = "geoedge_dns_shed_moved_total";
 pub const DNS_SHED_ALL_FULL: &str = "geoedge_dns_shed_all_full_total";
 pub const DNS_REPORTS: &str = "geoedge_dns_reports_total";
@@ -118,6 +119,8 @@ pub struct DnsMetrics {
     pub dnssec_cache_entries: IntGaugeVec,
     /// Queries with a COOKIE option, by what it held.
     pub cookies: IntCounterVec,
+    /// GeoIP networks and the merged networks ECS scopes come from, per family.
+    pub scope_networks: IntGaugeVec,
 }
 
 impl DnsMetrics {
@@ -365,8 +368,20 @@ impl DnsMetrics {
         for r in ["valid", "invalid", "client_only", "malformed"] {
             cookies.with_label_values(&[r]);
         }
+        let scope_networks = register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    DNS_SCOPE_NETWORKS,
+                    "Networks of the GeoIP database (kind=geoip) and the wider ones that rank the regions alike, which ECS answers are scoped to (kind=merged); the ratio is how many fewer entries a resolver's cache needs",
+                ),
+                &["family", "kind"],
+            )
+            .expect("valid"),
+        );
         register_build_info(registry, "dns");
         Self {
+            scope_networks,
             cookies,
             dnssec_signed,
             dnssec_cache_hits: dnssec_cache.with_label_values(&["hit"]),

@@ -418,6 +418,15 @@ impl DnsServer {
             let counter = m.shed_moved.with_label_values(&[name]);
             counter.inc_by(moved.saturating_sub(counter.get()));
         }
+        let (merged_v4, merged_v6) = state.scopes.counts();
+        for (family, geoip, merged) in [
+            ("ipv4", state.geo_networks.0, merged_v4),
+            ("ipv6", state.geo_networks.1, merged_v6),
+        ] {
+            let g = &self.metrics.scope_networks;
+            g.with_label_values(&[family, "geoip"]).set(geoip as i64);
+            g.with_label_values(&[family, "merged"]).set(merged as i64);
+        }
         for zone in &state.zones {
             if let Some(signer) = &zone.signer {
                 self.metrics

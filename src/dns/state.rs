@@ -13,6 +13,7 @@ use crate::dns::steered::SteeredName;
 use crate::dns::zone::{Zone, ZoneError};
 use crate::geo::{GeoDb, GeoError};
 use crate::health::{HealthSettings, HealthTable, NodeId};
+use crate::steer::scope::{Builder, Rankings, ScopeMap};
 use crate::steer::{RegionTable, Rule};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,34 @@ pub struct DnsState {
     pub nsid: Option<Vec<u8>>,
     /// Largest UDP answer to a client without a valid server cookie (0: no limit).
     pub max_nocookie_response: u16,
+    /// The widest ECS scopes: networks merged while they rank the regions alike.
+    pub scopes: ScopeMap,
+    /// GeoIP networks per family (IPv4, IPv6) before merging, for the metrics.
+    pub geo_networks: (usize, usize),
+}
+
+/// Walks the database and merges neighbouring networks that rank the regions alike.
+fn merged_scopes(geo: &GeoDb, table: &RegionTable) -> Result<(ScopeMap, (usize, usize)), GeoError> {
+    let mut rankings = Rankings::default();
+    let mut counts = (0, 0);
+    let mut families = Vec::new();
+    for v6 in [false, true] {
+        let mut builder = Builder::new(v6);
+        let mut count = 0;
+        geo.for_each_network(v6, |net, location| {
+            count += 1;
+            builder.push(net, rankings.id(table.ranking(location)));
+        })?;
+        if v6 {
+            counts.1 = count;
+        } else {
+            counts.0 = count;
+        }
+        families.push(builder);
+    }
+    let v6 = families.pop().unwrap_or_else(|| Builder::new(true));
+    let v4 = families.pop().unwrap_or_else(|| Builder::new(false));
+    Ok((ScopeMap::new(v4, v6), counts))
 }
 
 /// A process without a configured secret makes its cookies with one of its own, the same
@@ -166,7 +195,10 @@ impl DnsState {
             cookie_secrets: cookie_secrets(cfg)?,
             nsid: cfg.edns.nsid.clone(),
             max_nocookie_response: cfg.edns.max_nocookie_response,
+            scopes: ScopeMap::default(),
+            geo_networks: (0, 0),
         };
+        (state.scopes, state.geo_networks) = merged_scopes(&state.geo, &state.table)?;
         state.fast = crate::dns::query::fast::Table::build(
             &state.zones,
             |n| state.zone_for(n),

@@ -25,6 +25,11 @@ pub enum GeoError {
         ip: IpAddr,
         source: maxminddb::MaxMindDbError,
     },
+    #[error("reading the networks of GeoIP database {path}: {source}")]
+    Walk {
+        path: PathBuf,
+        source: maxminddb::MaxMindDbError,
+    },
 }
 
 /// A two-letter code (ISO 3166 country, or continent), stored inline so a lookup on the
@@ -116,6 +121,19 @@ struct NamesRecord<'a> {
     names: std::collections::BTreeMap<&'a str, &'a str>,
 }
 
+fn location_of(r: CityRecord<'_>) -> Location {
+    let (latitude, longitude) = r
+        .location
+        .map(|l| (l.latitude, l.longitude))
+        .unwrap_or((None, None));
+    Location {
+        latitude,
+        longitude,
+        country: r.country.and_then(|c| c.iso_code).and_then(Code::parse),
+        continent: r.continent.and_then(|c| c.code).and_then(Code::parse),
+    }
+}
+
 /// An open GeoIP database, read whole into memory so lookups never touch the disk.
 pub struct GeoDb {
     path: PathBuf,
@@ -184,19 +202,74 @@ impl GeoDb {
     ) -> Result<GeoMatch, GeoError> {
         let err = |source| GeoError::Lookup { ip, source };
         let record: Option<CityRecord<'_>> = result.decode().map_err(err)?;
-        let location = record.map(|r| {
-            let (latitude, longitude) = r
-                .location
-                .map(|l| (l.latitude, l.longitude))
-                .unwrap_or((None, None));
-            Location {
-                latitude,
-                longitude,
-                country: r.country.and_then(|c| c.iso_code).and_then(Code::parse),
-                continent: r.continent.and_then(|c| c.code).and_then(Code::parse),
+        Ok(GeoMatch {
+            location: record.map(location_of),
+            network,
+        })
+    }
+
+    /// Every network of one family in address order, with its location (`None` where
+    /// the database has a network without data), for merging scopes. Records are decoded
+    /// once each, however many networks share them.
+    pub fn for_each_network(
+        &self,
+        v6: bool,
+        mut f: impl FnMut(IpNet, Option<&Location>),
+    ) -> Result<(), GeoError> {
+        let err = |source| GeoError::Walk {
+            path: self.path.clone(),
+            source,
+        };
+        let ipv6_db = self.reader.metadata().ip_version == 6;
+        if v6 && !ipv6_db {
+            return Ok(());
+        }
+        let all = if v6 {
+            ipnetwork::IpNetwork::V6(ipnetwork::Ipv6Network::from(
+                std::net::Ipv6Addr::UNSPECIFIED,
+            ))
+        } else {
+            ipnetwork::IpNetwork::V4(ipnetwork::Ipv4Network::from(
+                std::net::Ipv4Addr::UNSPECIFIED,
+            ))
+        };
+        // `from` gives a host network (/32, /128); the whole family is prefix 0.
+        let all = ipnetwork::IpNetwork::new(all.ip(), 0).map_err(|_| {
+            err(maxminddb::MaxMindDbError::invalid_input(
+                "the whole address family",
+            ))
+        })?;
+        let options = maxminddb::WithinOptions::default().include_networks_without_data();
+        let mut decoded: std::collections::HashMap<usize, Option<Location>> =
+            std::collections::HashMap::new();
+        for item in self.reader.within(all, options).map_err(err)? {
+            let item = item.map_err(err)?;
+            let net = item.network().map_err(err)?;
+            let Ok(net) = IpNet::new(net.ip(), net.prefix()) else {
+                continue;
+            };
+            // An IPv6 walk also passes the IPv4 tree under ::/96 (given as IPv4
+            // networks): the IPv4 walk has those.
+            let embedded_v4 = match net.addr() {
+                IpAddr::V4(_) => true,
+                IpAddr::V6(a) => net.prefix_len() >= 96 && a.segments()[..6] == [0; 6],
+            };
+            if v6 && embedded_v4 {
+                continue;
             }
-        });
-        Ok(GeoMatch { location, network })
+            let location = match item.offset() {
+                None => None,
+                Some(offset) => match decoded.entry(offset) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut().as_ref(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let record: Option<CityRecord<'_>> = item.decode().map_err(err)?;
+                        e.insert(record.map(location_of)).as_ref()
+                    }
+                },
+            };
+            f(net, location);
+        }
+        Ok(())
     }
 
     /// The English city name, for operators' tools; not used on the query path.

@@ -2,6 +2,7 @@
 //! up, which region answers. No I/O, no clocks; the DNS handler and `geoedge geo lookup`
 //! both call it, so what an operator sees is what clients get.
 
+pub mod scope;
 pub mod shed;
 
 use std::net::IpAddr;
@@ -200,6 +201,11 @@ impl RegionTable {
         if let Some((i, _)) = best_cidr {
             return Some(i);
         }
+        self.location_override(location)
+    }
+
+    /// The country (then continent) override for a location, CIDR rules aside.
+    fn location_override(&self, location: Option<&Location>) -> Option<usize> {
         let location = location?;
         let find = |want: &dyn Fn(&Rule) -> bool| self.overrides.iter().position(|o| want(&o.rule));
         if let Some(country) = location.country {

@@ -38,7 +38,10 @@ pub fn decide(
     let region_up = |r: usize| table.region_is_up(r, |n| health.is_up_for(n, services));
     let mut choice = table.choose(address, location.as_ref(), region_up)?;
     let shed = &state.shed;
-    if !choice.fail_open && crate::steer::shed::moves(address, shed.share(choice.region)) {
+    // A shedding region's clients go one way or the other by their /24 (/48): the
+    // answer then holds for no wider a network than that.
+    let sheds = !choice.fail_open && shed.share(choice.region) > 0.0;
+    if sheds && crate::steer::shed::moves(address, shed.share(choice.region)) {
         // One of the share of this region's clients sent elsewhere: the nearest other
         // region that is up and below its own high watermark.
         let from = choice.region;
@@ -60,7 +63,24 @@ pub fn decide(
     }
     let source_prefix = ecs.map(|n| n.prefix_len()).unwrap_or(0);
     let scope = match network {
-        Some(net) => answer_scope(net, source_prefix, state.override_cidrs.iter().copied()),
+        Some(net) => {
+            // The widest network around the client that ranks the regions as it does
+            // (never narrower than the GeoIP network that decided).
+            let merged = state
+                .scopes
+                .scope(address)
+                .filter(|&m| m <= net.prefix_len())
+                .and_then(|m| IpNet::new(address, m).ok())
+                .map(|n| n.trunc())
+                .unwrap_or(net);
+            let scope = answer_scope(merged, source_prefix, state.override_cidrs.iter().copied());
+            if sheds {
+                let floor = if address.is_ipv4() { 24 } else { 48 };
+                scope.max(floor).min(source_prefix)
+            } else {
+                scope
+            }
+        }
         None => 0,
     };
     Some(Decision {
