@@ -143,6 +143,20 @@ struct RawSteered {
     /// Stream services (`[[streams]]` names) a node must report up to be answered.
     #[serde(default)]
     services: Vec<String>,
+    /// Answer HTTPS queries (RFC 9460) for the name too.
+    https: Option<RawHttps>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttps {
+    #[serde(default = "default_alpn")]
+    alpn: Vec<String>,
+    port: Option<u16>,
+}
+
+fn default_alpn() -> Vec<String> {
+    vec!["h2".into(), "http/1.1".into()]
 }
 
 fn default_steered_ttl() -> u32 {
@@ -217,6 +231,14 @@ pub struct SteeredConfig {
     pub answers: usize,
     /// Stream services every answered node must report up (`services` in reports).
     pub services: Vec<String>,
+    /// HTTPS answers (ServiceMode, the chosen region's addresses as hints).
+    pub https: Option<HttpsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsConfig {
+    pub alpn: Vec<String>,
+    pub port: Option<u16>,
 }
 
 impl DnsConfig {
@@ -443,11 +465,32 @@ fn validate_zones(src: &Source, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, Co
                     format!("`{bad}` is not a service name: name [[streams]] of the proxies"),
                 ));
             }
+            let https = match s.https {
+                None => None,
+                Some(h) => {
+                    let bad = h
+                        .alpn
+                        .iter()
+                        .find(|a| a.is_empty() || a.len() > 255 || a.contains(','));
+                    if h.alpn.is_empty() || bad.is_some() {
+                        return Err(src.error(
+                            format!("{skey}.https.alpn"),
+                            Some(s.name.span()),
+                            "list ALPN protocol ids such as \"h2\" and \"http/1.1\" (1-255 bytes, no commas)",
+                        ));
+                    }
+                    Some(HttpsConfig {
+                        alpn: h.alpn,
+                        port: h.port,
+                    })
+                }
+            };
             steered.push(SteeredConfig {
                 name,
                 ttl: s.ttl,
                 answers: s.answers,
                 services: s.services,
+                https,
             });
         }
         let dnssec = z

@@ -131,6 +131,7 @@ impl DnsState {
             for s in &z.steered {
                 names.push((s.name.clone(), steered.len()));
                 let mut name = SteeredName::build(&table, &s.name, s.ttl, s.answers);
+                name.https = s.https.clone();
                 for service in &s.services {
                     let bit = match services.iter().position(|v| v == service) {
                         Some(i) => i,

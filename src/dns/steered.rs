@@ -19,6 +19,8 @@ pub struct SteeredName {
     /// The stream services a node must report up to be answered (bits over
     /// `DnsState::services`); 0 for names that need none.
     pub service_mask: u64,
+    /// Answer HTTPS queries with the chosen region's addresses as hints.
+    pub https: Option<crate::config::dns::HttpsConfig>,
 }
 
 impl SteeredName {
@@ -51,6 +53,40 @@ impl SteeredName {
             v4,
             v6,
             service_mask: 0,
+            https: None,
         }
     }
+}
+
+/// The HTTPS record (RFC 9460 ServiceMode: priority 1, target ".", the name's own
+/// endpoint) for a region whose answered addresses are `v4` and `v6`.
+pub fn https_record(
+    name: &Name,
+    ttl: u32,
+    https: &crate::config::dns::HttpsConfig,
+    v4: Vec<A>,
+    v6: Vec<AAAA>,
+) -> Record {
+    use hickory_proto::rr::rdata::svcb::{Alpn, IpHint, SvcParamKey, SvcParamValue, SVCB};
+    use hickory_proto::rr::rdata::HTTPS;
+    // Keys in increasing order (RFC 9460 §2.2): alpn (1), port (3), ipv4hint (4),
+    // ipv6hint (6).
+    let mut params = vec![(
+        SvcParamKey::Alpn,
+        SvcParamValue::Alpn(Alpn(https.alpn.clone())),
+    )];
+    if let Some(port) = https.port {
+        params.push((SvcParamKey::Port, SvcParamValue::Port(port)));
+    }
+    if !v4.is_empty() {
+        params.push((SvcParamKey::Ipv4Hint, SvcParamValue::Ipv4Hint(IpHint(v4))));
+    }
+    if !v6.is_empty() {
+        params.push((SvcParamKey::Ipv6Hint, SvcParamValue::Ipv6Hint(IpHint(v6))));
+    }
+    Record::from_rdata(
+        name.clone(),
+        ttl,
+        RData::HTTPS(HTTPS(SVCB::new(1, Name::root(), params))),
+    )
 }

@@ -183,6 +183,9 @@ impl GeoDnsHandler {
         let by_region = match qtype {
             RecordType::A | RecordType::ANY => &steered.v4,
             RecordType::AAAA => &steered.v6,
+            RecordType::HTTPS if steered.https.is_some() => {
+                return self.steer_https(state, steered, ecs, source, negative_soa);
+            }
             // The name exists but only has addresses; the answer does not depend on where
             // the client is, so scope 0.
             _ => return Plan::authoritative(Vec::new(), negative_soa, ResponseCode::NoError),
@@ -209,6 +212,65 @@ impl GeoDnsHandler {
             ecs_scope: Some(decision.scope),
             steered: Some((decision.region, decision.fail_open)),
             zone: None,
+            made: Vec::new(),
+        }
+    }
+
+    /// A steered name's HTTPS record: the endpoint is the name itself, with the chosen
+    /// region's answered addresses (as A and AAAA would give them) as hints.
+    fn steer_https<'a>(
+        &self,
+        state: &'a DnsState,
+        steered: &'a crate::dns::steered::SteeredName,
+        ecs: Option<IpNet>,
+        source: IpAddr,
+        negative_soa: &'a [Record],
+    ) -> Plan<'a> {
+        let Some(https) = &steered.https else {
+            return Plan::authoritative(Vec::new(), negative_soa, ResponseCode::NoError);
+        };
+        let Some(decision) = decide(state, ecs, source, None, steered.service_mask) else {
+            return Plan::rcode(ResponseCode::ServFail);
+        };
+        let hints = |by_region: &'a [Vec<(NodeId, Record)>]| {
+            by_region
+                .get(decision.region)
+                .map(|c| {
+                    self.pick(
+                        c,
+                        &state.health,
+                        decision.fail_open,
+                        steered.answers,
+                        steered.service_mask,
+                    )
+                    .collect::<Vec<&Record>>()
+                })
+                .unwrap_or_default()
+        };
+        let v4 = hints(&steered.v4)
+            .into_iter()
+            .filter_map(|r| match r.data {
+                hickory_proto::rr::RData::A(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        let v6 = hints(&steered.v6)
+            .into_iter()
+            .filter_map(|r| match r.data {
+                hickory_proto::rr::RData::AAAA(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        let record = crate::dns::steered::https_record(&steered.name, steered.ttl, https, v4, v6);
+        Plan {
+            rcode: ResponseCode::NoError,
+            authoritative: true,
+            answers: Vec::new(),
+            authority: &[],
+            ecs_scope: Some(decision.scope),
+            steered: Some((decision.region, decision.fail_open)),
+            zone: None,
+            made: vec![record],
         }
     }
 
@@ -462,13 +524,15 @@ impl GeoDnsHandler {
                 .first()
                 .and_then(|q| state.zone_for(q.name()));
         }
+        let made = std::mem::take(&mut plan.made);
         let answers: Vec<&Record> = plan
             .answers
             .iter()
             .copied()
+            .chain(&made)
             .chain(challenge.iter().flatten())
             .collect();
-        let signatures = self.sign(&request, &mut plan, &answers);
+        let signatures = self.sign(state, &request, &mut plan, &answers);
         let mut edns = response_edns(state, &request, &plan, signatures.is_some());
         if let Some(e) = edns.as_mut() {
             add_identity(e, state, &request, cookie, now);
@@ -534,6 +598,7 @@ impl GeoDnsHandler {
     /// set here (RFC 9824 §4).
     fn sign(
         &self,
+        state: &DnsState,
         request: &Request,
         plan: &mut Plan<'_>,
         answers: &[&Record],
@@ -552,6 +617,13 @@ impl GeoDnsHandler {
         .then(|| match zone.types_at(query.name()) {
             None => Denial::NoName,
             Some(mut types) => {
+                if let crate::dns::zone::Lookup::Steered(i) =
+                    zone.lookup(query.name(), RecordType::A)
+                {
+                    if state.steered.get(i).is_some_and(|s| s.https.is_some()) {
+                        types.push(RecordType::HTTPS);
+                    }
+                }
                 types.retain(|t| *t != query.query_type());
                 Denial::NoData(types)
             }

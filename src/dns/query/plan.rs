@@ -16,6 +16,8 @@ pub struct Plan<'a> {
     pub steered: Option<(usize, bool)>,
     /// The zone that answered, for signing.
     pub zone: Option<&'a crate::dns::zone::Zone>,
+    /// Answers made for this query (a steered name's HTTPS record), after `answers`.
+    pub made: Vec<Record>,
 }
 
 impl<'a> Plan<'a> {
@@ -28,6 +30,7 @@ impl<'a> Plan<'a> {
             ecs_scope: None,
             steered: None,
             zone: None,
+            made: Vec::new(),
         }
     }
 
@@ -44,6 +47,7 @@ impl<'a> Plan<'a> {
             ecs_scope: Some(0),
             steered: None,
             zone: None,
+            made: Vec::new(),
         }
     }
 }
