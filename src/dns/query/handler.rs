@@ -9,7 +9,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Header, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
-use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
@@ -17,7 +17,6 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 
 use crate::acme::table::ChallengeTable;
-use crate::dns::dnssec::denial::{self, Denial};
 use crate::dns::query::challenge;
 use crate::dns::query::cookie;
 use crate::dns::query::decide::decide;
@@ -532,7 +531,7 @@ impl GeoDnsHandler {
             .chain(&made)
             .chain(challenge.iter().flatten())
             .collect();
-        let signatures = self.sign(state, &request, &mut plan, &answers);
+        let signatures = signed::for_request(&self.metrics, state, &request, &mut plan, &answers);
         let mut edns = response_edns(state, &request, &plan, signatures.is_some());
         if let Some(e) = edns.as_mut() {
             add_identity(e, state, &request, cookie, now);
@@ -591,66 +590,6 @@ impl GeoDnsHandler {
         }
         self.account(state, &request, &plan, started);
         !out.is_empty()
-    }
-
-    /// The RRSIGs and denial proof for a DO query answered from a signed zone; `None`
-    /// when the query or the zone is not for signing. A compact negative answer's rcode is
-    /// set here (RFC 9824 §4).
-    fn sign(
-        &self,
-        state: &DnsState,
-        request: &Request,
-        plan: &mut Plan<'_>,
-        answers: &[&Record],
-    ) -> Option<signed::Signatures> {
-        let edns = request.edns.as_ref()?;
-        if !edns.flags().dnssec_ok {
-            return None;
-        }
-        let zone = plan.zone?;
-        let signer = zone.signer.as_deref()?;
-        let query = request.queries.queries().first()?;
-        let qname = Name::from(query.name().clone());
-        let negative = (answers.is_empty()
-            && plan.authoritative
-            && matches!(plan.rcode, ResponseCode::NoError | ResponseCode::NXDomain))
-        .then(|| match zone.types_at(query.name()) {
-            None => Denial::NoName,
-            Some(mut types) => {
-                if let crate::dns::zone::Lookup::Steered(i) =
-                    zone.lookup(query.name(), RecordType::A)
-                {
-                    if state.steered.get(i).is_some_and(|s| s.https.is_some()) {
-                        types.push(RecordType::HTTPS);
-                    }
-                }
-                types.retain(|t| *t != query.query_type());
-                Denial::NoData(types)
-            }
-        });
-        let now = (crate::process::clock::unix_ms() / 1000) as u32;
-        match signed::sign(
-            signer,
-            answers,
-            plan.authority,
-            negative.as_ref().map(|d| (&qname, d)),
-            now,
-        ) {
-            Ok(sigs) => {
-                if negative == Some(Denial::NoName) {
-                    plan.rcode = denial::nxdomain_rcode(edns.flags().z & denial::EDNS_FLAG_CO != 0);
-                }
-                self.metrics.dnssec_signed.inc();
-                self.metrics.dnssec_cache_hits.inc_by(sigs.cache_hits);
-                self.metrics.dnssec_cache_misses.inc_by(sigs.cache_misses);
-                Some(sigs)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not sign an answer; SERVFAIL");
-                *plan = Plan::rcode(ResponseCode::ServFail);
-                None
-            }
-        }
     }
 
     fn account(&self, state: &DnsState, request: &Request, plan: &Plan<'_>, started: Instant) {

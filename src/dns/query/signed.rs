@@ -7,8 +7,15 @@ use std::sync::Arc;
 use hickory_proto::dnssec::rdata::DNSSECRData;
 use hickory_proto::rr::{Name, RData, Record};
 
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use hickory_server::server::Request;
+
 use crate::dns::dnssec::denial::{self, Denial};
 use crate::dns::dnssec::signer::{SignError, ZoneSigner};
+use crate::dns::query::plan::Plan;
+use crate::dns::state::DnsState;
+use crate::metrics::DnsMetrics;
 
 /// What signing adds to an answer.
 #[derive(Default)]
@@ -85,4 +92,62 @@ pub fn sign(
         }
     }
     Ok(out)
+}
+
+/// The RRSIGs and denial proof for a DO query answered from a signed zone; `None`
+/// when the query or the zone is not for signing. A compact negative answer's rcode is
+/// set here (RFC 9824 §4).
+pub fn for_request(
+    metrics: &DnsMetrics,
+    state: &DnsState,
+    request: &Request,
+    plan: &mut Plan<'_>,
+    answers: &[&Record],
+) -> Option<Signatures> {
+    let edns = request.edns.as_ref()?;
+    if !edns.flags().dnssec_ok {
+        return None;
+    }
+    let zone = plan.zone?;
+    let signer = zone.signer.as_deref()?;
+    let query = request.queries.queries().first()?;
+    let qname = Name::from(query.name().clone());
+    let negative = (answers.is_empty()
+        && plan.authoritative
+        && matches!(plan.rcode, ResponseCode::NoError | ResponseCode::NXDomain))
+    .then(|| match zone.types_at(query.name()) {
+        None => Denial::NoName,
+        Some(mut types) => {
+            if let crate::dns::zone::Lookup::Steered(i) = zone.lookup(query.name(), RecordType::A) {
+                if state.steered.get(i).is_some_and(|s| s.https.is_some()) {
+                    types.push(RecordType::HTTPS);
+                }
+            }
+            types.retain(|t| *t != query.query_type());
+            Denial::NoData(types)
+        }
+    });
+    let now = (crate::process::clock::unix_ms() / 1000) as u32;
+    match sign(
+        signer,
+        answers,
+        plan.authority,
+        negative.as_ref().map(|d| (&qname, d)),
+        now,
+    ) {
+        Ok(sigs) => {
+            if negative == Some(Denial::NoName) {
+                plan.rcode = denial::nxdomain_rcode(edns.flags().z & denial::EDNS_FLAG_CO != 0);
+            }
+            metrics.dnssec_signed.inc();
+            metrics.dnssec_cache_hits.inc_by(sigs.cache_hits);
+            metrics.dnssec_cache_misses.inc_by(sigs.cache_misses);
+            Some(sigs)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not sign an answer; SERVFAIL");
+            *plan = Plan::rcode(ResponseCode::ServFail);
+            None
+        }
+    }
 }
