@@ -35,11 +35,31 @@ struct Signed {
     refresh_at: u32,
 }
 
+/// The fast path's name for an RRset: which precomputed name (`name`), the type, and for
+/// a steered name the region and which of its nodes are in the answer (bit i: the
+/// region's i-th node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WireKey {
+    pub name: u32,
+    pub qtype: u16,
+    pub region: u32,
+    pub nodes: u64,
+}
+
+/// An RRset's RRSIG records in wire form, each owned by a pointer to the question's name
+/// (offset 12), ready to copy after the RRset in an answer.
+pub struct WireSigs {
+    pub records: Box<[Box<[u8]>]>,
+    refresh_at: u32,
+}
+
 pub struct ZoneSigner {
     pub zone: Name,
     keys: Vec<ZoneKey>,
     validity: Duration,
     cache: ArcSwap<HashMap<Box<[u8]>, Arc<Signed>>>,
+    /// The same signatures in wire form, by the fast path's key: no encoding per query.
+    wire: ArcSwap<HashMap<WireKey, Arc<WireSigs>>>,
     /// Serialises the writers that copy and swap the map; readers never take it.
     writer: Mutex<()>,
 }
@@ -72,6 +92,7 @@ impl ZoneSigner {
             keys,
             validity,
             cache: ArcSwap::from_pointee(HashMap::new()),
+            wire: ArcSwap::from_pointee(HashMap::new()),
             writer: Mutex::new(()),
         }
     }
@@ -111,6 +132,54 @@ impl ZoneSigner {
         next.insert(key, signed);
         self.cache.store(Arc::new(next));
         Ok((rrsigs, false))
+    }
+
+    /// The RRSIGs of the RRset the fast path knows as `key`, in wire form; `rrset` gives
+    /// its records when they must be signed (or found in the record cache). Also says
+    /// whether they came from the cache.
+    pub fn wire_sigs(
+        &self,
+        key: WireKey,
+        now: u32,
+        rrset: impl FnOnce() -> Vec<Record>,
+    ) -> Result<(Arc<WireSigs>, bool), SignError> {
+        if let Some(hit) = self.wire.load().get(&key) {
+            if now < hit.refresh_at {
+                return Ok((hit.clone(), true));
+            }
+        }
+        let records = rrset();
+        let refs: Vec<&Record> = records.iter().collect();
+        let (rrsigs, _) = self.sign(&refs, now)?;
+        let mut wire = Vec::with_capacity(rrsigs.len());
+        let mut refresh_at = u32::MAX;
+        for r in rrsigs.iter() {
+            let RData::DNSSEC(DNSSECRData::RRSIG(sig)) = &r.data else {
+                continue;
+            };
+            let expires = sig.input().sig_expiration.get();
+            refresh_at =
+                refresh_at.min(expires.saturating_sub((self.validity.as_secs() / 4) as u32));
+            wire.push(wire_rrsig(r).map_err(|message| SignError::Crypto {
+                name: r.name.to_string(),
+                rtype: RecordType::RRSIG,
+                message,
+            })?);
+        }
+        let sigs = Arc::new(WireSigs {
+            records: wire.into_boxed_slice(),
+            refresh_at,
+        });
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.wire.load_full();
+        let mut next = if current.len() >= CACHE_ENTRIES {
+            HashMap::new()
+        } else {
+            (*current).clone()
+        };
+        next.insert(key, sigs.clone());
+        self.wire.store(Arc::new(next));
+        Ok((sigs, false))
     }
 
     fn make(
@@ -168,6 +237,27 @@ impl ZoneSigner {
         }
         Ok((out.into(), expiration))
     }
+}
+
+/// An RRSIG record as it appears after its RRset in an answer to a question for the
+/// RRset's name: owner a pointer to the question (offset 12), the RDATA uncompressed (the
+/// signer's name is never compressed, RFC 4034 §3.1.7).
+fn wire_rrsig(record: &Record) -> Result<Box<[u8]>, String> {
+    let mut rdata = Vec::with_capacity(96);
+    {
+        let mut e = BinEncoder::new(&mut rdata);
+        e.set_name_encoding(NameEncoding::Uncompressed);
+        record.data.emit(&mut e).map_err(|e| e.to_string())?;
+    }
+    let len = u16::try_from(rdata.len()).map_err(|_| "RRSIG too long".to_string())?;
+    let mut out = Vec::with_capacity(12 + rdata.len());
+    out.extend_from_slice(&[0xC0, 0x0C]);
+    out.extend_from_slice(&u16::from(RecordType::RRSIG).to_be_bytes());
+    out.extend_from_slice(&u16::from(record.dns_class).to_be_bytes());
+    out.extend_from_slice(&record.ttl.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&rdata);
+    Ok(out.into_boxed_slice())
 }
 
 /// The RRset as the cache knows it: owner (lower case), type, class, TTL and the sorted

@@ -158,7 +158,12 @@ fn parse_opt(packet: &[u8], pos: usize) -> Option<(Edns, usize)> {
     if rcode_high != 0 || version != 0 {
         return None;
     }
-    let dnssec_ok = fixed[7] & 0x80 != 0;
+    let ednsflags = u16::from_be_bytes([fixed[7], fixed[8]]);
+    // Flags past DO (CO, Z): the general path, which echoes what it must.
+    if ednsflags & 0x7FFF != 0 {
+        return None;
+    }
+    let dnssec_ok = ednsflags & 0x8000 != 0;
     let rdlen = usize::from(u16::from_be_bytes([fixed[9], fixed[10]]));
     let start = pos + 11;
     let end = start + rdlen;
@@ -232,8 +237,12 @@ pub type WireRecord = Box<[u8]>;
 pub struct Entry {
     /// The steered name's index, if the name is steered.
     pub steered: Option<usize>,
-    /// The name's zone is signed: DO queries take the general path.
+    /// The name's zone is signed: DO queries get the RRSIGs too.
     pub signed: bool,
+    /// The name, to find its records when their signatures are made.
+    pub name: Option<LowerName>,
+    /// The name's number among the table's, for the signature cache.
+    pub id: u32,
     pub a: Option<Box<[WireRecord]>>,
     pub aaaa: Option<Box<[WireRecord]>>,
 }
@@ -273,6 +282,8 @@ impl Table {
                 let Ok(key) = name.to_bytes() else { continue };
                 let mut entry = Entry {
                     signed: zone.signer.is_some(),
+                    name: Some(name.clone()),
+                    id: names.len() as u32,
                     ..Entry::default()
                 };
                 for qtype in [RecordType::A, RecordType::AAAA] {
@@ -370,7 +381,8 @@ pub fn write_answer<'r>(
     if let Some(edns) = &query.edns {
         out.extend_from_slice(&[0, 0, 41]);
         out.extend_from_slice(&payload.to_be_bytes());
-        out.extend_from_slice(&[0, 0, 0, 0]);
+        // Extended rcode 0, version 0, and the query's DO bit copied (RFC 3225 §3).
+        out.extend_from_slice(&[0, 0, if edns.dnssec_ok { 0x80 } else { 0 }, 0]);
         match &edns.ecs {
             Some(ecs) => {
                 let bytes = usize::from(ecs.source_prefix).div_ceil(8);

@@ -17,6 +17,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 
 use crate::acme::table::ChallengeTable;
+use crate::dns::dnssec::signer::WireKey;
 use crate::dns::query::challenge;
 use crate::dns::query::cookie;
 use crate::dns::query::decide::decide;
@@ -201,6 +202,7 @@ impl GeoDnsHandler {
                 steered.answers,
                 steered.service_mask,
             )
+            .map(|(_, r)| r)
             .collect();
         let authority: &[Record] = if up.is_empty() { negative_soa } else { &[] };
         Plan {
@@ -242,6 +244,7 @@ impl GeoDnsHandler {
                         steered.answers,
                         steered.service_mask,
                     )
+                    .map(|(_, r)| r)
                     .collect::<Vec<&Record>>()
                 })
                 .unwrap_or_default()
@@ -284,7 +287,7 @@ impl GeoDnsHandler {
         fail_open: bool,
         answers: usize,
         services: u64,
-    ) -> impl Iterator<Item = &'s T> + 's {
+    ) -> impl Iterator<Item = &'s (NodeId, T)> + 's {
         let usable = move |node: NodeId| fail_open || health.is_up_for(node, services);
         let mut count = candidates.iter().filter(|(n, _)| usable(*n)).count();
         let every = count == 0;
@@ -303,7 +306,17 @@ impl GeoDnsHandler {
             .cycle()
             .skip(start)
             .take(take)
-            .map(|(_, r)| r)
+    }
+
+    /// Counts a signed answer the fast path sent.
+    fn count_signed(&self, sigs: Option<&(Arc<crate::dns::dnssec::signer::WireSigs>, bool)>) {
+        let Some((_, hit)) = sigs else { return };
+        self.metrics.dnssec_signed.inc();
+        if *hit {
+            self.metrics.dnssec_cache_hits.inc();
+        } else {
+            self.metrics.dnssec_cache_misses.inc();
+        }
     }
 
     /// Answers a query the fast path recognised from precomputed records. `None` when this
@@ -319,9 +332,12 @@ impl GeoDnsHandler {
         out: &mut Vec<u8>,
     ) -> Option<Option<(usize, bool)>> {
         let entry = state.fast.get(query.name_key())?;
-        if entry.signed && query.edns.is_some_and(|e| e.dnssec_ok) {
-            return None;
-        }
+        // A DO query to a signed zone gets the RRSIGs too, from the signer's wire cache.
+        let signer = match (entry.signed, query.edns.is_some_and(|e| e.dnssec_ok)) {
+            (true, true) => Some(state.zone_for(entry.name.as_ref()?)?.signer.as_deref()?),
+            _ => None,
+        };
+        let now = (crate::process::clock::unix_ms() / 1000) as u32;
         let payload = query
             .edns
             .map(|e| e.payload.clamp(512, state.max_udp_payload.max(512)))
@@ -332,13 +348,40 @@ impl GeoDnsHandler {
             usize::from(payload)
         };
         let ecs = query.edns.and_then(|e| e.ecs);
+        let qtype = u16::from(query.qtype);
         let Some(index) = entry.steered else {
             let records = match query.qtype {
                 RecordType::A => entry.a.as_deref(),
                 _ => entry.aaaa.as_deref(),
             }?;
-            let answers = records.iter().map(|r| &**r);
-            return fast::write_answer(query, answers, payload, 0, max_len, out).then_some(None);
+            let sigs = match signer {
+                None => None,
+                Some(signer) => {
+                    let key = WireKey {
+                        name: entry.id,
+                        qtype,
+                        region: 0,
+                        nodes: 0,
+                    };
+                    let zone = state.zone_for(entry.name.as_ref()?)?;
+                    let name = entry.name.as_ref()?;
+                    let made =
+                        signer.wire_sigs(key, now, || match zone.lookup(name, query.qtype) {
+                            Lookup::Answer(r) => r.to_vec(),
+                            _ => Vec::new(),
+                        });
+                    Some(made.ok()?)
+                }
+            };
+            let sig_records = sigs
+                .iter()
+                .flat_map(|(s, _)| s.records.iter().map(|r| &**r));
+            let answers = records.iter().map(|r| &**r).chain(sig_records);
+            if !fast::write_answer(query, answers, payload, 0, max_len, out) {
+                return None;
+            }
+            self.count_signed(sigs.as_ref());
+            return Some(None);
         };
         let (steered, wire) = (state.steered.get(index)?, state.fast.steered.get(index)?);
         let network = ecs.and_then(|e| e.network);
@@ -364,18 +407,62 @@ impl GeoDnsHandler {
         if candidates.is_empty() {
             return None;
         }
-        let answers = self
-            .pick(
-                candidates,
-                &state.health,
-                decision.fail_open,
-                steered.answers,
-                mask,
-            )
-            .map(|r| &**r);
+        // The picked records, and which of the region's nodes they are (the signature
+        // cache's key): at most 16 answers (the config's limit).
+        let first_node = state.table.regions.get(decision.region)?.nodes.start;
+        let mut picked: [&[u8]; 16] = [&[]; 16];
+        let mut count = 0;
+        let mut nodes: u64 = 0;
+        for (node, record) in self.pick(
+            candidates,
+            &state.health,
+            decision.fail_open,
+            steered.answers,
+            mask,
+        ) {
+            *picked.get_mut(count)? = record;
+            count += 1;
+            match node.checked_sub(first_node) {
+                Some(bit) if bit < 64 => nodes |= 1 << bit,
+                _ if signer.is_some() => return None,
+                _ => {}
+            }
+        }
+        let sigs = match signer {
+            None => None,
+            Some(signer) => {
+                let key = WireKey {
+                    name: (1 << 31) | index as u32,
+                    qtype,
+                    region: decision.region as u32,
+                    nodes,
+                };
+                let records = match query.qtype {
+                    RecordType::A => &steered.v4,
+                    _ => &steered.v6,
+                };
+                let region = records.get(decision.region)?;
+                let made = signer.wire_sigs(key, now, || {
+                    region
+                        .iter()
+                        .filter(|(node, _)| {
+                            node.checked_sub(first_node)
+                                .is_some_and(|bit| bit < 64 && nodes & (1 << bit) != 0)
+                        })
+                        .map(|(_, r)| r.clone())
+                        .collect()
+                });
+                Some(made.ok()?)
+            }
+        };
+        let sig_records = sigs
+            .iter()
+            .flat_map(|(s, _)| s.records.iter().map(|r| &**r));
+        let answers = picked[..count].iter().copied().chain(sig_records);
         if !fast::write_answer(query, answers, payload, decision.scope, max_len, out) {
             return None;
         }
+        self.count_signed(sigs.as_ref());
         if ecs.is_some() {
             self.metrics.ecs_present.inc();
         } else {

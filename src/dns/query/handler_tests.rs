@@ -62,6 +62,18 @@ fn queries() -> Vec<Vec<u8>> {
         e.options_mut().insert(ecs_option(addr, source));
         edns_variants.push(Some(e));
     }
+    // DO queries: the shipped zone is signed, so these get RRSIGs on both paths.
+    for ecs in [None, Some(("192.0.2.0", 24)), Some(("2001:db8:3::", 56))] {
+        for payload in [512u16, 1232] {
+            let mut e = Edns::new();
+            e.set_max_payload(payload);
+            e.set_dnssec_ok(true);
+            if let Some((addr, source)) = ecs {
+                e.options_mut().insert(ecs_option(addr, source));
+            }
+            edns_variants.push(Some(e));
+        }
+    }
     let mut out = Vec::new();
     let mut id = 0u16;
     for name in names {
@@ -197,7 +209,7 @@ fn pick_rotates_over_up_nodes_and_never_answers_empty() {
             .map(|_| {
                 handler
                     .pick(&candidates, &health, fail_open, 2, 0)
-                    .copied()
+                    .map(|(_, r)| *r)
                     .collect()
             })
             .collect()
