@@ -2,7 +2,7 @@
 //! names, and echoes EDNS Client Subnet with the scope of the decision.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,13 +17,14 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 
 use crate::acme::table::ChallengeTable;
-use crate::dns::dnssec::signer::WireKey;
 use crate::dns::query::challenge;
 use crate::dns::query::cookie;
 use crate::dns::query::decide::decide;
 use crate::dns::query::decisions::DecisionCache;
-use crate::dns::query::ecs::{client_network, deciding_address, ecs_octets_exact};
+use crate::dns::query::ecs::{client_network, ecs_octets_exact};
 use crate::dns::query::fast;
+use crate::dns::query::fast_answer;
+use crate::dns::query::pick::Rotation;
 use crate::dns::query::plan::Plan;
 use crate::dns::query::reply::{
     add_identity, encode_error, encode_truncated, query_line, request_cookie, response_edns,
@@ -39,7 +40,7 @@ pub struct GeoDnsHandler {
     pub state: Arc<ArcSwap<DnsState>>,
     pub metrics: Arc<DnsMetrics>,
     /// Spreads answers over a region's nodes when it has more than `answers` of them.
-    rotation: AtomicUsize,
+    rotation: Rotation,
     /// Response rate limiting for UDP, when configured.
     rrl: Option<crate::dns::query::rrl::Rrl>,
     /// Optional query log: the file, and "one query in `every`".
@@ -56,7 +57,7 @@ impl GeoDnsHandler {
         Self {
             state,
             metrics,
-            rotation: AtomicUsize::new(0),
+            rotation: Rotation::default(),
             rrl: None,
             query_log: None,
             logged: std::sync::atomic::AtomicU64::new(0),
@@ -195,6 +196,7 @@ impl GeoDnsHandler {
         };
         let candidates = &by_region[decision.region];
         let up: Vec<&Record> = self
+            .rotation
             .pick(
                 candidates,
                 &state.health,
@@ -237,15 +239,16 @@ impl GeoDnsHandler {
             by_region
                 .get(decision.region)
                 .map(|c| {
-                    self.pick(
-                        c,
-                        &state.health,
-                        decision.fail_open,
-                        steered.answers,
-                        steered.service_mask,
-                    )
-                    .map(|(_, r)| r)
-                    .collect::<Vec<&Record>>()
+                    self.rotation
+                        .pick(
+                            c,
+                            &state.health,
+                            decision.fail_open,
+                            steered.answers,
+                            steered.service_mask,
+                        )
+                        .map(|(_, r)| r)
+                        .collect::<Vec<&Record>>()
                 })
                 .unwrap_or_default()
         };
@@ -274,201 +277,6 @@ impl GeoDnsHandler {
             zone: None,
             made: vec![record],
         }
-    }
-
-    /// The nodes of the chosen region to answer with: the up ones (all of them when
-    /// failing open, or when the region is up through nodes of the other family only,
-    /// rather than an empty answer), at most `answers`, rotated so that successive
-    /// queries spread over them. Allocates nothing.
-    fn pick<'s, T>(
-        &self,
-        candidates: &'s [(NodeId, T)],
-        health: &'s crate::health::HealthTable,
-        fail_open: bool,
-        answers: usize,
-        services: u64,
-    ) -> impl Iterator<Item = &'s (NodeId, T)> + 's {
-        let usable = move |node: NodeId| fail_open || health.is_up_for(node, services);
-        let mut count = candidates.iter().filter(|(n, _)| usable(*n)).count();
-        let every = count == 0;
-        if every {
-            count = candidates.len();
-        }
-        let (start, take) = if count > answers {
-            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % count;
-            (start, answers)
-        } else {
-            (0, count)
-        };
-        candidates
-            .iter()
-            .filter(move |(n, _)| every || usable(*n))
-            .cycle()
-            .skip(start)
-            .take(take)
-    }
-
-    /// Counts a signed answer the fast path sent.
-    fn count_signed(&self, sigs: Option<&(Arc<crate::dns::dnssec::signer::WireSigs>, bool)>) {
-        let Some((_, hit)) = sigs else { return };
-        self.metrics.dnssec_signed.inc();
-        if *hit {
-            self.metrics.dnssec_cache_hits.inc();
-        } else {
-            self.metrics.dnssec_cache_misses.inc();
-        }
-    }
-
-    /// Answers a query the fast path recognised from precomputed records. `None` when this
-    /// query needs the general path after all (no precomputed answer, an empty region, an
-    /// answer too big for the client's buffer); nothing has been counted then.
-    fn answer_fast(
-        &self,
-        state: &Arc<DnsState>,
-        query: &fast::Query<'_>,
-        source: IpAddr,
-        tcp: bool,
-        cache: Option<&mut DecisionCache>,
-        out: &mut Vec<u8>,
-    ) -> Option<Option<(usize, bool)>> {
-        let entry = state.fast.get(query.name_key())?;
-        // A DO query to a signed zone gets the RRSIGs too, from the signer's wire cache.
-        let signer = match (entry.signed, query.edns.is_some_and(|e| e.dnssec_ok)) {
-            (true, true) => Some(state.zone_for(entry.name.as_ref()?)?.signer.as_deref()?),
-            _ => None,
-        };
-        let now = (crate::process::clock::unix_ms() / 1000) as u32;
-        let payload = query
-            .edns
-            .map(|e| e.payload.clamp(512, state.max_udp_payload.max(512)))
-            .unwrap_or(512);
-        let max_len = if tcp {
-            usize::from(u16::MAX)
-        } else {
-            usize::from(payload)
-        };
-        let ecs = query.edns.and_then(|e| e.ecs);
-        let qtype = u16::from(query.qtype);
-        let Some(index) = entry.steered else {
-            let records = match query.qtype {
-                RecordType::A => entry.a.as_deref(),
-                _ => entry.aaaa.as_deref(),
-            }?;
-            let sigs = match signer {
-                None => None,
-                Some(signer) => {
-                    let key = WireKey {
-                        name: entry.id,
-                        qtype,
-                        region: 0,
-                        nodes: 0,
-                    };
-                    let zone = state.zone_for(entry.name.as_ref()?)?;
-                    let name = entry.name.as_ref()?;
-                    let made =
-                        signer.wire_sigs(key, now, || match zone.lookup(name, query.qtype) {
-                            Lookup::Answer(r) => r.to_vec(),
-                            _ => Vec::new(),
-                        });
-                    Some(made.ok()?)
-                }
-            };
-            let sig_records = sigs
-                .iter()
-                .flat_map(|(s, _)| s.records.iter().map(|r| &**r));
-            let answers = records.iter().map(|r| &**r).chain(sig_records);
-            if !fast::write_answer(query, answers, payload, 0, max_len, out) {
-                return None;
-            }
-            self.count_signed(sigs.as_ref());
-            return Some(None);
-        };
-        let (steered, wire) = (state.steered.get(index)?, state.fast.steered.get(index)?);
-        let network = ecs.and_then(|e| e.network);
-        let source_prefix = ecs.map(|e| e.source_prefix).unwrap_or(0);
-        let address = deciding_address(network, source);
-        let mask = steered.service_mask;
-        let decision = match cache {
-            // Remembered decisions hold for names that need no service; the few that do
-            // decide afresh.
-            Some(cache) if mask == 0 => {
-                cache.prepare(state, state.health.generation());
-                cache.get_or(address, source_prefix, |locations| {
-                    decide(state, network, source, Some(locations), 0)
-                })
-            }
-            _ => decide(state, network, source, None, mask),
-        }?;
-        let by_region = match query.qtype {
-            RecordType::A => &wire.v4,
-            _ => &wire.v6,
-        };
-        let candidates = by_region.get(decision.region)?;
-        if candidates.is_empty() {
-            return None;
-        }
-        // The picked records, and which of the region's nodes they are (the signature
-        // cache's key): at most 16 answers (the config's limit).
-        let first_node = state.table.regions.get(decision.region)?.nodes.start;
-        let mut picked: [&[u8]; 16] = [&[]; 16];
-        let mut count = 0;
-        let mut nodes: u64 = 0;
-        for (node, record) in self.pick(
-            candidates,
-            &state.health,
-            decision.fail_open,
-            steered.answers,
-            mask,
-        ) {
-            *picked.get_mut(count)? = record;
-            count += 1;
-            match node.checked_sub(first_node) {
-                Some(bit) if bit < 64 => nodes |= 1 << bit,
-                _ if signer.is_some() => return None,
-                _ => {}
-            }
-        }
-        let sigs = match signer {
-            None => None,
-            Some(signer) => {
-                let key = WireKey {
-                    name: (1 << 31) | index as u32,
-                    qtype,
-                    region: decision.region as u32,
-                    nodes,
-                };
-                let records = match query.qtype {
-                    RecordType::A => &steered.v4,
-                    _ => &steered.v6,
-                };
-                let region = records.get(decision.region)?;
-                let made = signer.wire_sigs(key, now, || {
-                    region
-                        .iter()
-                        .filter(|(node, _)| {
-                            node.checked_sub(first_node)
-                                .is_some_and(|bit| bit < 64 && nodes & (1 << bit) != 0)
-                        })
-                        .map(|(_, r)| r.clone())
-                        .collect()
-                });
-                Some(made.ok()?)
-            }
-        };
-        let sig_records = sigs
-            .iter()
-            .flat_map(|(s, _)| s.records.iter().map(|r| &**r));
-        let answers = picked[..count].iter().copied().chain(sig_records);
-        if !fast::write_answer(query, answers, payload, decision.scope, max_len, out) {
-            return None;
-        }
-        self.count_signed(sigs.as_ref());
-        if ecs.is_some() {
-            self.metrics.ecs_present.inc();
-        } else {
-            self.metrics.ecs_absent.inc();
-        }
-        Some(Some((decision.region, decision.fail_open)))
     }
 }
 
@@ -531,7 +339,16 @@ impl GeoDnsHandler {
         // The query log wants the parsed request, so logging servers take the general path.
         if self.fast && self.query_log.is_none() {
             if let Some(query) = fast::parse(packet) {
-                if let Some(steered) = self.answer_fast(&state, &query, src.ip(), tcp, cache, out) {
+                if let Some(steered) = fast_answer::answer(
+                    &self.metrics,
+                    &self.rotation,
+                    &state,
+                    &query,
+                    src.ip(),
+                    tcp,
+                    cache,
+                    out,
+                ) {
                     let rcode = rcode_index(ResponseCode::NoError);
                     self.count(
                         &state,

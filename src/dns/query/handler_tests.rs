@@ -168,7 +168,16 @@ fn fast_path_serves_steered_and_static_names() {
     m.set_edns(e);
     let bytes = m.to_vec().unwrap();
     let q = fast::parse(&bytes).expect("recognised");
-    let steered = fast.answer_fast(&s, &q, "127.0.0.1".parse().unwrap(), false, None, &mut out);
+    let steered = fast_answer::answer(
+        &fast.metrics,
+        &fast.rotation,
+        &s,
+        &q,
+        "127.0.0.1".parse().unwrap(),
+        false,
+        None,
+        &mut out,
+    );
     let eu = s.table.regions.iter().position(|r| r.name == "eu").unwrap();
     assert_eq!(steered, Some(Some((eu, false))));
     let answer = parsed(&out);
@@ -185,7 +194,16 @@ fn fast_path_serves_steered_and_static_names() {
     ));
     let bytes = m.to_vec().unwrap();
     let q = fast::parse(&bytes).expect("recognised");
-    let plain = fast.answer_fast(&s, &q, "127.0.0.1".parse().unwrap(), false, None, &mut out);
+    let plain = fast_answer::answer(
+        &fast.metrics,
+        &fast.rotation,
+        &s,
+        &q,
+        "127.0.0.1".parse().unwrap(),
+        false,
+        None,
+        &mut out,
+    );
     assert_eq!(plain, Some(None));
     assert_eq!(
         parsed(&out).answers[0].data,
@@ -208,6 +226,7 @@ fn pick_rotates_over_up_nodes_and_never_answers_empty() {
         (0..3)
             .map(|_| {
                 handler
+                    .rotation
                     .pick(&candidates, &health, fail_open, 2, 0)
                     .map(|(_, r)| *r)
                     .collect()
