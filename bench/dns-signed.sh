@@ -7,7 +7,11 @@
 # ../shared/bench/setup.sh):
 #   bench/dns-signed.sh [REPS]             default 3 reps of DURATION seconds each
 # KNOBS (env): BIN=target/release/geoedge DURATION=5 SERVER_CPU=0 LOADGEN_CPU=1
-#   ECS=1 (0: no ECS option) OUT=/tmp/geoedge-bench/results/signed-<ts>
+#   ECS=1 (0: no ECS option) PDNS=1 (0: leave PowerDNS out)
+#   OUT=/tmp/geoedge-bench/results/signed-<ts>
+# PowerDNS is the harness's pdns-lua world (../shared/bench/dns/pdns: bind backend, a LUA
+# pickclosest record, geo.lua.test) with the zone secured by pdnsutil (a CSK, ECDSA
+# P-256), so it signs online too; it is asked the same DO queries.
 # Loopback only; dnsperf is bounded by -l.
 set -u
 cd "$(dirname "$0")/.."
@@ -29,6 +33,18 @@ sed -e '/^probe = /d' -e "s#\.\./\.\./shared#$PWD/../shared#" \
 awk -v keys="$OUT/keys" '{ print } /^answers = / && !done { print "[zones.dnssec]\nkey_dir = \"" keys "\""; done = 1 }' \
     "$OUT/plain.toml" > "$OUT/signed.toml"
 printf 'www.gslb.test A\n' > "$OUT/queries.txt"
+printf 'geo.lua.test A\n' > "$OUT/queries-pdns.txt"
+PDNS=${PDNS:-1}
+if [ "$PDNS" = 1 ]; then
+    bench=$(realpath ../shared/bench)
+    mkdir -p "$OUT/pdns"
+    sed -e "s#@RUN@#$OUT#g" -e "s#@BENCH@#$bench#g" -e "s#@LUA_HC_INTERVAL@#1#" \
+        "$bench/dns/pdns/pdns.conf.in" > "$OUT/pdns/pdns.conf"
+    sed -e "s#@BENCH@#$bench#g" "$bench/dns/pdns/named.conf.in" > "$OUT/pdns/named.conf"
+    echo "bind-dnssec-db=$OUT/pdns/dnssec.db" >> "$OUT/pdns/pdns.conf"
+    pdnsutil --config-dir="$OUT/pdns" create-bind-db "$OUT/pdns/dnssec.db" >/dev/null 2>&1
+    pdnsutil --config-dir="$OUT/pdns" secure-zone lua.test >/dev/null 2>&1 || { echo "pdnsutil secure-zone failed" >&2; exit 1; }
+fi
 # ECS 10.1.2.0/24: family 1, source 24, scope 0, three address octets.
 ecs_opt=()
 [ "$ECS" = 1 ] && ecs_opt=(-E 8:000118000a0102)
@@ -38,14 +54,20 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # One measurement: start the server pinned, load it, report queries and CPU us/query.
 measure() {
     local name=$1 config=$2; shift 2
-    taskset -c "$SERVER_CPU" "$BIN" dns --config "$config" >"$OUT/$name.log" 2>&1 &
+    local port=5355 queries=$OUT/queries.txt probe=www.gslb.test
+    if [ "$config" = pdns ]; then
+        port=5354 queries=$OUT/queries-pdns.txt probe=geo.lua.test
+        taskset -c "$SERVER_CPU" pdns_server --config-dir="$OUT/pdns" >"$OUT/$name.log" 2>&1 &
+    else
+        taskset -c "$SERVER_CPU" "$BIN" dns --config "$config" >"$OUT/$name.log" 2>&1 &
+    fi
     local pid=$!
     for _ in $(seq 50); do
-        dig +time=1 +tries=1 -p 5355 @127.0.0.1 www.gslb.test >/dev/null 2>&1 && break
+        dig +time=1 +tries=1 -p $port @127.0.0.1 $probe >/dev/null 2>&1 && break
         sleep 0.1
     done
     local before; before=$(cpu_ticks $pid)
-    taskset -c "$LOADGEN_CPU" dnsperf -s 127.0.0.1 -p 5355 -d "$OUT/queries.txt" -l "$DURATION" \
+    taskset -c "$LOADGEN_CPU" dnsperf -s 127.0.0.1 -p $port -d "$queries" -l "$DURATION" \
         -c 8 -q 200 "${ecs_opt[@]}" "$@" >"$OUT/$name.perf" 2>&1
     local after; after=$(cpu_ticks $pid)
     kill $pid; wait $pid 2>/dev/null
@@ -55,17 +77,25 @@ measure() {
         'BEGIN { printf "%s %d queries %.0f/s %.2f us/query\n", n, q, q / '"$DURATION"', t / hz * 1e6 / q }'
 }
 
+kinds=(plain signed)
+[ "$PDNS" = 1 ] && kinds+=(pdns)
 for rep in $(seq "$REPS"); do
-    if [ $((rep % 2)) = 1 ]; then order="plain signed"; else order="signed plain"; fi
-    for kind in $order; do
-        if [ "$kind" = signed ]; then
-            measure "signed-$rep" "$OUT/signed.toml" -D
-        else
-            measure "plain-$rep" "$OUT/plain.toml"
-        fi
+    # Turn the order by one each rep.
+    shift_by=$(( (rep - 1) % ${#kinds[@]} ))
+    order=("${kinds[@]:$shift_by}" "${kinds[@]:0:$shift_by}")
+    for kind in "${order[@]}"; do
+        case $kind in
+            signed) measure "signed-$rep" "$OUT/signed.toml" -D ;;
+            plain) measure "plain-$rep" "$OUT/plain.toml" ;;
+            pdns) measure "pdns-$rep" pdns -D ;;
+        esac
     done
 done | tee "$OUT/results.txt"
 median() { grep "^$1-" "$OUT/results.txt" | awk '{ print $5 }' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 plain=$(median plain); signed=$(median signed)
 awk -v p="$plain" -v s="$signed" 'BEGIN { printf "medians: plain %.2f us/query, signed %.2f us/query, signed/plain %.2f\n", p, s, s / p }'
+if [ "$PDNS" = 1 ]; then
+    pdns=$(median pdns)
+    awk -v d="$pdns" -v s="$signed" 'BEGIN { printf "PowerDNS signed %.2f us/query: PowerDNS/ours %.2f\n", d, d / s }'
+fi
 echo "results in $OUT"
