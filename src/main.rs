@@ -343,7 +343,25 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let cfg = DnsConfig::load(file)?;
+    let mut cfg = DnsConfig::load(file)?;
+    // A check writes nothing: a zone whose first key the server would make is checked
+    // unsigned, and said so.
+    for zone in &mut cfg.zones {
+        let Some(d) = &zone.dnssec else { continue };
+        let has_keys = std::fs::read_dir(&d.key_dir).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.path().extension().is_some_and(|x| x == "key"))
+        });
+        if d.generate && !has_keys {
+            println!(
+                "zone {}: no key in {} yet; the first start makes one",
+                zone.origin,
+                d.key_dir.display()
+            );
+            zone.dnssec = None;
+        }
+    }
     DnsState::build(&cfg).map_err(|e| ConfigError {
         file: file.to_path_buf(),
         key: None,

@@ -51,7 +51,8 @@ pub fn answer(
         (true, true) => Some(state.zone_for(entry.name.as_ref()?)?.signer.as_deref()?),
         _ => None,
     };
-    let now = (crate::process::clock::unix_ms() / 1000) as u32;
+    // The clock is read only for a signed answer: a plain one needs no time.
+    let now = || (crate::process::clock::unix_ms() / 1000) as u32;
     let payload = query
         .edns
         .map(|e| e.payload.clamp(512, state.max_udp_payload.max(512)))
@@ -79,7 +80,7 @@ pub fn answer(
                 };
                 let zone = state.zone_for(entry.name.as_ref()?)?;
                 let name = entry.name.as_ref()?;
-                let made = signer.wire_sigs(key, now, || match zone.lookup(name, query.qtype) {
+                let made = signer.wire_sigs(key, now(), || match zone.lookup(name, query.qtype) {
                     Lookup::Answer(r) => r.to_vec(),
                     _ => Vec::new(),
                 });
@@ -155,7 +156,7 @@ pub fn answer(
                 _ => &steered.v6,
             };
             let region = records.get(decision.region)?;
-            let made = signer.wire_sigs(key, now, || {
+            let made = signer.wire_sigs(key, now(), || {
                 region
                     .iter()
                     .filter(|(node, _)| {
