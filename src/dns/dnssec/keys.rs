@@ -311,7 +311,9 @@ pub fn generate(
         )
     };
     // The tag comes from the public key, known once the file parses: write, read, rename.
-    let scratch = dir.join(format!(".new-{}.tmp", std::process::id()));
+    // A scratch name of its own: two starts (or two threads) making a first key at once
+    // must not write into one file; each makes a key, and both keys are good.
+    let scratch = dir.join(format!(".new-{}.tmp", random_suffix()));
     write_private(&scratch, &format!("{}{block}", header(0)))?;
     let loaded = load_file(&scratch, zone);
     let key = match loaded {
@@ -335,6 +337,16 @@ pub fn generate(
     write_private(&scratch, &format!("{}{block}", header(key.tag)))?;
     std::fs::rename(&scratch, &path).map_err(|e| io_error(&path, e))?;
     Ok(path)
+}
+
+fn random_suffix() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    // Without randomness the process id still keeps processes apart.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        return std::process::id().to_string();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), KeyError> {
