@@ -8,12 +8,13 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::dns::{udp, udp_raw, Ask};
+use common::unbound::{sbin, Unbound};
 use common::{bin, build_geo, need, wait_for, Proc};
 use hickory_proto::dnssec::rdata::{DNSSECRData, RRSIG};
 use hickory_proto::op::{Message, ResponseCode};
@@ -123,83 +124,26 @@ fn geoedge(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A daemon from /usr/sbin, which a non-root PATH may lack.
-fn sbin(name: &str) -> String {
-    let path = Path::new("/usr/sbin").join(name);
-    if path.exists() {
-        path.display().to_string()
-    } else {
-        name.to_string()
-    }
+/// unbound validating, with `ds` as the zone's trust anchor.
+fn validating(upstream: SocketAddr, ds: &[String], extra: &str) -> Unbound {
+    let anchors: String = ds
+        .iter()
+        .map(|l| format!("    trust-anchor: \"{l}\"\n"))
+        .collect();
+    Unbound::start(
+        upstream,
+        "validator iterator",
+        &format!("    val-log-level: 2\n{anchors}{extra}"),
+    )
 }
 
-/// unbound in the foreground: validating, with `ds` as the zone's trust anchor and a stub
-/// zone sending example.test. to `upstream`. Stopped on drop.
-struct Unbound {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
+/// Questions to unbound, recursive and with DO.
+trait Resolver {
+    fn ask(&self, name: &str, qtype: RecordType) -> Message;
+    fn ask_patiently(&self, name: &str, qtype: RecordType) -> Message;
 }
 
-impl Unbound {
-    fn start(upstream: SocketAddr, ds: &[String], extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], common::free_dual_port()));
-        let anchors: String = ds
-            .iter()
-            .map(|l| format!("    trust-anchor: \"{l}\"\n"))
-            .collect();
-        let conf = format!(
-            "server:\n    interface: {ip}\n    port: {port}\n    do-not-query-localhost: no\n\
-    chroot: \"\"\n    username: \"\"\n    directory: \"{dir}\"\n    pidfile: \"\"\n\
-    use-syslog: no\n    logfile: \"\"\n    verbosity: 1\n    do-ip6: no\n\
-    module-config: \"validator iterator\"\n    access-control: 127.0.0.0/8 allow\n\
-    qname-minimisation: no\n    val-log-level: 2\n    local-zone: \"test.\" nodefault\n{anchors}{extra}\
-stub-zone:\n    name: \"example.test.\"\n    stub-addr: {up_ip}@{up_port}\n",
-            ip = addr.ip(),
-            port = addr.port(),
-            dir = dir.path().display(),
-            up_ip = upstream.ip(),
-            up_port = upstream.port(),
-        );
-        let conf_path = dir.path().join("unbound.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let check = Command::new(sbin("unbound-checkconf"))
-            .arg(&conf_path)
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "unbound-checkconf: {}",
-            String::from_utf8_lossy(&check.stdout)
-        );
-        let log = dir.path().join("unbound.log");
-        let child = Command::new(sbin("unbound"))
-            .args(["-d", "-c"])
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start unbound");
-        let u = Self {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let q = Ask::new("localhost.", RecordType::A).recursive();
-        let started = Instant::now();
-        // From unbound's own local zone: ready without asking us (or the relay).
-        while udp_raw(u.addr, &q.message().to_vec().unwrap()).is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "unbound on {} did not answer: {}",
-                u.addr,
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        u
-    }
-
+impl Resolver for Unbound {
     fn ask(&self, name: &str, qtype: RecordType) -> Message {
         udp(self.addr, &Ask::new(name, qtype).recursive().dnssec())
     }
@@ -216,13 +160,6 @@ stub-zone:\n    name: \"example.test.\"\n    stub-addr: {up_ip}@{up_port}\n",
         wait_for(Duration::from_secs(30), "an answer from unbound", || {
             udp_raw(self.addr, &bytes).map(|raw| Message::from_vec(&raw).unwrap())
         })
-    }
-}
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -256,7 +193,7 @@ fn unbound_and_delv_validate_steered_static_and_negative_answers() {
 
     let ds = w.ds();
     assert_eq!(ds.len(), 1, "{ds:?}");
-    let u = Unbound::start(w.udp(), &ds, "");
+    let u = validating(w.udp(), &ds, "");
     for (name, qtype, rcode, answers) in [
         ("www.example.test.", RecordType::A, ResponseCode::NoError, 1),
         // eu, nearest here, has no IPv6 node: NODATA, its NSEC without AAAA.
@@ -383,12 +320,12 @@ fn a_tampered_or_expired_signature_makes_unbound_answer_servfail() {
     let ds = w.ds();
     let stop = Arc::new(AtomicBool::new(false));
     let relay = tampering_relay(w.udp(), stop.clone());
-    let tampered = Unbound::start(relay, &ds, "");
+    let tampered = validating(relay, &ds, "");
     let m = tampered.ask_patiently("www.example.test.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{m:?}");
     stop.store(true, Ordering::Relaxed);
     // Validating as if it were 2040: every signature has expired.
-    let late = Unbound::start(w.udp(), &ds, "    val-override-date: \"20400101000000\"\n");
+    let late = validating(w.udp(), &ds, "    val-override-date: \"20400101000000\"\n");
     for name in ["www.example.test.", "static.example.test."] {
         let m = late.ask_patiently(name, RecordType::A);
         assert_eq!(
@@ -398,7 +335,7 @@ fn a_tampered_or_expired_signature_makes_unbound_answer_servfail() {
         );
     }
     // The same server, today: fine.
-    let today = Unbound::start(w.udp(), &ds, "");
+    let today = validating(w.udp(), &ds, "");
     let m = today.ask("www.example.test.", RecordType::A);
     assert!(m.metadata.authentic_data, "{m:?}");
 }
@@ -461,7 +398,7 @@ fn a_zsk_rollover_under_queries_never_fails_validation() {
     });
     let ds = w.ds();
     assert_eq!(ds.len(), 1, "one KSK, one DS: {ds:?}");
-    let u = Arc::new(Unbound::start(w.udp(), &ds, ""));
+    let u = Arc::new(validating(w.udp(), &ds, ""));
     let stop = Arc::new(AtomicBool::new(false));
     let (asked, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let load = {

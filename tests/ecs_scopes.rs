@@ -7,10 +7,9 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::dns::{addresses, ecs_scope, udp, udp_raw, Ask};
+use common::dns::{addresses, ecs_scope, udp, Ask};
+use common::unbound::{sbin, Unbound};
 use common::{build_geo, need, Proc};
 use geoedge::config::DnsConfig;
 use geoedge::dns::DnsState;
@@ -150,68 +149,15 @@ fn answers_carry_the_merged_scope_but_never_longer_than_the_source() {
 }
 
 /// unbound as an ECS-caching resolver: subnetcache, client subnets forwarded to us.
-struct Unbound {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sbin(name: &str) -> String {
-    let path = Path::new("/usr/sbin").join(name);
-    if path.exists() {
-        path.display().to_string()
-    } else {
-        name.to_string()
-    }
-}
-
 fn unbound(upstream: SocketAddr) -> Unbound {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], common::free_dual_port()));
-    let conf = format!(
-        "server:\n    interface: {ip}\n    port: {port}\n    do-not-query-localhost: no\n\
-    chroot: \"\"\n    username: \"\"\n    directory: \"{dir}\"\n    pidfile: \"\"\n\
-    use-syslog: no\n    logfile: \"\"\n    do-ip6: no\n    access-control: 127.0.0.0/8 allow\n\
-    module-config: \"subnetcache iterator\"\n    send-client-subnet: {up_ip}\n\
-    max-client-subnet-ipv4: 24\n    qname-minimisation: no\n    local-zone: \"test.\" nodefault\n\
-stub-zone:\n    name: \"example.test.\"\n    stub-addr: {up_ip}@{up_port}\n",
-        ip = addr.ip(),
-        port = addr.port(),
-        dir = dir.path().display(),
-        up_ip = upstream.ip(),
-        up_port = upstream.port(),
-    );
-    let conf_path = dir.path().join("unbound.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let log = dir.path().join("unbound.log");
-    let child = Command::new(sbin("unbound"))
-        .args(["-d", "-c"])
-        .arg(&conf_path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start unbound");
-    let q = Ask::new("localhost.", RecordType::A).recursive();
-    let started = Instant::now();
-    while udp_raw(addr, &q.message().to_vec().unwrap()).is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "unbound did not answer: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-    Unbound {
-        child,
-        addr,
-        _dir: dir,
-    }
+    Unbound::start(
+        upstream,
+        "subnetcache iterator",
+        &format!(
+            "    send-client-subnet: {}\n    max-client-subnet-ipv4: 24\n",
+            upstream.ip()
+        ),
+    )
 }
 
 #[test]

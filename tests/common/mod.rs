@@ -8,6 +8,7 @@ pub mod http;
 pub mod pki;
 pub mod proxy_world;
 pub mod raw_origin;
+pub mod unbound;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

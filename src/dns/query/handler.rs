@@ -281,6 +281,29 @@ impl GeoDnsHandler {
 }
 
 impl GeoDnsHandler {
+    /// The fast path's answer (`fast_answer::answer`) with this handler's metrics and
+    /// rotation.
+    fn answer_fast(
+        &self,
+        state: &Arc<DnsState>,
+        query: &fast::Query<'_>,
+        source: IpAddr,
+        tcp: bool,
+        cache: Option<&mut DecisionCache>,
+        out: &mut Vec<u8>,
+    ) -> Option<Option<(usize, bool)>> {
+        fast_answer::answer(
+            &self.metrics,
+            &self.rotation,
+            state,
+            query,
+            source,
+            tcp,
+            cache,
+            out,
+        )
+    }
+
     /// Answers one UDP datagram synchronously into `out` (cleared first). Returns false
     /// when nothing should be sent: a header too short to answer, a response packet
     /// (answering those would let anyone bounce traffic off us), or a rate-limited client.
@@ -339,16 +362,7 @@ impl GeoDnsHandler {
         // The query log wants the parsed request, so logging servers take the general path.
         if self.fast && self.query_log.is_none() {
             if let Some(query) = fast::parse(packet) {
-                if let Some(steered) = fast_answer::answer(
-                    &self.metrics,
-                    &self.rotation,
-                    &state,
-                    &query,
-                    src.ip(),
-                    tcp,
-                    cache,
-                    out,
-                ) {
+                if let Some(steered) = self.answer_fast(&state, &query, src.ip(), tcp, cache, out) {
                     let rcode = rcode_index(ResponseCode::NoError);
                     self.count(
                         &state,

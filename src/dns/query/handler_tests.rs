@@ -168,16 +168,7 @@ fn fast_path_serves_steered_and_static_names() {
     m.set_edns(e);
     let bytes = m.to_vec().unwrap();
     let q = fast::parse(&bytes).expect("recognised");
-    let steered = fast_answer::answer(
-        &fast.metrics,
-        &fast.rotation,
-        &s,
-        &q,
-        "127.0.0.1".parse().unwrap(),
-        false,
-        None,
-        &mut out,
-    );
+    let steered = fast.answer_fast(&s, &q, "127.0.0.1".parse().unwrap(), false, None, &mut out);
     let eu = s.table.regions.iter().position(|r| r.name == "eu").unwrap();
     assert_eq!(steered, Some(Some((eu, false))));
     let answer = parsed(&out);
@@ -194,16 +185,7 @@ fn fast_path_serves_steered_and_static_names() {
     ));
     let bytes = m.to_vec().unwrap();
     let q = fast::parse(&bytes).expect("recognised");
-    let plain = fast_answer::answer(
-        &fast.metrics,
-        &fast.rotation,
-        &s,
-        &q,
-        "127.0.0.1".parse().unwrap(),
-        false,
-        None,
-        &mut out,
-    );
+    let plain = fast.answer_fast(&s, &q, "127.0.0.1".parse().unwrap(), false, None, &mut out);
     assert_eq!(plain, Some(None));
     assert_eq!(
         parsed(&out).answers[0].data,
