@@ -53,14 +53,6 @@ impl Rankings {
         let next = self.ids.len() as u32;
         *self.ids.entry(ranking).or_insert(next)
     }
-
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
 }
 
 /// Merged networks of one address family, sorted: (first address, prefix length).

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hickory_proto::dnssec::rdata::{DNSSECRData, SigInput, RRSIG, SIG};
+use hickory_proto::dnssec::rdata::{DNSSECRData, SigInput, RRSIG};
 use hickory_proto::dnssec::TBS;
 use hickory_proto::rr::{Name, RData, Record, RecordType, SerialNumber};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
@@ -298,14 +298,6 @@ fn fnv(bytes: &[u8]) -> u32 {
     })
 }
 
-/// The RRSIG inside a record, if it is one.
-pub fn rrsig_of(record: &Record) -> Option<&SIG> {
-    match &record.data {
-        RData::DNSSEC(DNSSECRData::RRSIG(r)) => Some(r),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,7 +368,9 @@ mod tests {
         let late = now + 11 * 86_400;
         let (renewed, hit) = s.sign(&[&x, &y], late).unwrap();
         assert!(!hit);
-        let rrsig = rrsig_of(&renewed[0]).unwrap();
+        let RData::DNSSEC(DNSSECRData::RRSIG(rrsig)) = &renewed[0].data else {
+            panic!("not an RRSIG: {:?}", renewed[0]);
+        };
         assert_eq!(rrsig.input().sig_inception.get(), late - BACKDATE_SECS);
         // Another TTL is another RRset.
         let mut z = x.clone();
